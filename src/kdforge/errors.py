@@ -1,0 +1,34 @@
+"""Errors that name what was wrong and what was expected; the CLI maps them to exit code 2."""
+
+from __future__ import annotations
+
+
+class KdforgeError(Exception):
+    """Base class for every error caused by the user's input (recipe, data, shapes)."""
+
+
+class ConfigError(KdforgeError, ValueError):
+    """A recipe key, objective name or parameter is invalid."""
+
+
+class DataNotFoundError(KdforgeError, FileNotFoundError):
+    """A data set could not be found; the message says how to get it."""
+
+
+class ShapeMismatchError(KdforgeError, ValueError):
+    """Teacher and student outputs cannot be compared."""
+
+
+class NonFiniteLossError(KdforgeError, FloatingPointError):
+    """A loss term became NaN or inf; the message names the step and the term."""
+
+    def __init__(self, step: int, term: str, value: float):
+        self.step, self.term, self.value = step, term, value
+        super().__init__(
+            f"non-finite loss at step {step}: term {term!r} = {value}; training stopped, "
+            "the last good checkpoint is left intact (lower the learning rate or check the inputs)"
+        )
+
+
+class IntegrityError(KdforgeError):
+    """A file on disk does not match its recorded checksum."""

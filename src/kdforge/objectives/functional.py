@@ -1,0 +1,28 @@
+"""Small shared pieces of logit math, written once and reused by the objectives."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def flatten_logits(logits: Tensor) -> Tensor:
+    """View (..., C) logits as (N, C) so that every objective handles (B, C) and (B, S, V) alike."""
+    return logits.reshape(-1, logits.shape[-1])
+
+
+def kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Per-row KL(p || q) from log-probabilities, safe where p is zero."""
+    p = log_p.exp()
+    return (p * (log_p - log_q)).sum(-1)
+
+
+def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
+    """Per-row cross-entropy of ``logits`` against a probability target."""
+    return -(target_probs * F.log_softmax(logits, dim=-1)).sum(-1)
+
+
+def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """One-hot rows for integer ``labels``."""
+    return F.one_hot(labels.reshape(-1).long(), num_classes).to(dtype)

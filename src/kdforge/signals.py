@@ -1,0 +1,96 @@
+"""What teachers emit and students produce; objectives consume these, whatever the teacher kind."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DenseSignal:
+    """Teacher logits with any leading shape: (B, C) or (B, S, V)."""
+
+    logits: Tensor
+
+
+@dataclass(frozen=True)
+class SparseSignal:
+    """Top-k of a large output space per position, plus the log of the mass outside the top-k."""
+
+    ids: Tensor
+    logprobs: Tensor
+    tail: Tensor
+    vocab_size: int
+
+    def __post_init__(self) -> None:
+        if self.ids.shape != self.logprobs.shape:
+            raise ValueError(f"SparseSignal: ids {tuple(self.ids.shape)} != logprobs {tuple(self.logprobs.shape)}")
+        if self.tail.shape != self.ids.shape[:-1]:
+            raise ValueError(
+                f"SparseSignal: tail shape {tuple(self.tail.shape)} must equal ids.shape[:-1] "
+                f"{tuple(self.ids.shape[:-1])}"
+            )
+
+    @classmethod
+    def from_logits(cls, logits: Tensor, k: int) -> SparseSignal:
+        """Keep the top-k log-probabilities of ``logits`` and the log of the remaining mass."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        top, ids = logp.topk(k, dim=-1)
+        kept = torch.logsumexp(top, dim=-1)
+        tail = torch.log1p(-kept.exp().clamp(max=1 - 1e-7))
+        return cls(ids=ids, logprobs=top, tail=tail, vocab_size=logits.shape[-1])
+
+    def to_dense_logprobs(self) -> Tensor:
+        """Reconstruct full log-probabilities, spreading the tail mass uniformly over the other ids."""
+        k = self.ids.shape[-1]
+        rest = max(self.vocab_size - k, 1)
+        fill = self.tail - torch.log(torch.tensor(float(rest)))
+        dense = fill.unsqueeze(-1).expand(*self.ids.shape[:-1], self.vocab_size).clone()
+        return dense.scatter(-1, self.ids.long(), self.logprobs.float())
+
+
+@dataclass(frozen=True)
+class FeatureSignal:
+    """Named intermediate tensors, from a Recorder or a store."""
+
+    tensors: Mapping[str, Tensor]
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.tensors[name]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an objective consumes; the Distiller unions these and asks the teacher only for them."""
+
+    teacher_logits: bool = False
+    labels: bool = False
+    student_features: tuple[str, ...] = ()
+    teacher_features: tuple[str, ...] = ()
+
+    def __or__(self, other: Needs) -> Needs:
+        return Needs(
+            teacher_logits=self.teacher_logits or other.teacher_logits,
+            labels=self.labels or other.labels,
+            student_features=tuple(dict.fromkeys(self.student_features + other.student_features)),
+            teacher_features=tuple(dict.fromkeys(self.teacher_features + other.teacher_features)),
+        )
+
+
+@dataclass(frozen=True)
+class TeacherOutput:
+    """Everything a teacher returned for one batch; fields it was not asked for stay None."""
+
+    logits: DenseSignal | SparseSignal | None = None
+    features: FeatureSignal | None = None
+
+
+@dataclass(frozen=True)
+class StudentOutput:
+    """The student's logits and the features the objectives asked for."""
+
+    logits: Tensor
+    features: Mapping[str, Tensor] = field(default_factory=dict)
