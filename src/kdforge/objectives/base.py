@@ -91,7 +91,11 @@ class Objective:
         return Needs(teacher_logits=self.spec.teacher, labels=labels)
 
     def __call__(
-        self, student_logits: Tensor, teacher_logits: Tensor | None = None, labels: Tensor | None = None, **ctx: Any
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None = None,
+        labels: Tensor | None = None,
+        **ctx: Any,
     ) -> Tensor:
         """Compute the term from plain tensors; context (epoch, progress, step) is optional."""
         if self.spec.teacher and teacher_logits is None:

@@ -1,0 +1,50 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both create .venv and install everything.
+# Rules kept here so nobody has to remember them:
+#  - torch is installed first and pinned to the local CPU wheel (torch==2.13.0); anything that depends on torch,
+#    installed into a venv without it, would pull a multi-GB CUDA build.
+#  - torchvision is never installed (it swaps in a CUDA torch).
+#  - tests and runs are offline: no model hub, no URL downloads.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+FMNIST := $(HOME)/.cache/kdforge/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export KDFORGE_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test setup data lint format bench clean
+
+demo: setup
+	$(BIN)/kdforge run
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]' $(TORCH)
+	@touch $(STAMP)
+
+data:
+	@if [ ! -s /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && [ ! -s $(FMNIST) ]; then \
+		scripts/get-fashion-mnist.sh; fi
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: setup
+	$(BIN)/ruff format src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,69 @@
+"""Recorder: capture named intermediate tensors of any model by module path, without editing it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import Tensor, nn
+
+from kdforge.errors import ConfigError
+from kdforge.registry import closest
+
+
+def _first_tensor(output: Any) -> Tensor:
+    # Modules such as attention blocks return tuples; the first tensor is the hidden state by convention.
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, Tensor):
+                return item
+    if isinstance(output, dict):
+        for item in output.values():
+            if isinstance(item, Tensor):
+                return item
+    raise TypeError(f"Recorder: module returned {type(output).__name__}, which holds no tensor")
+
+
+class Recorder:
+    """Forward hooks on named submodules; ``tensors`` holds the outputs of the latest forward."""
+
+    def __init__(self, model: nn.Module, paths: Iterable[str]):
+        modules = dict(model.named_modules())
+        self.paths = tuple(dict.fromkeys(paths))
+        for path in self.paths:
+            if path not in modules:
+                valid = [name for name in modules if name]
+                near = closest(path, valid, n=5)
+                hint = f" Closest valid paths: {', '.join(near)}." if near else ""
+                raise ConfigError(
+                    f"Recorder: {type(model).__name__} has no module {path!r}.{hint} "
+                    f"It has {len(valid)} named modules (e.g. {', '.join(valid[:8])})"
+                )
+        self.tensors: dict[str, Tensor] = {}
+        self._handles = [modules[p].register_forward_hook(self._hook(p)) for p in self.paths]
+
+    def _hook(self, path: str):
+        def store(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self.tensors[path] = _first_tensor(output)
+
+        return store
+
+    def clear(self) -> None:
+        """Drop the tensors of the previous forward so they can be freed."""
+        self.tensors = {}
+
+    def remove(self) -> None:
+        """Detach every hook; the model is left exactly as it was."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.tensors = {}
+
+    def __enter__(self) -> Recorder:
+        self.clear()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        return None

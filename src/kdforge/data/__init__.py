@@ -1,0 +1,26 @@
+"""Data sets as in-memory tensors with stable sample ids; importing this registers the built-in ones."""
+
+from kdforge.data import digits, fashion_mnist
+from kdforge.data.base import (
+    ArrayDataset,
+    DataBundle,
+    collate_batch,
+    load_dataset,
+    make_loader,
+    stratified_fraction,
+    subset,
+    train_val_split,
+)
+
+__all__ = [
+    "ArrayDataset",
+    "DataBundle",
+    "collate_batch",
+    "digits",
+    "fashion_mnist",
+    "load_dataset",
+    "make_loader",
+    "stratified_fraction",
+    "subset",
+    "train_val_split",
+]

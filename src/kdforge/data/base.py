@@ -1,0 +1,212 @@
+"""In-memory datasets with stable sample ids, stratified splits, batched loading and the dataset lookup."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import default_collate as _default_collate
+
+from kdforge.data.augment import get_augment
+from kdforge.errors import ConfigError
+from kdforge.registry import DATASETS, closest
+
+Batch = dict[str, Tensor]
+
+
+class ArrayDataset(Dataset):
+    """Samples held in tensors; each carries its id (its position in the original split)."""
+
+    def __init__(
+        self,
+        inputs: Tensor,
+        labels: Tensor | None,
+        augment: str = "none",
+        indices: Tensor | None = None,
+        split: str = "train",
+    ):
+        n = len(inputs)
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"ArrayDataset: {n} inputs but {len(labels)} labels")
+        if indices is None:
+            indices = torch.arange(n, dtype=torch.int64)
+        if len(indices) != n:
+            raise ValueError(f"ArrayDataset: {n} inputs but {len(indices)} sample ids")
+        self.inputs = inputs
+        self.labels = labels
+        self.indices = torch.as_tensor(indices, dtype=torch.int64)
+        self.augment = augment
+        self.split = split
+        self._augment = get_augment(augment, inputs.dim())
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> Batch:
+        item = {"input": self._augment(self.inputs[i][None])[0]}
+        if self.labels is not None:
+            item["label"] = self.labels[i]
+        item["index"] = self.indices[i]
+        return item
+
+    def __getitems__(self, indices: Sequence[int] | Tensor) -> Batch:
+        """Fetch a whole batch with one indexing op per tensor (DataLoader calls this when present)."""
+        pos = torch.as_tensor(indices, dtype=torch.int64)
+        batch = {"input": self._augment(self.inputs[pos])}
+        if self.labels is not None:
+            batch["label"] = self.labels[pos]
+        batch["index"] = self.indices[pos]
+        return batch
+
+    def __repr__(self) -> str:
+        return (
+            f"ArrayDataset(split={self.split!r}, n={len(self)}, input_shape={tuple(self.inputs.shape[1:])}, "
+            f"labelled={self.labels is not None}, augment={self.augment!r})"
+        )
+
+
+def collate_batch(batch: Batch | list[Batch]) -> Batch:
+    """Pass an already-batched dict through; stack a list of per-sample dicts."""
+    if isinstance(batch, dict):
+        return batch
+    return _default_collate(batch)
+
+
+def subset(ds: ArrayDataset, positions: Sequence[int] | Tensor, augment: str | None = None) -> ArrayDataset:
+    """The samples at ``positions`` of ``ds``, keeping their sample ids (and augmentation unless given)."""
+    pos = torch.as_tensor(positions, dtype=torch.int64)
+    return ArrayDataset(
+        ds.inputs[pos],
+        None if ds.labels is None else ds.labels[pos],
+        augment=ds.augment if augment is None else augment,
+        indices=ds.indices[pos],
+        split=ds.split,
+    )
+
+
+def with_augment(ds: ArrayDataset, augment: str) -> ArrayDataset:
+    """The same samples (tensors shared, not copied) with a different augmentation."""
+    return ArrayDataset(ds.inputs, ds.labels, augment=augment, indices=ds.indices, split=ds.split)
+
+
+def _stratified_pick(ds: ArrayDataset, count: Callable[[int], int], seed: int) -> Tensor:
+    """Sorted positions holding ``count(n_c)`` random samples of each class (of all when unlabelled)."""
+    g = torch.Generator().manual_seed(seed)
+    if ds.labels is None or ds.labels.dim() != 1:
+        groups = [torch.arange(len(ds))]
+    else:
+        groups = [torch.nonzero(ds.labels == c).flatten() for c in torch.unique(ds.labels)]
+    picked = [pos[torch.randperm(len(pos), generator=g)[: count(len(pos))]] for pos in groups]
+    if not picked:
+        return torch.empty(0, dtype=torch.int64)
+    return torch.sort(torch.cat(picked)).values
+
+
+def stratified_fraction(ds: ArrayDataset, fraction: float, seed: int) -> ArrayDataset:
+    """Keep ``fraction`` of each class (at least one sample per class), chosen reproducibly from ``seed``."""
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"data.label_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return ds
+    return subset(ds, _stratified_pick(ds, lambda n: max(1, round(fraction * n)), seed))
+
+
+def train_val_split(
+    ds: ArrayDataset, val_fraction: float, seed: int
+) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """Split off a stratified validation set (never augmented); ``val_fraction`` 0 gives no validation set."""
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0:
+        return ds, None
+    # Leave at least one training sample of every class.
+    val_pos = _stratified_pick(ds, lambda n: min(round(val_fraction * n), max(n - 1, 0)), seed)
+    keep = torch.ones(len(ds), dtype=torch.bool)
+    keep[val_pos] = False
+    return subset(ds, torch.nonzero(keep).flatten()), subset(ds, val_pos, augment="none")
+
+
+def fingerprint(name: str, splits: dict[str, Sequence[np.ndarray | Tensor]]) -> str:
+    """Short sha256 hex over the data set name, each split name and its raw arrays' bytes."""
+    h = hashlib.sha256(name.encode())
+    for split, arrays in splits.items():
+        h.update(b"\0" + split.encode())
+        for a in arrays:
+            arr = np.ascontiguousarray(a.numpy() if isinstance(a, Tensor) else a)
+            h.update(f"{arr.dtype.str}{arr.shape}".encode())
+            h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class DataBundle:
+    """The splits of one data set plus what models and stores need to know about it."""
+
+    train: ArrayDataset
+    val: ArrayDataset | None
+    test: ArrayDataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+    class_names: list[str]
+    name: str
+    fingerprint: str
+
+
+def make_loader(
+    ds: ArrayDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    drop_last: bool = False,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A DataLoader yielding dict batches, with its shuffling order fixed by ``seed``."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        collate_fn=collate_batch,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def dataset_params(name: str) -> dict[str, Any]:
+    """The builder parameters of data set ``name`` with their defaults."""
+    sig = inspect.signature(DATASETS.get(name))
+    return {k: p.default for k, p in sig.parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+
+
+def load_dataset(name: str, **params: Any) -> DataBundle:
+    """Build data set ``name``; an unknown name or parameter raises ConfigError listing the valid ones."""
+    builder = DATASETS.get(name)
+    sig = inspect.signature(builder)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        valid = dataset_params(name)
+        for key in params:
+            if key not in valid:
+                hint = closest(key, list(valid))
+                near = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
+                listed = ", ".join(
+                    k if v is inspect.Parameter.empty else f"{k}={v!r}" for k, v in valid.items()
+                )
+                raise ConfigError(
+                    f"dataset {name!r} has no parameter {key!r}.{near} Valid parameters: {listed}"
+                )
+    try:
+        sig.bind(**params)
+    except TypeError as err:
+        raise ConfigError(f"dataset {name!r}: {err}") from None
+    return builder(**params)

@@ -1,0 +1,33 @@
+"""Balancer: combine named loss terms into one scalar with static weights and linear warm-ups."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear ramp from 0 to 1 over ``warmup_steps`` optimizer steps (1 when there is no warm-up)."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, step / warmup_steps)
+
+
+class Balancer:
+    """Weights per term; ``combine`` returns the total and the weighted value of every term."""
+
+    def __init__(self, weights: Mapping[str, float], warmup_steps: Mapping[str, int] | None = None):
+        self.weights = dict(weights)
+        self.warmup_steps = dict(warmup_steps or {})
+
+    def weight(self, name: str, step: int) -> float:
+        """Effective weight of ``name`` at ``step``."""
+        return self.weights[name] * warmup_factor(step, self.warmup_steps.get(name, 0))
+
+    def combine(self, terms: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Weighted sum of ``terms``; the second value maps each name to its weighted term."""
+        weighted = {name: self.weight(name, step) * value for name, value in terms.items()}
+        total = torch.stack(list(weighted.values())).sum() if weighted else torch.zeros(())
+        return total, weighted

@@ -1,0 +1,86 @@
+"""Checkpoints: weights and optimizer tensors as safetensors, everything else as JSON; atomic and verified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kdforge.engine.atomic import atomic_replace_dir, sha256_file
+from kdforge.errors import IntegrityError
+
+MODEL_FILE = "model.safetensors"
+OPTIM_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or strided storage; clones are cheap next to an epoch of training.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for pid, slots in state["state"].items():
+        plain["state"][str(pid)] = {}
+        for key, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                plain["state"][str(pid)][key] = value
+    return tensors, plain
+
+
+def save_model(model: nn.Module, path: str | Path) -> None:
+    """Write a model's state_dict to one safetensors file (not atomic on its own: use inside a staged dir)."""
+    save_file(_contiguous(model.state_dict()), str(path))
+
+
+def save_checkpoint(
+    target: str | Path,
+    model: nn.Module,
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """Write model (+ optimizer) tensors and a JSON state with their sha256, replacing ``target`` atomically."""
+
+    def build(tmp: Path) -> None:
+        save_model(model, tmp / MODEL_FILE)
+        files = {MODEL_FILE: sha256_file(tmp / MODEL_FILE)}
+        record = dict(state)
+        if optimizer is not None:
+            tensors, plain = _flatten_optimizer(optimizer)
+            save_file(_contiguous(tensors), str(tmp / OPTIM_FILE))
+            files[OPTIM_FILE] = sha256_file(tmp / OPTIM_FILE)
+            record["optimizer"] = plain
+        record["files"] = files
+        (tmp / STATE_FILE).write_text(json.dumps(record, indent=2, default=str))
+
+    atomic_replace_dir(build, target)
+
+
+def read_state(directory: str | Path) -> dict[str, Any]:
+    """The JSON state of a checkpoint, after checking every file against its recorded sha256."""
+    d = Path(directory)
+    state_path = d / STATE_FILE
+    if not state_path.is_file():
+        raise IntegrityError(f"checkpoint {str(d)!r} has no {STATE_FILE}")
+    state = json.loads(state_path.read_text())
+    for name, digest in state.get("files", {}).items():
+        if not (d / name).is_file() or sha256_file(d / name) != digest:
+            raise IntegrityError(f"checkpoint file {str(d / name)!r} is missing or does not match its sha256")
+    return state
+
+
+def load_checkpoint(directory: str | Path, model: nn.Module) -> dict[str, Any]:
+    """Verify and load weights into ``model``; returns the JSON state."""
+    state = read_state(directory)
+    weights = load_file(str(Path(directory) / MODEL_FILE))
+    model.load_state_dict(weights)
+    return state

@@ -1,0 +1,68 @@
+"""The run directory: resolved recipe, metrics.jsonl, checkpoints/, report.md, summary.json."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from kdforge.engine.atomic import atomic_write_text
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+class RunDir:
+    """Thin handle on a run's folder; only the main process writes."""
+
+    def __init__(self, path: str | Path, main: bool = True):
+        self.path = Path(path)
+        self.main = main
+        if main:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def new(cls, root: str | Path, name: str, main: bool = True) -> RunDir:
+        """A fresh folder ``root/name-YYYYmmdd-HHMMSS`` (suffixed if it exists)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = Path(root).expanduser() / f"{name}-{stamp}"
+        path, n = base, 1
+        while main and path.exists():
+            path, n = base.with_name(f"{base.name}-{n}"), n + 1
+        return cls(path, main)
+
+    def child(self, name: str) -> RunDir:
+        """A sub-run folder (one per variant)."""
+        return RunDir(self.path / name, self.main)
+
+    @property
+    def checkpoints(self) -> Path:
+        """Folder holding ``best/`` and ``last/``."""
+        return self.path / "checkpoints"
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to metrics.jsonl."""
+        if not self.main:
+            return
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        """Atomically write a text file in the run folder."""
+        if self.main:
+            atomic_write_text(self.path / name, text)
+
+    def write_json(self, name: str, data: Any) -> None:
+        """Atomically write a JSON file in the run folder."""
+        self.write_text(name, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """All records of metrics.jsonl."""
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,246 @@
+"""Trainer: the one training loop, on Hugging Face Accelerate (AMP, accumulation, DDP via accelerate launch)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+
+from kdforge import progress
+from kdforge.engine.checkpoint import load_checkpoint, save_checkpoint
+from kdforge.engine.distiller import Distiller
+from kdforge.engine.optim import build_optimizer, build_scheduler
+from kdforge.engine.rundir import RunDir
+from kdforge.errors import ConfigError, NonFiniteLossError
+from kdforge.recipe import TrainConfig
+from kdforge.teachers.live import Live
+
+
+def resolve_precision(name: str) -> str:
+    """'auto' → bf16 on a GPU that has it, fp16 on other GPUs, 'no' on CPU."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+_ACCELERATOR: Accelerator | None = None
+
+
+def get_accelerator(mixed_precision: str = "no", grad_accum: int = 1) -> Accelerator:
+    """One Accelerator per process (Accelerate's state is a process-wide singleton)."""
+    global _ACCELERATOR
+    precision = resolve_precision(mixed_precision)
+    if _ACCELERATOR is None:
+        _ACCELERATOR = Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum)
+    elif _ACCELERATOR.mixed_precision != precision:
+        raise ConfigError(
+            f"train.mixed_precision={precision!r} differs from {_ACCELERATOR.mixed_precision!r} already used in "
+            "this process; run the two settings in separate processes"
+        )
+    _ACCELERATOR.gradient_accumulation_steps = grad_accum
+    return _ACCELERATOR
+
+
+@dataclass
+class TrainResult:
+    """What a fit returns: evaluation history, best and last records, timing."""
+
+    steps: int
+    epochs: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    wall_s: float = 0.0
+    world_size: int = 1
+
+
+class Trainer:
+    """Train ``distiller.student`` with its objectives; evaluate, log and checkpoint as it goes."""
+
+    def __init__(
+        self, distiller: Distiller, config: TrainConfig, run_dir: RunDir | None = None, seed: int = 0
+    ):
+        self.distiller = distiller
+        self.config = config
+        self.seed = seed
+        self.accelerator = get_accelerator(config.mixed_precision, config.grad_accum)
+        self.run_dir = run_dir
+        if run_dir is not None:
+            run_dir.main = run_dir.main and self.accelerator.is_main_process
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.run_dir is not None:
+            self.run_dir.log(record)
+
+    @torch.no_grad()
+    def _predict(
+        self, loader: DataLoader, model: torch.nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        was_training = model.training
+        model.eval()
+        logits_all, labels_all = [], []
+        for batch in loader:
+            logits = self.distiller_logits(model, batch["input"])
+            logits, labels = self.accelerator.gather_for_metrics((logits.float(), batch.get("label")))
+            logits_all.append(logits.cpu())
+            if labels is not None:
+                labels_all.append(labels.cpu())
+        model.train(was_training)
+        return torch.cat(logits_all), (torch.cat(labels_all) if labels_all else None)
+
+    @staticmethod
+    def distiller_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``model`` on ``x`` without hooks or losses."""
+        from kdforge.engine.batch import extract_logits
+
+        with torch.inference_mode():
+            return extract_logits(model(x))
+
+    def evaluate(
+        self, loaders: dict[str, DataLoader], teacher_logits: dict[str, torch.Tensor]
+    ) -> dict[str, dict[str, float]]:
+        """Metrics of the student on every evaluation loader (gathered across processes)."""
+        from kdforge.evaluate.metrics import classification_metrics
+
+        out: dict[str, dict[str, float]] = {}
+        for name, loader in loaders.items():
+            logits, labels = self._predict(loader, self.distiller.student)
+            if labels is None:
+                continue
+            out[name] = classification_metrics(logits, labels, teacher_logits.get(name))
+        return out
+
+    def fit(
+        self,
+        train_loader: DataLoader,
+        eval_loaders: dict[str, DataLoader] | None = None,
+        select_on: str = "val",
+    ) -> TrainResult:
+        """Run the configured budget; returns the evaluation history and the best/last records."""
+        cfg, acc, distiller = self.config, self.accelerator, self.distiller
+        set_seed(self.seed)
+        eval_loaders = dict(eval_loaders or {})
+        optimizer = build_optimizer(distiller.parameters_to_train(), cfg.optimizer)
+        steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum))
+        total = math.ceil(cfg.epochs * steps_per_epoch)
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps)
+        scheduler = build_scheduler(optimizer, total, steps_per_epoch, cfg.schedule)
+        student, optimizer, train_loader, scheduler = acc.prepare(
+            distiller.student, optimizer, train_loader, scheduler
+        )
+        eval_loaders = {k: acc.prepare(v) for k, v in eval_loaders.items()}
+        distiller.wrap_student(student)
+        if isinstance(distiller.teacher, Live):
+            distiller.teacher.to(acc.device)
+        teacher_logits = self._teacher_eval_logits(eval_loaders)
+        select_on = select_on if select_on in eval_loaders else next(iter(eval_loaders), "")
+
+        result = TrainResult(steps=0, epochs=0.0, world_size=acc.num_processes)
+        best_score = -math.inf
+        step, started = 0, time.perf_counter()
+        distiller.train()
+        show = progress.enabled(acc.is_main_process)
+        with progress.bar(f"train {self.run_dir.path.name if self.run_dir else ''}", total, show) as bar:
+            while step < total:
+                for batch in train_loader:
+                    with acc.accumulate(student):
+                        epoch_f = step / steps_per_epoch
+                        out = distiller(batch, step=step, epoch=epoch_f, progress=step / total)
+                        self._check_finite(out.loss, out.terms, step)
+                        acc.backward(out.loss)
+                        if acc.sync_gradients and cfg.grad_clip:
+                            acc.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    if not acc.sync_gradients:
+                        continue
+                    step += 1
+                    if bar is not None:
+                        bar.update(0, advance=1, info=f"loss {out.loss.item():.4f}")
+                    if step % cfg.log_every == 0 or step == total:
+                        self._log(
+                            {
+                                "split": "train",
+                                "step": step,
+                                "epoch": round(step / steps_per_epoch, 4),
+                                "lr": scheduler.get_last_lr()[0],
+                                "loss": out.loss.item(),
+                                **{f"term/{k}": v.item() for k, v in out.terms.items()},
+                                **{f"weighted/{k}": v.item() for k, v in out.weighted.items()},
+                            }
+                        )
+                    due = step % cfg.eval_every == 0 if cfg.eval_every else step % steps_per_epoch == 0
+                    if due or step == total:
+                        record = self._eval_and_checkpoint(
+                            step,
+                            steps_per_epoch,
+                            eval_loaders,
+                            teacher_logits,
+                            select_on,
+                            best_score,
+                            optimizer,
+                        )
+                        result.history.append(record)
+                        score = record.get(select_on, {}).get("accuracy", -math.inf)
+                        if score > best_score:
+                            best_score, result.best = score, record
+                        result.last = record
+                        distiller.train()
+                    if step >= total:
+                        break
+        result.steps, result.epochs = step, step / steps_per_epoch
+        result.wall_s = time.perf_counter() - started
+        acc.wait_for_everyone()
+        # Accelerate may have patched forward with autocast; the exported student must be the plain module.
+        acc.unwrap_model(student, keep_fp32_wrapper=False)
+        distiller.wrap_student(distiller.student)
+        if cfg.select == "best" and self.run_dir is not None and (self.run_dir.checkpoints / "best").exists():
+            load_checkpoint(self.run_dir.checkpoints / "best", distiller.student)
+        return result
+
+    def _teacher_eval_logits(self, loaders: dict[str, DataLoader]) -> dict[str, torch.Tensor]:
+        teacher = self.distiller.teacher
+        if not isinstance(teacher, Live):
+            return {}
+        return {name: self._predict(loader, teacher.model)[0] for name, loader in loaders.items()}
+
+    @staticmethod
+    def _check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int) -> None:
+        if torch.isfinite(loss):
+            return
+        for name, value in terms.items():
+            if not torch.isfinite(value):
+                raise NonFiniteLossError(step, name, float(value))
+        raise NonFiniteLossError(step, "total", float(loss))
+
+    def _eval_and_checkpoint(
+        self,
+        step: int,
+        steps_per_epoch: int,
+        loaders: dict[str, DataLoader],
+        teacher_logits: dict[str, torch.Tensor],
+        select_on: str,
+        best_score: float,
+        optimizer: torch.optim.Optimizer,
+    ) -> dict[str, Any]:
+        metrics = self.evaluate(loaders, teacher_logits)
+        record: dict[str, Any] = {"step": step, "epoch": round(step / steps_per_epoch, 4), **metrics}
+        for split, values in metrics.items():
+            self._log({"split": split, "step": step, "epoch": record["epoch"], **values})
+        if self.run_dir is not None and self.run_dir.main:
+            state = {"step": step, "epoch": record["epoch"], "metrics": metrics, "seed": self.seed}
+            student = self.distiller.student
+            save_checkpoint(self.run_dir.checkpoints / "last", student, state, optimizer)
+            if metrics.get(select_on, {}).get("accuracy", -math.inf) > best_score:
+                save_checkpoint(self.run_dir.checkpoints / "best", student, state)
+        return record

@@ -1,0 +1,99 @@
+"""Size and speed of a model: parameter count, bytes on disk and per-sample latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+from safetensors.torch import save
+from torch import Tensor, nn
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of scalar parameters, counting tied parameters once."""
+    # model.parameters() already yields each shared Parameter a single time.
+    return sum(p.numel() for p in model.parameters())
+
+
+def size_on_disk(model: nn.Module) -> int:
+    """Bytes of the model's state_dict serialised with safetensors."""
+    tensors: dict[str, Tensor] = {}
+    seen: set[tuple[Any, ...]] = set()
+    for name, value in model.state_dict().items():
+        if not isinstance(value, Tensor):
+            continue  # extra state that is not a tensor is not written by safetensors
+        # Tied weights appear under several names with the same view; store them once, as save_model does.
+        key = (
+            value.device,
+            value.untyped_storage().data_ptr(),
+            value.storage_offset(),
+            tuple(value.shape),
+            value.stride(),
+            value.dtype,
+        )
+        if value.numel() > 0 and key in seen:
+            continue
+        seen.add(key)
+        # safetensors refuses non-contiguous tensors and tensors that share storage, so write clones.
+        tensors[name] = value.detach().to("cpu").contiguous().clone()
+    return len(save(tensors))
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's first parameter, defaulting to CPU float32."""
+    for p in model.parameters():
+        return p.device, (p.dtype if p.is_floating_point() else torch.float32)
+    return torch.device("cpu"), torch.float32
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued kernels so that wall time covers the whole forward."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def latency_per_sample(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch_size: int,
+    warmup: int = 3,
+    repeats: int = 10,
+    max_seconds: float = 5.0,
+) -> float:
+    """Median wall-clock seconds per sample of one eval-mode forward at ``batch_size``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device, dtype = _model_device_dtype(model)
+    x = torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
+    was_training = model.training
+    model.eval()
+    times: list[float] = []
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            _sync(device)
+            start = time.perf_counter()
+            # Always time at least 3 forwards so the median means something, even for slow models.
+            for i in range(max(repeats, 3)):
+                if i >= 3 and time.perf_counter() - start > max_seconds:
+                    break
+                t0 = time.perf_counter()
+                model(x)
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+    finally:
+        model.train(was_training)
+    return statistics.median(times) / batch_size
+
+
+def model_profile(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float | int]:
+    """Parameter count, safetensors size and per-sample latency in ms at batch 1 and 256."""
+    return {
+        "params": parameter_count(model),
+        "size_bytes": size_on_disk(model),
+        "latency_ms_b1": 1e3 * latency_per_sample(model, input_shape, batch_size=1),
+        "latency_ms_b256": 1e3 * latency_per_sample(model, input_shape, batch_size=256),
+    }

@@ -1,0 +1,60 @@
+"""`kdforge eval RUN_DIR`: rebuild the student(s) of a run folder from their checkpoints and test them again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kdforge.data import make_loader
+from kdforge.engine.checkpoint import load_checkpoint
+from kdforge.engine.rundir import RunDir
+from kdforge.errors import ConfigError
+from kdforge.evaluate.model_stats import model_profile
+from kdforge.recipe import load_yaml, validate
+from kdforge.report import row
+
+
+def _evaluate_one(folder: Path, checkpoint: str) -> tuple[dict[str, Any], Any]:
+    from kdforge.strategies.offline import test_metrics
+    from kdforge.strategies.provision import build, load_data, provide_teacher
+
+    recipe = validate(load_yaml(folder / "recipe.yaml"), source=str(folder / "recipe.yaml"))
+    ckpt = folder / "checkpoints" / checkpoint
+    if not ckpt.is_dir():
+        raise ConfigError(f"{str(ckpt)!r} does not exist; choose --checkpoint last or best")
+    bundle = load_data(recipe)
+    student = build(recipe.student, bundle, "student")
+    state = load_checkpoint(ckpt, student)
+    teacher, _ = provide_teacher(recipe, bundle, allow_training=False)
+    test = make_loader(bundle.test, recipe.data.eval_batch_size, shuffle=False, seed=0)
+    metrics = test_metrics(student.eval(), test, teacher)
+    result = row(recipe.name, metrics, model_profile(student, bundle.input_shape))
+    result["step"] = state.get("step")
+    return result, (teacher, bundle, test)
+
+
+def evaluate_run(run_dir: str | Path, checkpoint: str = "last") -> tuple[list[dict[str, Any]], Path]:
+    """Evaluate every student in ``run_dir`` (one folder, or one per variant); writes eval.json."""
+    from kdforge.strategies.offline import test_metrics
+    from kdforge.teachers import Live
+
+    root = Path(run_dir)
+    if not (root / "recipe.yaml").is_file():
+        raise ConfigError(f"{str(root)!r} is not a run folder (no recipe.yaml)")
+    parent = validate(load_yaml(root / "recipe.yaml"), source=str(root / "recipe.yaml"))
+    folders = [root / name for name in parent.variants] if parent.variants else [root]
+    rows: list[dict[str, Any]] = []
+    context = None
+    for folder in folders:
+        result, context = _evaluate_one(folder, checkpoint)
+        rows.append(result)
+    teacher, bundle, test = context
+    if isinstance(teacher, Live):
+        rows.insert(
+            0,
+            row(
+                "teacher", test_metrics(teacher.model, test), model_profile(teacher.model, bundle.input_shape)
+            ),
+        )
+    RunDir(root).write_json(f"eval-{checkpoint}.json", {"checkpoint": checkpoint, "rows": rows})
+    return rows, root / f"eval-{checkpoint}.json"

@@ -1,0 +1,51 @@
+"""Zhao et al. CVPR 2022 (Decoupled KD): the KD loss split into target-class and non-target-class terms."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdforge.objectives.base import register_objective
+from kdforge.objectives.functional import flatten_logits, kl_rows, one_hot
+
+# As in mdistiller: subtracting this from the target logit removes the target class from the softmax.
+_MASK = 1000.0
+
+
+def _binary_log_probs(z: Tensor, gt: Tensor) -> Tensor:
+    # Log-space [log p_gt, log(1 - p_gt)], so a confident row does not take log(0).
+    total = torch.logsumexp(z, dim=-1)
+    target = (z * gt).sum(-1) - total
+    other = torch.logsumexp(z - _MASK * gt, dim=-1) - total
+    return torch.stack([target, other], dim=-1)
+
+
+def _tckd(s: Tensor, t: Tensor, gt: Tensor) -> Tensor:
+    return kl_rows(_binary_log_probs(t, gt), _binary_log_probs(s, gt))
+
+
+def _nckd(s: Tensor, t: Tensor, gt: Tensor) -> Tensor:
+    return kl_rows(F.log_softmax(t - _MASK * gt, dim=-1), F.log_softmax(s - _MASK * gt, dim=-1))
+
+
+@register_objective("dkd", labels=True)
+def dkd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    *,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    T: float = 4.0,
+    warmup: float = 20.0,
+    epoch: float | None = None,
+) -> Tensor:
+    """(α·TCKD + β·NCKD)·T², batch-mean, ramped up linearly over the first ``warmup`` epochs."""
+    s = flatten_logits(student_logits).float() / T
+    t = flatten_logits(teacher_logits).float() / T
+    gt = one_hot(labels, s.shape[-1], s.dtype)
+    loss = (alpha * _tckd(s, t, gt) + beta * _nckd(s, t, gt)).mean() * T * T
+    if epoch is not None and warmup > 0:
+        loss = loss * min(epoch / warmup, 1.0)
+    return loss

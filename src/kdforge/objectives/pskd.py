@@ -1,0 +1,26 @@
+"""Kim et al. ICCV 2021 (Progressive self-KD): soften labels with the model's own last-epoch predictions."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from kdforge.objectives.base import register_objective
+from kdforge.objectives.functional import flatten_logits, one_hot, soft_cross_entropy
+
+
+@register_objective("pskd", labels=True)
+def pskd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    *,
+    alpha_T: float = 0.8,
+    progress: float | None = None,
+) -> Tensor:
+    """CE(s, (1−α_t)·onehot(y) + α_t·softmax(previous-epoch logits)), α_t = alpha_T·progress, batch-mean."""
+    s = flatten_logits(student_logits).float()
+    t = flatten_logits(teacher_logits).float()
+    # Without progress the schedule is unknown; the final (largest) weight is the documented default.
+    alpha = alpha_T if progress is None else alpha_T * progress
+    target = (1.0 - alpha) * one_hot(labels, s.shape[-1], s.dtype) + alpha * t.softmax(-1)
+    return soft_cross_entropy(s, target).mean()

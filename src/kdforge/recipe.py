@@ -1,0 +1,192 @@
+"""Recipe: the typed, strictly validated description of one run (YAML + key=value overrides)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kdforge.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base for every recipe section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(Strict):
+    """A registered model builder and its hyper-parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(Strict):
+    """A registered data set, its builder's parameters, and how to batch it."""
+
+    name: str = "fashion_mnist"
+    params: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int = Field(128, gt=0)
+    eval_batch_size: int = Field(1024, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class OptimizerConfig(Strict):
+    """SGD or AdamW and their settings."""
+
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class ScheduleConfig(Strict):
+    """Learning-rate schedule, stepped once per optimizer step; milestones are in epochs."""
+
+    name: Literal["constant", "step", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    milestones: list[float] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class TrainConfig(Strict):
+    """Budget, optimisation and bookkeeping of one training run."""
+
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    grad_accum: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "auto", "bf16", "fp16"] = "no"
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    grad_clip: float | None = Field(None, gt=0)
+    eval_every: int = Field(0, ge=0, description="optimizer steps between evaluations; 0 = every epoch")
+    log_every: int = Field(50, ge=1)
+    select: Literal["best", "last"] = "last"
+
+
+class TeacherConfig(Strict):
+    """Where the teacher comes from: a checkpoint, or trained once and cached."""
+
+    kind: Literal["live", "past_self"] = "live"
+    model: ModelConfig | None = None
+    checkpoint: str | None = None
+    train: TrainConfig | None = None
+    cache_dir: str = "~/.cache/kdforge/teachers"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class Recipe(Strict):
+    """One run: data, teacher, student, objectives, training; optional variants compared side by side."""
+
+    name: str = "run"
+    description: str = ""
+    seed: int = 0
+    strategy: str = "offline"
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig | None = None
+    student: ModelConfig
+    objectives: dict[str, float | dict[str, Any]] = Field(default_factory=lambda: {"ce": 1.0})
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output_dir: str = "runs"
+    profile: bool = True
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys at ``loc`` (the parent of the offending key) by walking the schema."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = field.annotation
+        for candidate in getattr(current, "__args__", ()):  # Optional[Model] and friends
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                current = candidate
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_validation_error(err: ValidationError, source: str = "recipe") -> str:
+    """One line per problem: the key path, what was wrong, and the allowed keys or values."""
+    lines = [f"invalid {source}:"]
+    for item in err.errors():
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = ".".join(str(p) for p in loc) or "(root)"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(Recipe, loc[:-1])
+            msg = f"unknown key; allowed keys: {', '.join(allowed)}" if allowed else "unknown key"
+        elif item["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` → (['a','b','c'], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r} has an empty key")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``tree[path[0]][path[1]]... = value``, creating mappings on the way."""
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {part!r} holds a value, not a mapping")
+        node = child
+    node[path[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``tree`` with dotted-key overrides applied (mappings replace whole values)."""
+    out = copy.deepcopy(tree)
+    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    for key, value in items:
+        set_path(out, key.split(".") if isinstance(key, str) else list(key), copy.deepcopy(value))
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe with the safe loader; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe file {str(p)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe file {str(p)!r} must hold a mapping at the top level")
+    return data
+
+
+def validate(tree: Mapping[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a raw mapping into a Recipe; schema errors become one ConfigError naming every key path."""
+    try:
+        return Recipe.model_validate(dict(tree))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def dump(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (what a run directory records)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,141 @@
+"""Build the pieces a run needs from its recipe: data, student, and a teacher (loaded or trained once, cached)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from kdforge.data import DataBundle, load_dataset, make_loader
+from kdforge.engine.atomic import atomic_replace_dir, sha256_file
+from kdforge.engine.checkpoint import save_model
+from kdforge.engine.distiller import Distiller
+from kdforge.engine.trainer import Trainer, get_accelerator
+from kdforge.errors import ConfigError, IntegrityError
+from kdforge.models import build_model
+from kdforge.recipe import ModelConfig, Recipe, TrainConfig
+from kdforge.teachers import Live, PastSelf
+
+
+def load_data(recipe: Recipe, **override: Any) -> DataBundle:
+    """The recipe's data set, with optional parameter overrides (e.g. full labels for the teacher)."""
+    params = {"seed": recipe.seed, **recipe.data.params, **override}
+    return load_dataset(recipe.data.name, **params)
+
+
+def build(cfg: ModelConfig, bundle: DataBundle, where: str) -> nn.Module:
+    """Build a registered model for ``bundle``; errors name the recipe key."""
+    try:
+        return build_model(cfg.name, bundle.num_classes, bundle.input_shape, **cfg.params)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def loaders(recipe: Recipe, bundle: DataBundle) -> tuple[Any, dict[str, Any]]:
+    """Shuffled train loader and ordered evaluation loaders (val when present, and test)."""
+    d = recipe.data
+    train = make_loader(bundle.train, d.batch_size, shuffle=True, seed=recipe.seed, num_workers=d.num_workers)
+    evals = {}
+    if bundle.val is not None:
+        evals["val"] = make_loader(bundle.val, d.eval_batch_size, shuffle=False, seed=recipe.seed)
+    evals["test"] = make_loader(bundle.test, d.eval_batch_size, shuffle=False, seed=recipe.seed)
+    return train, evals
+
+
+def _teacher_key(recipe: Recipe, train_cfg: TrainConfig) -> str:
+    t = recipe.teacher
+    assert t is not None and t.model is not None
+    data_params = {k: v for k, v in recipe.data.params.items() if k != "label_fraction"}
+    ident = {
+        "model": t.model.model_dump(mode="json"),
+        "data": {"name": recipe.data.name, "params": data_params, "batch_size": recipe.data.batch_size},
+        "train": train_cfg.model_dump(mode="json"),
+        "seed": recipe.seed,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_weights(model: nn.Module, path: Path, where: str) -> None:
+    if not path.is_file():
+        raise ConfigError(f"{where}: checkpoint file {str(path)!r} does not exist")
+    try:
+        weights = load_file(str(path))
+    except Exception as err:  # safetensors raises several error types for a damaged file
+        raise ConfigError(f"{where}: {str(path)!r} is not a readable safetensors file ({err})") from None
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"{where}: {str(path)!r} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Module | None, dict[str, Any]]:
+    """Train the recipe's teacher with CE on full labels, or reuse it from the cache folder."""
+    t = recipe.teacher
+    assert t is not None and t.model is not None
+    train_cfg = t.train or TrainConfig(epochs=2, optimizer={"name": "adamw", "lr": 2e-3})
+    bundle = load_data(recipe, label_fraction=1.0)
+    model = build(t.model, bundle, "teacher.model")
+    cache = Path(t.cache_dir).expanduser() / f"{t.model.name}-{_teacher_key(recipe, train_cfg)}"
+    meta_path = cache / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if sha256_file(cache / "model.safetensors") != meta["sha256"]:
+            raise IntegrityError(
+                f"cached teacher {str(cache)!r} does not match its sha256; delete the folder"
+            )
+        _load_weights(model, cache / "model.safetensors", "teacher cache")
+        return model.eval(), {**meta, "cache": str(cache), "reused": True}
+    if not allow_training:
+        return None, {"cache": str(cache), "missing": True}
+    train_loader, evals = loaders(recipe, bundle)
+    trainer = Trainer(Distiller(model, None, {"ce": 1.0}), train_cfg, run_dir=None, seed=recipe.seed)
+    result = trainer.fit(train_loader, evals)
+    meta = {
+        "model": t.model.model_dump(mode="json"),
+        "data": recipe.data.name,
+        "metrics": result.last,
+        "train_wall_s": result.wall_s,
+    }
+    acc = get_accelerator()
+    if acc.is_main_process:
+
+        def write(tmp: Path) -> None:
+            save_model(model, tmp / "model.safetensors")
+            meta["sha256"] = sha256_file(tmp / "model.safetensors")
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+
+        atomic_replace_dir(write, cache)
+    acc.wait_for_everyone()
+    return model.eval(), {**meta, "cache": str(cache), "reused": False}
+
+
+def provide_teacher(
+    recipe: Recipe, bundle: DataBundle, allow_training: bool = True
+) -> tuple[Any, dict[str, Any]]:
+    """The teacher object the recipe asks for, plus a description for the report."""
+    t = recipe.teacher
+    if t is None:
+        return None, {}
+    if t.kind == "past_self":
+        size = int(bundle.train.indices.max()) + 1
+        return PastSelf(size, bundle.num_classes), {"kind": "past_self"}
+    if t.model is None:
+        raise ConfigError("teacher.model: required for a live teacher (e.g. {name: cnn})")
+    if t.checkpoint:
+        model = build(t.model, bundle, "teacher.model")
+        _load_weights(model, Path(t.checkpoint).expanduser(), "teacher.checkpoint")
+        info: dict[str, Any] = {"checkpoint": t.checkpoint}
+    else:
+        model, info = train_teacher(recipe, allow_training)
+        if model is None:
+            return None, info
+    dtype = torch.bfloat16 if t.dtype == "bfloat16" else None
+    if dtype is not None:
+        model = model.to(dtype)
+    return Live(model, dtype=dtype), {"kind": "live", **info}

@@ -1,0 +1,33 @@
+"""The Teacher seam: anything that turns a batch into signals, identified by a fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from kdforge.signals import Needs, TeacherOutput
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """A source of knowledge about inputs: live, cached, served, ensemble or EMA."""
+
+    fingerprint: str
+
+    def signals(self, batch: dict[str, Any], needs: Needs) -> TeacherOutput:
+        """Return only what ``needs`` asks for, for this batch."""
+        ...
+
+
+def module_fingerprint(model: nn.Module, extra: str = "") -> str:
+    """sha256 over the class name, parameter/buffer names, shapes, dtypes and values."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    h.update(extra.encode())
+    for name, tensor in model.state_dict().items():
+        t: Tensor = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
