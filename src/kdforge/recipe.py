@@ -32,7 +32,7 @@ class DataConfig(Strict):
     name: str = "fashion_mnist"
     params: dict[str, Any] = Field(default_factory=dict)
     batch_size: int = Field(128, gt=0)
-    eval_batch_size: int = Field(1024, gt=0)
+    eval_batch_size: int = Field(256, gt=0)
     num_workers: int = Field(0, ge=0)
 
 
@@ -74,11 +74,12 @@ class TrainConfig(Strict):
 class TeacherConfig(Strict):
     """Where the teacher comes from: a checkpoint, or trained once and cached."""
 
-    kind: Literal["live", "past_self"] = "live"
+    kind: Literal["live", "precomputed", "past_self"] = "live"
     model: ModelConfig | None = None
     checkpoint: str | None = None
     train: TrainConfig | None = None
     cache_dir: str = "~/.cache/kdforge/teachers"
+    seed: int | None = Field(None, description="seed of the teacher's training; default: the recipe's seed")
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 

@@ -14,7 +14,7 @@ from kdforge.recipe import Recipe, apply_overrides, dump, validate
 from kdforge.registry import STRATEGIES
 from kdforge.report import comparison_rows, render_markdown
 from kdforge.strategies.offline import test_metrics
-from kdforge.teachers import Live
+from kdforge.teachers import evaluation_model
 
 
 def resolve(tree: Mapping[str, Any], overrides: Iterable[str] = ()) -> Recipe:
@@ -87,13 +87,13 @@ def run(recipe: Recipe, run_dir: RunDir | None = None) -> dict[str, Any]:
 def _teacher_row(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """Test metrics and profile of the shared live teacher, for the first row of the table."""
     for summary in results.values():
-        teacher, bundle = summary.get("_teacher"), summary["_bundle"]
-        if isinstance(teacher, Live):
+        model, bundle = evaluation_model(summary.get("_teacher")), summary["_bundle"]
+        if model is not None:
             test = make_loader(bundle.test, 1024, shuffle=False, seed=0)
             return {
                 "name": "teacher",
-                "test": test_metrics(teacher.model, test),
-                "profile": model_profile(teacher.model.to("cpu"), bundle.input_shape),
+                "test": test_metrics(model, test),
+                "profile": model_profile(model.to("cpu"), bundle.input_shape),
             }
     return None
 

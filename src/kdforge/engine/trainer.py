@@ -19,6 +19,7 @@ from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.rundir import RunDir
 from kdforge.errors import ConfigError, NonFiniteLossError
 from kdforge.recipe import TrainConfig
+from kdforge.teachers.base import evaluation_model
 from kdforge.teachers.live import Live
 
 
@@ -209,10 +210,10 @@ class Trainer:
         return result
 
     def _teacher_eval_logits(self, loaders: dict[str, DataLoader]) -> dict[str, torch.Tensor]:
-        teacher = self.distiller.teacher
-        if not isinstance(teacher, Live):
+        model = evaluation_model(self.distiller.teacher)
+        if model is None:
             return {}
-        return {name: self._predict(loader, teacher.model)[0] for name, loader in loaders.items()}
+        return {name: self._predict(loader, model)[0] for name, loader in loaders.items()}
 
     @staticmethod
     def _check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int) -> None:

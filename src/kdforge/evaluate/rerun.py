@@ -36,7 +36,7 @@ def _evaluate_one(folder: Path, checkpoint: str) -> tuple[dict[str, Any], Any]:
 def evaluate_run(run_dir: str | Path, checkpoint: str = "last") -> tuple[list[dict[str, Any]], Path]:
     """Evaluate every student in ``run_dir`` (one folder, or one per variant); writes eval.json."""
     from kdforge.strategies.offline import test_metrics
-    from kdforge.teachers import Live
+    from kdforge.teachers import evaluation_model
 
     root = Path(run_dir)
     if not (root / "recipe.yaml").is_file():

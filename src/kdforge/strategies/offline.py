@@ -6,14 +6,14 @@ from typing import Any
 
 import torch
 
-from kdforge.engine.distiller import Distiller
+from kdforge.engine.distiller import Distiller, parse_objectives
 from kdforge.engine.rundir import RunDir
 from kdforge.engine.trainer import Trainer, get_accelerator
 from kdforge.evaluate import classification_metrics, model_profile, predict
 from kdforge.recipe import Recipe, dump
 from kdforge.registry import STRATEGIES
 from kdforge.strategies.provision import build, load_data, loaders, provide_teacher
-from kdforge.teachers import Live
+from kdforge.teachers import evaluation_model
 
 
 def test_metrics(model: torch.nn.Module, loader: Any, teacher: Any = None) -> dict[str, float]:
@@ -21,8 +21,9 @@ def test_metrics(model: torch.nn.Module, loader: Any, teacher: Any = None) -> di
     device = next(model.parameters()).device
     logits, labels, _ = predict(model, loader, device)
     t_logits = None
-    if isinstance(teacher, Live):
-        t_logits, _, _ = predict(teacher.model, loader, teacher.device)
+    t_model = evaluation_model(teacher)
+    if t_model is not None:
+        t_logits, _, _ = predict(t_model, loader, next(t_model.parameters()).device)
     return classification_metrics(logits, labels, t_logits)
 
 
@@ -33,7 +34,9 @@ def offline(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     run_dir.main = run_dir.main and acc.is_main_process
     run_dir.write_text("recipe.yaml", dump(recipe))
     bundle = load_data(recipe)
-    teacher, teacher_info = provide_teacher(recipe, bundle)
+    terms, _ = parse_objectives(recipe.objectives)
+    needed = any(o.needs.teacher_logits for o in terms.values())
+    teacher, teacher_info = provide_teacher(recipe, bundle, signals_needed=needed)
     student = build(recipe.student, bundle, "student")
     distiller = Distiller(student, teacher, recipe.objectives)
     train_loader, evals = loaders(recipe, bundle)

@@ -19,7 +19,7 @@ from kdforge.engine.trainer import Trainer, get_accelerator
 from kdforge.errors import ConfigError, IntegrityError
 from kdforge.models import build_model
 from kdforge.recipe import ModelConfig, Recipe, TrainConfig
-from kdforge.teachers import Live, PastSelf
+from kdforge.teachers import Live, PastSelf, Precomputed
 
 
 def load_data(recipe: Recipe, **override: Any) -> DataBundle:
@@ -47,6 +47,12 @@ def loaders(recipe: Recipe, bundle: DataBundle) -> tuple[Any, dict[str, Any]]:
     return train, evals
 
 
+def teacher_seed(recipe: Recipe) -> int:
+    """The seed the teacher is trained with (students of several seeds share one teacher)."""
+    t = recipe.teacher
+    return t.seed if t is not None and t.seed is not None else recipe.seed
+
+
 def _teacher_key(recipe: Recipe, train_cfg: TrainConfig) -> str:
     t = recipe.teacher
     assert t is not None and t.model is not None
@@ -55,7 +61,7 @@ def _teacher_key(recipe: Recipe, train_cfg: TrainConfig) -> str:
         "model": t.model.model_dump(mode="json"),
         "data": {"name": recipe.data.name, "params": data_params, "batch_size": recipe.data.batch_size},
         "train": train_cfg.model_dump(mode="json"),
-        "seed": recipe.seed,
+        "seed": teacher_seed(recipe),
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -79,7 +85,8 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     t = recipe.teacher
     assert t is not None and t.model is not None
     train_cfg = t.train or TrainConfig(epochs=2, optimizer={"name": "adamw", "lr": 2e-3})
-    bundle = load_data(recipe, label_fraction=1.0)
+    split_seed = {} if "seed" in recipe.data.params else {"seed": teacher_seed(recipe)}
+    bundle = load_data(recipe, label_fraction=1.0, **split_seed)
     model = build(t.model, bundle, "teacher.model")
     cache = Path(t.cache_dir).expanduser() / f"{t.model.name}-{_teacher_key(recipe, train_cfg)}"
     meta_path = cache / "meta.json"
@@ -94,7 +101,7 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     if not allow_training:
         return None, {"cache": str(cache), "missing": True}
     train_loader, evals = loaders(recipe, bundle)
-    trainer = Trainer(Distiller(model, None, {"ce": 1.0}), train_cfg, run_dir=None, seed=recipe.seed)
+    trainer = Trainer(Distiller(model, None, {"ce": 1.0}), train_cfg, run_dir=None, seed=teacher_seed(recipe))
     result = trainer.fit(train_loader, evals)
     meta = {
         "model": t.model.model_dump(mode="json"),
@@ -115,10 +122,22 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     return model.eval(), {**meta, "cache": str(cache), "reused": False}
 
 
+_PRECOMPUTED: dict[tuple[str, str, int], Precomputed] = {}
+
+
+def precompute(live: Live, bundle: DataBundle) -> Precomputed:
+    """Teacher logits over the training split, computed once per process for the same teacher and data."""
+    key = (live.fingerprint, bundle.fingerprint, hash(bundle.train.indices.numpy().tobytes()))
+    if key not in _PRECOMPUTED:
+        _PRECOMPUTED.clear()  # one table at a time: they are as large as the data set's logits
+        _PRECOMPUTED[key] = Precomputed.from_live(live, bundle.train)
+    return _PRECOMPUTED[key]
+
+
 def provide_teacher(
-    recipe: Recipe, bundle: DataBundle, allow_training: bool = True
+    recipe: Recipe, bundle: DataBundle, allow_training: bool = True, signals_needed: bool = True
 ) -> tuple[Any, dict[str, Any]]:
-    """The teacher object the recipe asks for, plus a description for the report."""
+    """The teacher the recipe asks for (live when only evaluation needs it), plus a description."""
     t = recipe.teacher
     if t is None:
         return None, {}
@@ -138,4 +157,12 @@ def provide_teacher(
     dtype = torch.bfloat16 if t.dtype == "bfloat16" else None
     if dtype is not None:
         model = model.to(dtype)
-    return Live(model, dtype=dtype), {"kind": "live", **info}
+    live = Live(model, dtype=dtype)
+    if t.kind == "precomputed" and signals_needed:
+        if bundle.train.augment != "none":
+            raise ConfigError(
+                f"teacher.kind=precomputed needs the same view every epoch, but data.params.augment="
+                f"{bundle.train.augment!r}; use augment=none or a live teacher"
+            )
+        return precompute(live, bundle), {"kind": "precomputed", **info}
+    return live, {"kind": "live", **info}

@@ -31,3 +31,12 @@ def module_fingerprint(model: nn.Module, extra: str = "") -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
+
+
+def evaluation_model(teacher: object) -> nn.Module | None:
+    """The network behind a teacher, when there is one to run on evaluation data."""
+    model = getattr(teacher, "model", None)
+    if isinstance(model, nn.Module):
+        return model
+    source = getattr(teacher, "source", None)
+    return evaluation_model(source) if source is not None else None

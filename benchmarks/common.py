@@ -1,0 +1,85 @@
+"""Shared helpers for the benchmark scripts: build recipes, run them in-process, aggregate seeds, save JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("KDFORGE_OFFLINE", "1")
+os.environ.setdefault("KDFORGE_PROGRESS", "0")
+
+import torch  # noqa: E402
+
+from kdforge.engine.rundir import RunDir  # noqa: E402
+from kdforge.recipe import apply_overrides  # noqa: E402
+from kdforge.runner import resolve  # noqa: E402
+from kdforge.strategies.offline import offline  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """Where a figure was measured."""
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def run_recipe(tree: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate and run one recipe (no variants) in a temporary run folder; returns the public summary."""
+    recipe = resolve(apply_overrides(tree, overrides or {}))
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = offline(recipe, RunDir(Path(tmp) / "run"))
+    return {k: v for k, v in summary.items() if not k.startswith("_")}
+
+
+def curve(summary: dict[str, Any], split: str) -> list[float]:
+    """Accuracy of ``split`` at every evaluation, in order."""
+    return [rec[split]["accuracy"] for rec in summary["history"] if split in rec]
+
+
+def accuracy_record(summary: dict[str, Any]) -> dict[str, float]:
+    """Last-epoch, best-epoch and best-on-validation test accuracies of one run."""
+    test, val = curve(summary, "test"), curve(summary, "val")
+    at_best_val = test[max(range(len(val)), key=val.__getitem__)] if val else test[-1]
+    return {
+        "test_last": test[-1],
+        "test_best": max(test),
+        "test_at_best_val": at_best_val,
+        "val_last": val[-1] if val else float("nan"),
+        "val_best": max(val) if val else float("nan"),
+        "wall_s": summary["train_wall_s"],
+    }
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+def save(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/<name>.json`` atomically."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    tmp.replace(path)
+    return path

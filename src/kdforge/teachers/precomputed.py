@@ -1,0 +1,54 @@
+"""Teacher logits computed once per training sample and served by sample id: the teacher costs one pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kdforge.errors import ConfigError
+from kdforge.registry import TEACHERS
+from kdforge.signals import DenseSignal, Needs, TeacherOutput
+from kdforge.teachers.live import Live
+
+
+@TEACHERS.register("precomputed")
+class Precomputed:
+    """An in-memory table of teacher logits indexed by sample id (valid only when every epoch sees the same view)."""
+
+    def __init__(self, logits: Tensor, known: Tensor, fingerprint: str, source: Live | None = None):
+        self.logits = logits
+        self.known = known
+        self.fingerprint = fingerprint
+        # Kept so evaluation can still measure agreement on data that was not precomputed (val, test).
+        self.source = source
+
+    @classmethod
+    def from_live(cls, live: Live, dataset: Any, batch_size: int = 256) -> Precomputed:
+        """Run ``live`` once over ``dataset`` (an ArrayDataset with sample ids) and keep the logits."""
+        ids = dataset.indices.long()
+        size = int(ids.max()) + 1
+        table: Tensor | None = None
+        known = torch.zeros(size, dtype=torch.bool)
+        needs = Needs(teacher_logits=True)
+        for start in range(0, len(dataset), batch_size):
+            batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
+            logits = live.signals(batch, needs).logits.logits.cpu()
+            if table is None:
+                table = torch.zeros(size, *logits.shape[1:])
+            table[batch["index"].long()] = logits
+            known[batch["index"].long()] = True
+        assert table is not None
+        return cls(table, known, f"precomputed:{live.fingerprint}", source=live)
+
+    def signals(self, batch: dict[str, Any], needs: Needs) -> TeacherOutput:
+        """Look the batch's sample ids up; unknown ids are an error, never a silent zero."""
+        if needs.teacher_features:
+            raise ConfigError("a precomputed teacher holds logits only; use a live teacher for feature objectives")
+        if not needs.teacher_logits:
+            return TeacherOutput()
+        idx = batch["index"].cpu().long()
+        if int(idx.max()) >= len(self.known) or not bool(self.known[idx].all()):
+            raise ConfigError("precomputed teacher: the batch holds sample ids that were never computed")
+        return TeacherOutput(logits=DenseSignal(self.logits[idx].to(batch["input"].device)))
