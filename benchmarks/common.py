@@ -17,12 +17,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("KDFORGE_OFFLINE", "1")
 os.environ.setdefault("KDFORGE_PROGRESS", "0")
 
-import torch  # noqa: E402
+import torch
 
-from kdforge.engine.rundir import RunDir  # noqa: E402
-from kdforge.recipe import apply_overrides  # noqa: E402
-from kdforge.runner import resolve  # noqa: E402
-from kdforge.strategies.offline import offline  # noqa: E402
+from kdforge.engine.rundir import RunDir
+from kdforge.recipe import apply_overrides
+from kdforge.runner import resolve
+from kdforge.strategies.offline import offline
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -75,10 +75,19 @@ def mean_std(values: list[float]) -> dict[str, float]:
     }
 
 
-def save(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``benchmarks/results/<name>.json`` atomically."""
+def load_previous(name: str) -> dict[str, Any] | None:
+    """The results file written by an earlier invocation, to merge into."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def save(name: str, payload: dict[str, Any], merge_key: str | None = "students") -> Path:
+    """Write ``benchmarks/results/<name>.json`` atomically, merging ``merge_key`` entries with the file's."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
+    previous = load_previous(name)
+    if previous and merge_key and merge_key in payload:
+        payload = {**payload, merge_key: {**previous.get(merge_key, {}), **payload[merge_key]}}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     tmp.replace(path)

@@ -12,7 +12,7 @@ import argparse
 import itertools
 from typing import Any
 
-from common import accuracy_record, mean_std, run_recipe, save
+from common import accuracy_record, load_previous, mean_std, run_recipe, save
 
 TEACHER = {
     "kind": "precomputed",
@@ -20,20 +20,35 @@ TEACHER = {
     "model": {"name": "cnn"},
     "train": {"epochs": 2, "optimizer": {"name": "adamw", "lr": 0.002}, "schedule": {"name": "cosine"}},
 }
+# Each setting: a student, the training images it may see, and its epoch budget. The teacher always saw the full
+# training split; "transfer10" gives the student a 10% transfer set (Hinton et al.'s reduced-data setting).
 STUDENTS = {
-    "mlp64": {"name": "mlp", "params": {"hidden": [64]}},
-    "cnn_tiny": {"name": "cnn", "params": {"widths": [8, 16], "double": False}},
+    "mlp64": {"student": {"name": "mlp", "params": {"hidden": [64]}}, "data": {}, "epochs": 5},
+    "mlp256_transfer10": {
+        "student": {"name": "mlp", "params": {"hidden": [256]}},
+        "data": {"train_limit": 5400},
+        "epochs": 20,
+    },
+    "cnn_tiny": {
+        "student": {"name": "cnn", "params": {"widths": [8, 16], "double": False}},
+        "data": {},
+        "epochs": 5,
+    },
 }
 
 
-def base(student: dict[str, Any], epochs: float, seed: int) -> dict[str, Any]:
+def base(setting: dict[str, Any], epochs: float, seed: int) -> dict[str, Any]:
     """The shared recipe: same data split, teacher, optimiser and budget for every method."""
     return {
         "name": "bench",
         "seed": seed,
-        "data": {"name": "fashion_mnist", "params": {"val_fraction": 0.1, "seed": 0}, "batch_size": 128},
+        "data": {
+            "name": "fashion_mnist",
+            "params": {"val_fraction": 0.1, "seed": 0, **setting["data"]},
+            "batch_size": 128,
+        },
         "teacher": TEACHER,
-        "student": student,
+        "student": setting["student"],
         "train": {
             "epochs": epochs,
             "optimizer": {"name": "adamw", "lr": 0.002},
@@ -67,13 +82,17 @@ def select_kd(student: dict[str, Any], epochs: float, grid: list[tuple[float, fl
         rows.append({"T": T, "alpha": alpha, "val_last": rec["val_last"]})
         print(f"  select T={T} alpha={alpha}: val {rec['val_last']:.4f} (scratch {scratch['val_last']:.4f})")
     best = max(rows, key=lambda r: r["val_last"])
-    return {"scratch_val_last": scratch["val_last"], "grid": rows, "chosen": {"T": best["T"], "alpha": best["alpha"]}}
+    return {
+        "scratch_val_last": scratch["val_last"],
+        "grid": rows,
+        "chosen": {"T": best["T"], "alpha": best["alpha"]},
+    }
 
 
 def main() -> None:
     """Run both stages and write benchmarks/results/fmnist_methods.json."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=float, default=5)
+    ap.add_argument("--epochs", type=float, default=None, help="override every setting's epoch budget")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--students", nargs="+", default=list(STUDENTS))
     ap.add_argument("--quick", action="store_true", help="tiny budget to check the script runs")
@@ -81,35 +100,39 @@ def main() -> None:
     grid = list(itertools.product([4.0, 8.0], [0.5, 0.9]))
     if args.quick:
         args.epochs, args.seeds, grid = 0.05, [0], grid[:1]
-    out: dict[str, Any] = {"epochs": args.epochs, "seeds": args.seeds, "teacher": TEACHER, "students": {}}
+    # Several invocations (one per setting, possibly in parallel) merge into one results file.
+    name = "fmnist_methods_quick" if args.quick else "fmnist_methods"
+    out: dict[str, Any] = load_previous(name) or {"seeds": args.seeds, "teacher": TEACHER, "students": {}}
     for key in args.students:
         student = STUDENTS[key]
-        print(f"[{key}] selecting KD settings on validation")
-        selection = select_kd(student, args.epochs, grid)
+        epochs = args.epochs or student["epochs"]
+        print(f"[{key}] selecting KD settings on validation ({epochs} epochs)")
+        selection = select_kd(student, epochs, grid)
         T, alpha = selection["chosen"]["T"], selection["chosen"]["alpha"]
         table: dict[str, Any] = {}
-        for name, objectives in methods(T, alpha, args.epochs).items():
+        for name_, objectives in methods(T, alpha, epochs).items():
             runs = [
-                accuracy_record(run_recipe(base(student, args.epochs, seed), {"objectives": objectives}))
+                accuracy_record(run_recipe(base(student, epochs, seed), {"objectives": objectives}))
                 for seed in args.seeds
             ]
-            table[name] = {
+            table[name_] = {
                 "objectives": objectives,
                 "runs": runs,
                 **{k: mean_std([r[k] for r in runs]) for k in ("test_last", "test_best", "test_at_best_val")},
             }
-            s = table[name]["test_last"]
-            print(f"  {name:8s} test(last) {100 * s['mean']:.2f} ± {100 * s['std']:.2f}")
+            s = table[name_]["test_last"]
+            print(f"  {name_:8s} test(last) {100 * s['mean']:.2f} ± {100 * s['std']:.2f}")
         kd, scratch = table["kd"]["test_last"], table["scratch"]["test_last"]
         gain = kd["mean"] - scratch["mean"]
         out["students"][key] = {
-            "student": student,
+            "setting": student,
+            "epochs": epochs,
             "selection": selection,
             "methods": table,
             "kd_gain_last": gain,
             "kd_beats_scratch_beyond_spread": gain > max(kd["std"], scratch["std"]),
         }
-        save("fmnist_methods" if not args.quick else "fmnist_methods_quick", out)
+        save(name, out)
     print("written benchmarks/results/fmnist_methods.json")
 
 

@@ -44,9 +44,7 @@ def test_teacher_runs_without_autograd_and_gets_no_gradient():
     live = Live(teacher)
     d = Distiller(student, live, {"kd": 1.0})
     calls = []
-    teacher.register_forward_hook(
-        lambda m, i, o: calls.append((torch.is_inference_mode_enabled(), o.requires_grad))
-    )
+    teacher.register_forward_hook(lambda m, i, o: calls.append((torch.is_inference_mode_enabled(), o.requires_grad)))
     out = d(_batch())
     out.loss.backward()
     assert calls == [(True, False)], "teacher forward must run under inference_mode and build no graph"
@@ -75,9 +73,7 @@ def test_export_returns_plain_student_without_hooks():
 
 def test_shape_mismatch_names_both_shapes_before_any_loss():
     teacher, student = _pair(classes_t=10, classes_s=5)
-    with pytest.raises(
-        ShapeMismatchError, match=r"teacher logits shape \(8, 10\).*student logits shape \(8, 5\)"
-    ):
+    with pytest.raises(ShapeMismatchError, match=r"teacher logits shape \(8, 10\).*student logits shape \(8, 5\)"):
         Distiller(student, teacher, {"kd": 1.0})(_batch())
 
 

@@ -53,9 +53,7 @@ def test_kl_two_class_golden() -> None:
     assert mean_kl(teacher, student) == pytest.approx(0.5 * math.log(4 / 3), rel=1e-6)
     # At T = 2, q = (√3, 1) / (√3 + 1): KL = 1/2 ln((√3 + 1)² / (4√3)).
     r3 = math.sqrt(3.0)
-    assert mean_kl(teacher, student, T=2.0) == pytest.approx(
-        0.5 * math.log((r3 + 1) ** 2 / (4 * r3)), rel=1e-6
-    )
+    assert mean_kl(teacher, student, T=2.0) == pytest.approx(0.5 * math.log((r3 + 1) ** 2 / (4 * r3)), rel=1e-6)
     # Mean over rows: a zero-KL row halves it.
     both_t = torch.cat([teacher, teacher])
     both_s = torch.cat([student, teacher])

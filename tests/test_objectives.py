@@ -218,9 +218,7 @@ GOLDEN = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "params", "ctx", "expected"), GOLDEN, ids=lambda v: v if isinstance(v, str) else ""
-)
+@pytest.mark.parametrize(("name", "params", "ctx", "expected"), GOLDEN, ids=lambda v: v if isinstance(v, str) else "")
 def test_golden_value(name: str, params: dict[str, Any], ctx: dict[str, Any], expected: float) -> None:
     loss = kdforge.objective(name, **params)(S, TT, Y, **ctx)
     assert loss.item() == pytest.approx(expected, abs=1e-5)

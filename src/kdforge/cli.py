@@ -31,9 +31,7 @@ def _table(rows: list[dict[str, Any]], title: str) -> Table:
 
 @app.command()
 def run(
-    recipe: Annotated[
-        str | None, typer.Argument(help="recipe file or built-in name (default: fmnist-demo)")
-    ] = None,
+    recipe: Annotated[str | None, typer.Argument(help="recipe file or built-in name (default: fmnist-demo)")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides")] = None,
 ) -> None:
     """Run a recipe (no recipe: the default Fashion-MNIST demonstration)."""
@@ -97,9 +95,7 @@ def objectives(
         table.add_column(col)
     for item in items:
         params = ", ".join(f"{k}={v['default']}" for k, v in item["params"].items())
-        needs = ", ".join(
-            n for n, on in (("teacher", item["needs_teacher"]), ("labels", item["needs_labels"])) if on
-        )
+        needs = ", ".join(n for n, on in (("teacher", item["needs_teacher"]), ("labels", item["needs_labels"])) if on)
         table.add_row(item["name"], params, needs, item["summary"])
     out.print(table)
 

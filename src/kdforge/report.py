@@ -33,9 +33,7 @@ def row(name: str, test: dict[str, float] | None, profile: dict[str, Any] | None
     }
 
 
-def comparison_rows(
-    results: dict[str, dict[str, Any]], teacher: dict[str, Any] | None = None
-) -> list[dict[str, Any]]:
+def comparison_rows(results: dict[str, dict[str, Any]], teacher: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Teacher first (when known), then one row per run."""
     rows = [row("teacher", teacher["test"], teacher["profile"])] if teacher else []
     rows += [row(name, s.get("test"), s.get("profile")) for name, s in results.items()]

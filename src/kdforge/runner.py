@@ -9,6 +9,7 @@ import kdforge.strategies  # noqa: F401  (fills the registry)
 from kdforge.data import make_loader
 from kdforge.engine.rundir import RunDir
 from kdforge.engine.trainer import get_accelerator
+from kdforge.errors import ConfigError
 from kdforge.evaluate import model_profile
 from kdforge.recipe import Recipe, apply_overrides, dump, validate
 from kdforge.registry import STRATEGIES
@@ -23,7 +24,11 @@ def resolve(tree: Mapping[str, Any], overrides: Iterable[str] = ()) -> Recipe:
     STRATEGIES.get(recipe.strategy)
     base = recipe.model_dump(mode="json")
     for name, changes in recipe.variants.items():
-        validate(apply_overrides({**base, "variants": {}}, changes), source=f"variant {name!r}")
+        variant = validate(apply_overrides({**base, "variants": {}}, changes), source=f"variant {name!r}")
+        try:
+            preflight(variant)
+        except ConfigError as err:
+            raise ConfigError(f"variant {name!r}: {err}") from None
     preflight(recipe)
     return recipe
 
@@ -32,7 +37,6 @@ def preflight(recipe: Recipe) -> None:
     """Check names and parameters of objectives, models and data against the registries, without training."""
     from kdforge.data.base import dataset_params
     from kdforge.engine.distiller import parse_objectives
-    from kdforge.errors import ConfigError
     from kdforge.models import model_params
 
     parse_objectives(recipe.objectives)
@@ -48,9 +52,7 @@ def preflight(recipe: Recipe) -> None:
             raise ConfigError(f"{where}.name: {err}") from None
         bad = [k for k in cfg.params if k not in valid]
         if bad:
-            raise ConfigError(
-                f"{where}.params.{bad[0]}: unknown parameter; valid: {', '.join(valid) or 'none'}"
-            )
+            raise ConfigError(f"{where}.params.{bad[0]}: unknown parameter; valid: {', '.join(valid) or 'none'}")
     try:
         valid = dataset_params(recipe.data.name)
     except ConfigError as err:
@@ -65,22 +67,20 @@ def run(recipe: Recipe, run_dir: RunDir | None = None) -> dict[str, Any]:
     acc = get_accelerator(recipe.train.mixed_precision, recipe.train.grad_accum)
     run_dir = run_dir or RunDir.new(recipe.output_dir, recipe.name, main=acc.is_main_process)
     strategy = STRATEGIES.get(recipe.strategy)
-    if not recipe.variants:
-        summary = strategy(recipe, run_dir)
-        rows = comparison_rows({recipe.name: summary})
-        run_dir.write_text("report.md", render_markdown(recipe, rows))
-        return {"run_dir": str(run_dir.path), "rows": rows, "runs": {recipe.name: _public(summary)}}
-    base = recipe.model_dump(mode="json")
     results: dict[str, dict[str, Any]] = {}
-    for name, changes in recipe.variants.items():
-        variant = validate(apply_overrides({**base, "variants": {}, "name": name}, changes))
-        results[name] = strategy(variant, run_dir.child(name))
-    teacher_row = _teacher_row(results)
-    rows = comparison_rows(results, teacher_row)
-    run_dir.write_text("recipe.yaml", dump(recipe))
-    run_dir.write_text("report.md", render_markdown(recipe, rows))
+    if not recipe.variants:
+        results[recipe.name] = strategy(recipe, run_dir)
+    else:
+        base = recipe.model_dump(mode="json")
+        for name, changes in recipe.variants.items():
+            variant = validate(apply_overrides({**base, "variants": {}, "name": name}, changes))
+            results[name] = strategy(variant, run_dir.child(name))
+        run_dir.write_text("recipe.yaml", dump(recipe))
+    rows = comparison_rows(results, _teacher_row(results))
     public = {k: _public(v) for k, v in results.items()}
-    run_dir.write_json("summary.json", {"rows": rows, "runs": public})
+    run_dir.write_text("report.md", render_markdown(recipe, rows))
+    if recipe.variants:
+        run_dir.write_json("summary.json", {"rows": rows, "runs": public})
     return {"run_dir": str(run_dir.path), "rows": rows, "runs": public}
 
 

@@ -27,9 +27,7 @@ class SparseSignal:
 
     def __post_init__(self) -> None:
         if self.ids.shape != self.logprobs.shape:
-            raise ValueError(
-                f"SparseSignal: ids {tuple(self.ids.shape)} != logprobs {tuple(self.logprobs.shape)}"
-            )
+            raise ValueError(f"SparseSignal: ids {tuple(self.ids.shape)} != logprobs {tuple(self.logprobs.shape)}")
         if self.tail.shape != self.ids.shape[:-1]:
             raise ValueError(
                 f"SparseSignal: tail shape {tuple(self.tail.shape)} must equal ids.shape[:-1] "

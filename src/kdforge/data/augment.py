@@ -43,7 +43,5 @@ def get_augment(name: str, input_dim: int | None = None) -> Callable[[Tensor], T
     if name not in AUGMENTS:
         raise ConfigError(f"unknown data.augment {name!r}; valid augmentations: {', '.join(AUGMENTS)}")
     if name in IMAGE_ONLY and input_dim is not None and input_dim != 4:
-        raise ConfigError(
-            f"data.augment {name!r} needs image inputs of shape (N, C, H, W), got {input_dim} dims"
-        )
+        raise ConfigError(f"data.augment {name!r} needs image inputs of shape (N, C, H, W), got {input_dim} dims")
     return AUGMENTS[name]

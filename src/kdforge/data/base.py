@@ -118,9 +118,7 @@ def stratified_fraction(ds: ArrayDataset, fraction: float, seed: int) -> ArrayDa
     return subset(ds, _stratified_pick(ds, lambda n: max(1, round(fraction * n)), seed))
 
 
-def train_val_split(
-    ds: ArrayDataset, val_fraction: float, seed: int
-) -> tuple[ArrayDataset, ArrayDataset | None]:
+def train_val_split(ds: ArrayDataset, val_fraction: float, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
     """Split off a stratified validation set (never augmented); ``val_fraction`` 0 gives no validation set."""
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
@@ -199,12 +197,8 @@ def load_dataset(name: str, **params: Any) -> DataBundle:
             if key not in valid:
                 hint = closest(key, list(valid))
                 near = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
-                listed = ", ".join(
-                    k if v is inspect.Parameter.empty else f"{k}={v!r}" for k, v in valid.items()
-                )
-                raise ConfigError(
-                    f"dataset {name!r} has no parameter {key!r}.{near} Valid parameters: {listed}"
-                )
+                listed = ", ".join(k if v is inspect.Parameter.empty else f"{k}={v!r}" for k, v in valid.items())
+                raise ConfigError(f"dataset {name!r} has no parameter {key!r}.{near} Valid parameters: {listed}")
     try:
         sig.bind(**params)
     except TypeError as err:

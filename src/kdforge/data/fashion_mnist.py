@@ -127,9 +127,7 @@ def locate(root: str | os.PathLike[str] | None = None) -> dict[str, Path]:
             except (OSError, http.client.HTTPException, IdxFormatError) as err:
                 tried.append(f"download from {URL} into {user_cache_dir()}: failed ({err})")
     raise DataNotFoundError(
-        "Fashion-MNIST not found. Looked in:\n"
-        + "".join(f"  - {t}\n" for t in tried)
-        + "Get it with one of:\n"
+        "Fashion-MNIST not found. Looked in:\n" + "".join(f"  - {t}\n" for t in tried) + "Get it with one of:\n"
         "  - sudo apt-get install dataset-fashion-mnist\n"
         "  - apt-get download dataset-fashion-mnist && dpkg -x dataset-fashion-mnist_*.deb DIR, then pass\n"
         f"    root=DIR/usr/share/datasets/{FOLDER} or set {DATA_DIR_ENV}=DIR/usr/share/datasets\n"

@@ -24,9 +24,7 @@ def cache_root() -> Path:
     return Path.home() / ".cache" / "kdforge" / "datasets"
 
 
-def download(
-    url: str, dest: Path, timeout: float = TIMEOUT_S, validate: Callable[[Path], Any] | None = None
-) -> Path:
+def download(url: str, dest: Path, timeout: float = TIMEOUT_S, validate: Callable[[Path], Any] | None = None) -> Path:
     """Fetch ``url`` to ``dest`` via a temp file and a rename; a failed or invalid download leaves nothing."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")

@@ -23,9 +23,7 @@ def as_batch(batch: Any) -> dict[str, Any]:
         if len(batch) == 2:
             out["label"] = batch[1]
         return out
-    raise ConfigError(
-        f"a batch must be a dict with 'input', a tensor, or (inputs, labels); got {type(batch).__name__}"
-    )
+    raise ConfigError(f"a batch must be a dict with 'input', a tensor, or (inputs, labels); got {type(batch).__name__}")
 
 
 def extract_logits(output: Any) -> Tensor:

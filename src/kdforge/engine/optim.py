@@ -39,6 +39,4 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR driven by ``lr_factor``."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, cfg)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, cfg))

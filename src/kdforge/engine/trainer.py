@@ -66,9 +66,7 @@ class TrainResult:
 class Trainer:
     """Train ``distiller.student`` with its objectives; evaluate, log and checkpoint as it goes."""
 
-    def __init__(
-        self, distiller: Distiller, config: TrainConfig, run_dir: RunDir | None = None, seed: int = 0
-    ):
+    def __init__(self, distiller: Distiller, config: TrainConfig, run_dir: RunDir | None = None, seed: int = 0):
         self.distiller = distiller
         self.config = config
         self.seed = seed
@@ -82,9 +80,7 @@ class Trainer:
             self.run_dir.log(record)
 
     @torch.no_grad()
-    def _predict(
-        self, loader: DataLoader, model: torch.nn.Module
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _predict(self, loader: DataLoader, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         was_training = model.training
         model.eval()
         logits_all, labels_all = [], []
@@ -135,9 +131,7 @@ class Trainer:
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps)
         scheduler = build_scheduler(optimizer, total, steps_per_epoch, cfg.schedule)
-        student, optimizer, train_loader, scheduler = acc.prepare(
-            distiller.student, optimizer, train_loader, scheduler
-        )
+        student, optimizer, train_loader, scheduler = acc.prepare(distiller.student, optimizer, train_loader, scheduler)
         eval_loaders = {k: acc.prepare(v) for k, v in eval_loaders.items()}
         distiller.wrap_student(student)
         if isinstance(distiller.teacher, Live):

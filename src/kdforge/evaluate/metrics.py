@@ -79,9 +79,7 @@ def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 15)
     return ((correct_sum - conf_sum).abs().sum() / confidence.shape[0]).item()
 
 
-def classification_metrics(
-    logits: Tensor, labels: Tensor, teacher_logits: Tensor | None = None
-) -> dict[str, float]:
+def classification_metrics(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None = None) -> dict[str, float]:
     """Accuracy, NLL and ECE, plus agreement and KL to the teacher when its logits are given."""
     metrics = {
         "accuracy": accuracy(logits, labels),

@@ -49,12 +49,8 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "last") -> tuple[list[di
         result, context = _evaluate_one(folder, checkpoint)
         rows.append(result)
     teacher, bundle, test = context
-    if isinstance(teacher, Live):
-        rows.insert(
-            0,
-            row(
-                "teacher", test_metrics(teacher.model, test), model_profile(teacher.model, bundle.input_shape)
-            ),
-        )
+    model = evaluation_model(teacher)
+    if model is not None:
+        rows.insert(0, row("teacher", test_metrics(model, test), model_profile(model, bundle.input_shape)))
     RunDir(root).write_json(f"eval-{checkpoint}.json", {"checkpoint": checkpoint, "rows": rows})
     return rows, root / f"eval-{checkpoint}.json"

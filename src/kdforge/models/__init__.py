@@ -36,9 +36,7 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, ...], **par
         listing = ", ".join(f"{k}={v!r}" for k, v in valid.items()) or "none"
         hints = {near for key in unknown for near in closest(key, list(valid))}
         near = f" Did you mean {', '.join(map(repr, sorted(hints)))}?" if hints else ""
-        raise ConfigError(
-            f"model {name!r} has no param {', '.join(map(repr, unknown))}.{near} Valid params: {listing}"
-        )
+        raise ConfigError(f"model {name!r} has no param {', '.join(map(repr, unknown))}.{near} Valid params: {listing}")
     if int(num_classes) < 1:
         raise ConfigError(f"model {name!r}: num_classes must be >= 1, got {num_classes!r}")
     return builder(int(num_classes), tuple(int(d) for d in input_shape), **params)

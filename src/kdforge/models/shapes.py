@@ -10,7 +10,5 @@ def image_channels(model: str, input_shape: tuple[int, ...], min_side: int = 1) 
     if len(input_shape) != 3 or any(int(d) < 1 for d in input_shape):
         raise ConfigError(f"model {model!r} needs an image input_shape (C, H, W), got {tuple(input_shape)!r}")
     if min(input_shape[1:]) < min_side:
-        raise ConfigError(
-            f"model {model!r} needs images at least {min_side}×{min_side}, got {tuple(input_shape)!r}"
-        )
+        raise ConfigError(f"model {model!r} needs images at least {min_side}×{min_side}, got {tuple(input_shape)!r}")
     return int(input_shape[0])

@@ -35,9 +35,7 @@ class ObjectiveSpec:
         return {
             "name": self.name,
             "summary": self.summary,
-            "params": {
-                k: {"default": p.default, "type": _type_name(p.annotation)} for k, p in self.params.items()
-            },
+            "params": {k: {"default": p.default, "type": _type_name(p.annotation)} for k, p in self.params.items()},
             "needs_teacher": self.teacher,
             "needs_labels": self.labels if isinstance(self.labels, bool) else "depends on params",
             "context": list(self.context),

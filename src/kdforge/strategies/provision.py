@@ -93,9 +93,7 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if sha256_file(cache / "model.safetensors") != meta["sha256"]:
-            raise IntegrityError(
-                f"cached teacher {str(cache)!r} does not match its sha256; delete the folder"
-            )
+            raise IntegrityError(f"cached teacher {str(cache)!r} does not match its sha256; delete the folder")
         _load_weights(model, cache / "model.safetensors", "teacher cache")
         return model.eval(), {**meta, "cache": str(cache), "reused": True}
     if not allow_training:

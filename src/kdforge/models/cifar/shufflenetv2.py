@@ -102,7 +102,5 @@ class ShuffleNetV2(nn.Module):
 def shufflenetv2(num_classes: int, input_shape: tuple[int, ...], net_size: float = 1.0) -> nn.Module:
     """ShuffleNetV2; net size 1.0 is RepDistiller's ``ShuffleV2`` (1.36M params on CIFAR-100)."""
     if float(net_size) not in CONFIGS:
-        raise ConfigError(
-            f"model 'shufflenetv2': net_size must be one of {sorted(CONFIGS)}, got {net_size!r}"
-        )
+        raise ConfigError(f"model 'shufflenetv2': net_size must be one of {sorted(CONFIGS)}, got {net_size!r}")
     return ShuffleNetV2(float(net_size), num_classes, image_channels("shufflenetv2", input_shape))
