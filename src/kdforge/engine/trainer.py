@@ -40,7 +40,9 @@ def get_accelerator(mixed_precision: str = "no", grad_accum: int = 1) -> Acceler
     global _ACCELERATOR
     precision = resolve_precision(mixed_precision)
     if _ACCELERATOR is None:
-        _ACCELERATOR = Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum)
+        # Without cpu=True, Accelerate ignores torchrun's WORLD_SIZE on a machine with no GPU and runs one process.
+        cpu = not torch.cuda.is_available()
+        _ACCELERATOR = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=grad_accum)
     elif _ACCELERATOR.mixed_precision != precision:
         raise ConfigError(
             f"train.mixed_precision={precision!r} differs from {_ACCELERATOR.mixed_precision!r} already used in "
@@ -112,7 +114,7 @@ class Trainer:
             logits, labels = self._predict(loader, self.distiller.student)
             if labels is None:
                 continue
-            out[name] = classification_metrics(logits, labels, teacher_logits.get(name))
+            out[name] = {**classification_metrics(logits, labels, teacher_logits.get(name)), "n": int(labels.numel())}
         return out
 
     def fit(
@@ -126,12 +128,14 @@ class Trainer:
         set_seed(self.seed)
         eval_loaders = dict(eval_loaders or {})
         optimizer = build_optimizer(distiller.parameters_to_train(), cfg.optimizer)
+        student, optimizer, train_loader = acc.prepare(distiller.student, optimizer, train_loader)
+        # Counted after prepare: under N processes each one sees 1/N of the batches.
         steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum))
         total = math.ceil(cfg.epochs * steps_per_epoch)
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps)
+        # Not passed through prepare: Accelerate would step it once per process per step.
         scheduler = build_scheduler(optimizer, total, steps_per_epoch, cfg.schedule)
-        student, optimizer, train_loader, scheduler = acc.prepare(distiller.student, optimizer, train_loader, scheduler)
         eval_loaders = {k: acc.prepare(v) for k, v in eval_loaders.items()}
         distiller.wrap_student(student)
         if isinstance(distiller.teacher, Live):
@@ -154,8 +158,9 @@ class Trainer:
                         acc.backward(out.loss)
                         if acc.sync_gradients and cfg.grad_clip:
                             acc.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-                        optimizer.step()
-                        scheduler.step()
+                        optimizer.step()  # Accelerate's wrapper skips it between accumulation boundaries
+                        if acc.sync_gradients:
+                            scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
                     if not acc.sync_gradients:
                         continue

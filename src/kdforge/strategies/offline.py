@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 
 from kdforge.engine.distiller import Distiller, parse_objectives
 from kdforge.engine.rundir import RunDir
@@ -33,10 +34,12 @@ def offline(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     acc = get_accelerator(recipe.train.mixed_precision, recipe.train.grad_accum)
     run_dir.main = run_dir.main and acc.is_main_process
     run_dir.write_text("recipe.yaml", dump(recipe))
+    set_seed(recipe.seed)
     bundle = load_data(recipe)
     terms, _ = parse_objectives(recipe.objectives)
     needed = any(o.needs.teacher_logits for o in terms.values())
     teacher, teacher_info = provide_teacher(recipe, bundle, signals_needed=needed)
+    set_seed(recipe.seed)  # the student's initial weights depend on the seed alone, not on what ran before
     student = build(recipe.student, bundle, "student")
     distiller = Distiller(student, teacher, recipe.objectives)
     train_loader, evals = loaders(recipe, bundle)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from torch import nn
 
@@ -39,7 +40,12 @@ def build(cfg: ModelConfig, bundle: DataBundle, where: str) -> nn.Module:
 def loaders(recipe: Recipe, bundle: DataBundle) -> tuple[Any, dict[str, Any]]:
     """Shuffled train loader and ordered evaluation loaders (val when present, and test)."""
     d = recipe.data
-    train = make_loader(bundle.train, d.batch_size, shuffle=True, seed=recipe.seed, num_workers=d.num_workers)
+    # data.batch_size is the global batch: N processes each take 1/N, so one recipe optimises the same way anywhere.
+    n = get_accelerator(recipe.train.mixed_precision, recipe.train.grad_accum).num_processes
+    if d.batch_size % n:
+        raise ConfigError(f"data.batch_size={d.batch_size} must be divisible by the number of processes ({n})")
+    per_process = d.batch_size // n
+    train = make_loader(bundle.train, per_process, shuffle=True, seed=recipe.seed, num_workers=d.num_workers)
     evals = {}
     if bundle.val is not None:
         evals["val"] = make_loader(bundle.val, d.eval_batch_size, shuffle=False, seed=recipe.seed)
@@ -87,6 +93,7 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     train_cfg = t.train or TrainConfig(epochs=2, optimizer={"name": "adamw", "lr": 2e-3})
     split_seed = {} if "seed" in recipe.data.params else {"seed": teacher_seed(recipe)}
     bundle = load_data(recipe, label_fraction=1.0, **split_seed)
+    set_seed(teacher_seed(recipe))
     model = build(t.model, bundle, "teacher.model")
     cache = Path(t.cache_dir).expanduser() / f"{t.model.name}-{_teacher_key(recipe, train_cfg)}"
     meta_path = cache / "meta.json"
