@@ -14,10 +14,10 @@ os.environ.setdefault("KDFORGE_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from kdforge import recipes  # noqa: E402
-from kdforge.engine.trainer import get_accelerator  # noqa: E402
-from kdforge.recipe import load_yaml  # noqa: E402
-from kdforge.runner import resolve, run  # noqa: E402
+from kdforge import recipes
+from kdforge.engine.trainer import get_accelerator
+from kdforge.recipe import load_yaml
+from kdforge.runner import resolve, run
 
 
 def main() -> None:
