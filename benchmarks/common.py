@@ -25,6 +25,9 @@ from kdforge.runner import resolve
 from kdforge.strategies.offline import offline
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Two benchmark processes on a 2-core machine must not both spin 2 OpenMP threads: set BENCH_THREADS=1 for each.
+if os.environ.get("BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
 
 
 def machine() -> dict[str, Any]:

@@ -53,6 +53,11 @@ def loaders(recipe: Recipe, bundle: DataBundle) -> tuple[Any, dict[str, Any]]:
     return train, evals
 
 
+# Restrictions of the student's data (fewer labels, fewer images) never shrink what the teacher is trained on;
+# these are the values the teacher sees instead.
+STUDENT_ONLY_DATA: dict[str, Any] = {"label_fraction": 1.0, "train_limit": None}
+
+
 def teacher_seed(recipe: Recipe) -> int:
     """The seed the teacher is trained with (students of several seeds share one teacher)."""
     t = recipe.teacher
@@ -62,7 +67,7 @@ def teacher_seed(recipe: Recipe) -> int:
 def _teacher_key(recipe: Recipe, train_cfg: TrainConfig) -> str:
     t = recipe.teacher
     assert t is not None and t.model is not None
-    data_params = {k: v for k, v in recipe.data.params.items() if k != "label_fraction"}
+    data_params = {k: v for k, v in recipe.data.params.items() if k not in STUDENT_ONLY_DATA}
     ident = {
         "model": t.model.model_dump(mode="json"),
         "data": {"name": recipe.data.name, "params": data_params, "batch_size": recipe.data.batch_size},
@@ -92,7 +97,8 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     assert t is not None and t.model is not None
     train_cfg = t.train or TrainConfig(epochs=2, optimizer={"name": "adamw", "lr": 2e-3})
     split_seed = {} if "seed" in recipe.data.params else {"seed": teacher_seed(recipe)}
-    bundle = load_data(recipe, label_fraction=1.0, **split_seed)
+    full = {k: v for k, v in STUDENT_ONLY_DATA.items() if k in recipe.data.params}
+    bundle = load_data(recipe, **full, **split_seed)
     set_seed(teacher_seed(recipe))
     model = build(t.model, bundle, "teacher.model")
     cache = Path(t.cache_dir).expanduser() / f"{t.model.name}-{_teacher_key(recipe, train_cfg)}"

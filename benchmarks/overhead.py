@@ -1,0 +1,106 @@
+"""Step-time overhead of distillation, measured in one process on real Fashion-MNIST batches.
+
+Per iteration (interleaved, so machine drift hits every variant alike) it times: a plain CE step of the student,
+the teacher's no-grad forward, an online-KD step (live teacher), and a KD step reading precomputed teacher logits.
+Claim checked: KD step <= 1.15 x (CE step + teacher forward). Writes benchmarks/results/overhead.json.
+Usage: python benchmarks/overhead.py [--steps 60] [--batch 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from common import save
+
+from kdforge.data import load_dataset
+from kdforge.data.base import subset
+from kdforge.engine.distiller import Distiller
+from kdforge.models import build_model
+from kdforge.signals import Needs
+from kdforge.teachers import Live, Precomputed
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Wall seconds of one call."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def step(distiller: Distiller, opt: torch.optim.Optimizer, batch: dict) -> Callable[[], None]:
+    """One full optimizer step of ``distiller`` on ``batch``."""
+
+    def run() -> None:
+        out = distiller(batch)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return run
+
+
+def main() -> None:
+    """Measure and write the JSON."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=128)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    bundle = load_dataset("fashion_mnist", seed=0)
+    n = (args.steps + args.warmup) * args.batch
+    data = subset(bundle.train, list(range(n)))
+    batches = [data.__getitems__(list(range(i, i + args.batch))) for i in range(0, n, args.batch)]
+    shape = bundle.input_shape
+
+    teacher = Live(build_model("cnn", 10, shape))
+    cached = Precomputed.from_live(teacher, data)
+    students = {k: build_model("mlp", 10, shape, hidden=(64,)) for k in ("ce", "kd", "cached")}
+    for s in students.values():
+        s.load_state_dict(students["ce"].state_dict())
+    kd_objectives = {"ce": 0.5, "kd": {"weight": 0.5, "T": 4}}
+    runs = {
+        "ce": Distiller(students["ce"], None, {"ce": 1.0}),
+        "kd": Distiller(students["kd"], teacher, kd_objectives),
+        "cached": Distiller(students["cached"], cached, kd_objectives),
+    }
+    opts = {k: torch.optim.AdamW(d.student.parameters(), lr=1e-3) for k, d in runs.items()}
+    times: dict[str, list[float]] = {"ce_step": [], "teacher_forward": [], "kd_step": [], "cached_step": []}
+    needs = Needs(teacher_logits=True)
+    for i, batch in enumerate(batches):
+        sample = {
+            "ce_step": timed(step(runs["ce"], opts["ce"], batch)),
+            "teacher_forward": timed(lambda b=batch: teacher.signals(b, needs)),
+            "kd_step": timed(step(runs["kd"], opts["kd"], batch)),
+            "cached_step": timed(step(runs["cached"], opts["cached"], batch)),
+        }
+        if i >= args.warmup:
+            for k, v in sample.items():
+                times[k].append(v)
+    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    ratio = med["kd_step"] / (med["ce_step"] + med["teacher_forward"])
+    result = {
+        "batch": args.batch,
+        "steps": args.steps,
+        "student": "mlp hidden=[64]",
+        "teacher": "cnn (default, 390k params)",
+        "median_ms": med,
+        "kd_over_ce_plus_teacher": ratio,
+        "limit": 1.15,
+        "within_limit": ratio <= 1.15,
+        "live_step_ratio": med["kd_step"] / med["ce_step"],
+        "cached_step_ratio": med["cached_step"] / med["ce_step"],
+    }
+    path = save("overhead", result, merge_key=None)
+    print(
+        {k: round(v, 3) for k, v in med.items()}, f"ratio {ratio:.3f}", f"cached/ce {result['cached_step_ratio']:.3f}"
+    )
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
