@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import save
 
 from kdforge.data import load_dataset
 from kdforge.data.base import subset
@@ -22,6 +21,8 @@ from kdforge.engine.distiller import Distiller
 from kdforge.models import build_model
 from kdforge.signals import Needs
 from kdforge.teachers import Live, Precomputed
+
+from common import save
 
 
 def timed(fn: Callable[[], object]) -> float:
