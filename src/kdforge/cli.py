@@ -52,6 +52,35 @@ def run(
 
 
 @app.command()
+def cache(
+    recipe: Annotated[str | None, typer.Argument(help="recipe with a teacher and a store section")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides")] = None,
+    inspect_path: Annotated[str | None, typer.Option("--inspect", help="print a store's manifest and fidelity")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Build a teacher-signal store once (resumes an interrupted build), or inspect one."""
+    from kdforge.strategies.cache import build_from_recipe, inspect
+
+    if inspect_path is not None:
+        info = inspect(inspect_path)
+    else:
+        if recipe is None:
+            raise typer.BadParameter("give a RECIPE to build, or --inspect STORE")
+        from kdforge import recipes as builtin
+        from kdforge.recipe import load_yaml
+        from kdforge.runner import resolve
+
+        info = build_from_recipe(resolve(load_yaml(builtin.find(recipe)), list(overrides or [])))
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    table = Table(title=f"store {info['path']}", show_header=False)
+    for key, value in info.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    out.print(table)
+
+
+@app.command()
 def recipes(as_json: Annotated[bool, typer.Option("--json", help="machine-readable list")] = False) -> None:
     """List the built-in recipes."""
     from kdforge import recipes as builtin

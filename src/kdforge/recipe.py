@@ -74,13 +74,24 @@ class TrainConfig(Strict):
 class TeacherConfig(Strict):
     """Where the teacher comes from: a checkpoint, or trained once and cached."""
 
-    kind: Literal["live", "precomputed", "past_self"] = "live"
+    kind: Literal["live", "precomputed", "cached", "past_self"] = "live"
     model: ModelConfig | None = None
     checkpoint: str | None = None
     train: TrainConfig | None = None
     cache_dir: str = "~/.cache/kdforge/teachers"
     seed: int | None = Field(None, description="seed of the teacher's training; default: the recipe's seed")
     dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class StoreConfig(Strict):
+    """Where `kdforge cache` writes the teacher's signals and how they are encoded; `teacher.kind=cached` reads it."""
+
+    path: str
+    codec: Literal["fp32", "fp16", "bf16", "topk", "topk_q8"] = "fp16"
+    top_k: int = Field(32, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    shard_size: int = Field(4096, gt=0)
+    batch_size: int = Field(256, gt=0)
 
 
 class Recipe(Strict):
@@ -95,6 +106,7 @@ class Recipe(Strict):
     student: ModelConfig
     objectives: dict[str, float | dict[str, Any]] = Field(default_factory=lambda: {"ce": 1.0})
     train: TrainConfig = Field(default_factory=TrainConfig)
+    store: StoreConfig | None = None
     output_dir: str = "runs"
     profile: bool = True
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -20,7 +20,7 @@ from kdforge.engine.trainer import Trainer, get_accelerator
 from kdforge.errors import ConfigError, IntegrityError
 from kdforge.models import build_model
 from kdforge.recipe import ModelConfig, Recipe, TrainConfig
-from kdforge.teachers import Live, PastSelf, Precomputed
+from kdforge.teachers import Cached, Live, PastSelf, Precomputed
 
 
 def load_data(recipe: Recipe, **override: Any) -> DataBundle:
@@ -145,18 +145,11 @@ def precompute(live: Live, bundle: DataBundle) -> Precomputed:
     return _PRECOMPUTED[key]
 
 
-def provide_teacher(
-    recipe: Recipe, bundle: DataBundle, allow_training: bool = True, signals_needed: bool = True
-) -> tuple[Any, dict[str, Any]]:
-    """The teacher the recipe asks for (live when only evaluation needs it), plus a description."""
+def live_teacher(recipe: Recipe, bundle: DataBundle, allow_training: bool = True) -> tuple[Live | None, dict[str, Any]]:
+    """The recipe's teacher network, from its checkpoint or the teacher cache (trained there when allowed)."""
     t = recipe.teacher
-    if t is None:
-        return None, {}
-    if t.kind == "past_self":
-        size = int(bundle.train.indices.max()) + 1
-        return PastSelf(size, bundle.num_classes), {"kind": "past_self"}
-    if t.model is None:
-        raise ConfigError("teacher.model: required for a live teacher (e.g. {name: cnn})")
+    if t is None or t.model is None:
+        raise ConfigError("teacher.model: required for this teacher kind (e.g. {name: cnn})")
     if t.checkpoint:
         model = build(t.model, bundle, "teacher.model")
         _load_weights(model, Path(t.checkpoint).expanduser(), "teacher.checkpoint")
@@ -168,7 +161,24 @@ def provide_teacher(
     dtype = torch.bfloat16 if t.dtype == "bfloat16" else None
     if dtype is not None:
         model = model.to(dtype)
-    live = Live(model, dtype=dtype)
+    return Live(model, dtype=dtype), info
+
+
+def provide_teacher(
+    recipe: Recipe, bundle: DataBundle, allow_training: bool = True, signals_needed: bool = True
+) -> tuple[Any, dict[str, Any]]:
+    """The teacher the recipe asks for (live when only evaluation needs it), plus a description."""
+    t = recipe.teacher
+    if t is None:
+        return None, {}
+    if t.kind == "past_self":
+        size = int(bundle.train.indices.max()) + 1
+        return PastSelf(size, bundle.num_classes), {"kind": "past_self"}
+    if t.kind == "cached":
+        return cached_teacher(recipe, bundle)
+    live, info = live_teacher(recipe, bundle, allow_training)
+    if live is None:
+        return None, info
     if t.kind == "precomputed" and signals_needed:
         if bundle.train.augment != "none":
             raise ConfigError(
@@ -177,3 +187,23 @@ def provide_teacher(
             )
         return precompute(live, bundle), {"kind": "precomputed", **info}
     return live, {"kind": "live", **info}
+
+
+def cached_teacher(recipe: Recipe, bundle: DataBundle) -> tuple[Cached, dict[str, Any]]:
+    """A store-backed teacher, checked against the recipe's data (and teacher, when its weights are at hand)."""
+    if recipe.store is None:
+        raise ConfigError("teacher.kind=cached needs store.path: the folder written by `kdforge cache RECIPE`")
+    source = None
+    if recipe.teacher is not None and recipe.teacher.model is not None:
+        source, _ = live_teacher(recipe, bundle, allow_training=False)
+    expect = {
+        "data_fingerprint": bundle.fingerprint,
+        "split": bundle.train.split,
+        "teacher_fingerprint": source.fingerprint if source is not None else None,
+    }
+    teacher = Cached(Path(recipe.store.path).expanduser(), expect, source=source)
+    return teacher, {
+        "kind": "cached",
+        "store": recipe.store.path,
+        "content_sha256": teacher.reader.manifest.content_sha256,
+    }

@@ -1,0 +1,99 @@
+"""The store manifest: what was computed (teacher, data, view, codec) and the shards that hold it, with checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdforge.engine.atomic import atomic_write_text
+from kdforge.errors import ConfigError, IntegrityError
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+# Fields that identify what a store contains; a store is reused or resumed only when all of them match.
+IDENTITY = (
+    "teacher_fingerprint",
+    "data_fingerprint",
+    "split",
+    "num_samples",
+    "ids_sha256",
+    "codec",
+    "codec_params",
+    "view",
+    "shard_size",
+    "num_outputs",
+)
+
+
+@dataclass
+class Manifest:
+    """Everything needed to trust and read a store."""
+
+    teacher_fingerprint: str
+    data_fingerprint: str
+    split: str
+    num_samples: int
+    ids_sha256: str
+    codec: str
+    codec_params: dict[str, Any]
+    view: dict[str, Any]
+    shard_size: int
+    num_outputs: int
+    teacher: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    shards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fidelity: dict[str, float] = field(default_factory=dict)
+    complete: bool = False
+    content_sha256: str | None = None
+    kdforge_version: str = ""
+    format: int = FORMAT
+
+    @property
+    def num_shards(self) -> int:
+        """How many shards a complete store has."""
+        return -(-self.num_samples // self.shard_size)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that must match for a store to be reused."""
+        return {k: getattr(self, k) for k in IDENTITY}
+
+    def mismatch(self, other: Manifest) -> str | None:
+        """Name of the first identity field that differs, with both values; None when they agree."""
+        for key in IDENTITY:
+            mine, theirs = getattr(self, key), getattr(other, key)
+            if mine != theirs:
+                return f"{key}: store has {mine!r}, the recipe gives {theirs!r}"
+        return None
+
+    def content_hash(self) -> str:
+        """sha256 over the ordered shard checksums: equal for equal content, however the build was interrupted."""
+        h = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode())
+        for i in range(self.num_shards):
+            h.update(self.shards[shard_name(i)]["sha256"].encode())
+        return h.hexdigest()
+
+    def save(self, root: Path) -> None:
+        """Atomically rewrite the manifest."""
+        atomic_write_text(root / MANIFEST, json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, root: Path) -> Manifest:
+        """Read a manifest; a missing or unreadable one is a clear error naming the file."""
+        path = Path(root) / MANIFEST
+        if not path.is_file():
+            raise ConfigError(f"{str(root)!r} is not a kdforge store (no {MANIFEST}); build it with `kdforge cache`")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise IntegrityError(f"{str(path)!r} is not valid JSON ({err})") from None
+        if raw.get("format") != FORMAT:
+            raise ConfigError(f"{str(path)!r} has store format {raw.get('format')!r}; this kdforge reads {FORMAT}")
+        return cls(**raw)
+
+
+def shard_name(i: int) -> str:
+    """File name of shard ``i``."""
+    return f"shard-{i:05d}.safetensors"

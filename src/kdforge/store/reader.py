@@ -1,0 +1,90 @@
+"""Read a store: verified shards, random access by sample id, loading in a background thread."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from kdforge.engine.atomic import sha256_file
+from kdforge.errors import ConfigError, IntegrityError
+from kdforge.signals import DenseSignal, SparseSignal
+from kdforge.store.codecs import build_codec
+from kdforge.store.manifest import Manifest, shard_name
+
+
+class StoreReader:
+    """Signals of a complete store, looked up by sample id; shards stream in on a worker thread."""
+
+    def __init__(self, root: str | Path, verify: bool = True):
+        self.root = Path(root)
+        self.manifest = Manifest.load(self.root)
+        if not self.manifest.complete:
+            raise ConfigError(f"store {str(self.root)!r} is incomplete; run `kdforge cache` again to resume it")
+        self.codec = build_codec(self.manifest.codec, **self.manifest.codec_params)
+        self.verify = verify
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdforge-store")
+        # Every shard is requested at once, in order: the worker streams them while training starts.
+        self._futures: list[Future[dict[str, Tensor]]] = [
+            self._pool.submit(self._load, i) for i in range(self.manifest.num_shards)
+        ]
+        self._shards: dict[int, dict[str, Tensor]] = {}
+        self._position: Tensor | None = None
+
+    def _load(self, i: int) -> dict[str, Tensor]:
+        name = shard_name(i)
+        path = self.root / "shards" / name
+        record = self.manifest.shards.get(name)
+        if record is None or not path.is_file():
+            raise IntegrityError(f"store shard {str(path)!r} is missing")
+        if self.verify and sha256_file(path) != record["sha256"]:
+            raise IntegrityError(f"store shard {str(path)!r} does not match its sha256 in the manifest")
+        return load_file(str(path))
+
+    def shard(self, i: int) -> dict[str, Tensor]:
+        """Shard ``i``'s tensors (waits for the background load the first time)."""
+        if i not in self._shards:
+            self._shards[i] = self._futures[i].result()
+        return self._shards[i]
+
+    def _positions(self) -> Tensor:
+        if self._position is None:
+            ids = torch.cat([self.shard(i)["index"] for i in range(self.manifest.num_shards)])
+            table = torch.full((int(ids.max()) + 1,), -1, dtype=torch.int64)
+            table[ids] = torch.arange(len(ids))
+            self._position = table
+        return self._position
+
+    def rows(self, ids: Tensor) -> dict[str, Tensor]:
+        """Encoded rows for sample ``ids`` in the given order; an id the store lacks is an error."""
+        table = self._positions()
+        ids = ids.cpu().long()
+        if int(ids.max()) >= len(table) or bool((table[ids] < 0).any()):
+            raise ConfigError(f"store {str(self.root)!r} has no signal for some sample ids of this batch")
+        pos = table[ids]
+        shard_of, row_of = pos // self.manifest.shard_size, pos % self.manifest.shard_size
+        out: dict[str, Tensor] = {}
+        for s in shard_of.unique().tolist():
+            mask = shard_of == s
+            for key, value in self.shard(s).items():
+                if key == "index":
+                    continue
+                if key not in out:
+                    out[key] = torch.empty((len(ids), *value.shape[1:]), dtype=value.dtype)
+                out[key][mask] = value[row_of[mask]]
+        return out
+
+    def signal(self, ids: Tensor) -> DenseSignal | SparseSignal:
+        """Decoded teacher signal for sample ``ids``."""
+        return self.codec.decode(self.rows(ids), self.manifest.num_outputs)
+
+    def size_bytes(self) -> int:
+        """Bytes of all shards."""
+        return sum(int(r["bytes"]) for r in self.manifest.shards.values())
+
+    def close(self) -> None:
+        """Stop the loader thread."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

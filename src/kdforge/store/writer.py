@@ -1,0 +1,176 @@
+"""Build a store: run the teacher once over a data set and write checksummed shards; resume where a build stopped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+import kdforge
+from kdforge.engine.atomic import atomic_write, atomic_write_text, sha256_file
+from kdforge.errors import ConfigError
+from kdforge.signals import Needs
+from kdforge.store.codecs import build_codec
+from kdforge.store.manifest import Manifest, shard_name
+
+
+def ids_digest(ids: torch.Tensor) -> str:
+    """sha256 of the ordered sample ids a store covers."""
+    return hashlib.sha256(ids.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
+
+
+def fidelity_sums(
+    codec: Any, logits: torch.Tensor, encoded: dict[str, torch.Tensor], vocab: int
+) -> tuple[float, float]:
+    """Summed KL(full ‖ decoded) and top-1 agreement over the rows of one batch (what the codec costs)."""
+    full = torch.log_softmax(logits.float() / float(getattr(codec, "temperature", 1.0)), dim=-1)
+    decoded = codec.decode(encoded, vocab)
+    if hasattr(decoded, "logits"):
+        approx = torch.log_softmax(decoded.logits.float(), dim=-1)
+    else:
+        approx = decoded.to_dense_logprobs()
+    kl = (full.exp() * (full - approx)).sum(-1)
+    top1 = (full.argmax(-1) == approx.argmax(-1)).float()
+    return float(kl.sum()), float(top1.sum())
+
+
+def _sidecar(root: Path, name: str) -> Path:
+    return root / "shards" / f"{name}.json"
+
+
+def completed_shards(root: Path, plan: Manifest) -> dict[str, dict[str, Any]]:
+    """Shards already on disk whose sidecar record and checksum agree (anything else is rebuilt)."""
+    done: dict[str, dict[str, Any]] = {}
+    for i in range(plan.num_shards):
+        name = shard_name(i)
+        meta, data = _sidecar(root, name), root / "shards" / name
+        if not (meta.is_file() and data.is_file()):
+            continue
+        try:
+            record = json.loads(meta.read_text())
+        except json.JSONDecodeError:
+            continue
+        if record.get("sha256") == sha256_file(data):
+            done[name] = record
+    return done
+
+
+def plan_store(
+    teacher_fingerprint: str,
+    dataset: Any,
+    data_fingerprint: str,
+    codec: str,
+    codec_params: dict[str, Any],
+    shard_size: int,
+    num_outputs: int,
+    teacher: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> Manifest:
+    """The manifest a build of ``dataset`` with these settings will produce (no shards yet)."""
+    if getattr(dataset, "augment", "none") != "none":
+        raise ConfigError(
+            f"a store holds one view per sample, but data.params.augment={dataset.augment!r}; "
+            "build it with augment=none (per-epoch augmented views are not stored yet)"
+        )
+    build_codec(codec, **codec_params)
+    return Manifest(
+        teacher_fingerprint=teacher_fingerprint,
+        data_fingerprint=data_fingerprint,
+        split=getattr(dataset, "split", "train"),
+        num_samples=len(dataset),
+        ids_sha256=ids_digest(dataset.indices),
+        codec=codec,
+        codec_params=dict(codec_params),
+        view={"augment": "none"},
+        shard_size=shard_size,
+        num_outputs=num_outputs,
+        teacher=teacher or {},
+        data=data or {},
+        kdforge_version=kdforge.__version__,
+    )
+
+
+def build_store(
+    root: str | Path,
+    teacher: Any,
+    dataset: Any,
+    plan: Manifest,
+    batch_size: int = 256,
+    rank: int = 0,
+    world_size: int = 1,
+    on_shard: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Compute this process's missing shards (shard i belongs to rank i % world_size); returns the names written."""
+    root = Path(root)
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    existing = root / "manifest.json"
+    if existing.is_file():
+        problem = Manifest.load(root).mismatch(plan)
+        if problem:
+            raise ConfigError(
+                f"store {str(root)!r} already holds other signals ({problem}); it is left untouched — "
+                "choose another store path or delete that folder"
+            )
+    elif rank == 0:
+        plan.save(root)
+    codec = build_codec(plan.codec, **plan.codec_params)
+    done = completed_shards(root, plan)
+    needs = Needs(teacher_logits=True)
+    written = []
+    for i in range(rank, plan.num_shards, world_size):
+        name = shard_name(i)
+        if name in done:
+            continue
+        start, stop = i * plan.shard_size, min((i + 1) * plan.shard_size, plan.num_samples)
+        parts: dict[str, list[torch.Tensor]] = {"index": []}
+        kl_sum = top1_sum = 0.0
+        for b in range(start, stop, batch_size):
+            batch = dataset.__getitems__(list(range(b, min(b + batch_size, stop))))
+            logits = teacher.signals(batch, needs).logits.logits.cpu()
+            encoded = codec.encode(logits)
+            for key, value in encoded.items():
+                parts.setdefault(key, []).append(value)
+            parts["index"].append(batch["index"].to(torch.int64))
+            kl, top1 = fidelity_sums(codec, logits, encoded, plan.num_outputs)
+            kl_sum, top1_sum = kl_sum + kl, top1_sum + top1
+        tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
+        path = root / "shards" / name
+        atomic_write(path, lambda tmp, t=tensors: save_file(t, str(tmp)))
+        record = {
+            "rows": stop - start,
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+            "kl_sum": kl_sum,
+            "top1_sum": top1_sum,
+        }
+        atomic_write_text(_sidecar(root, name), json.dumps(record))
+        written.append(name)
+        if on_shard is not None:
+            on_shard(i)
+    return written
+
+
+def finalize_store(root: str | Path, plan: Manifest) -> Manifest:
+    """Merge the shard records into the manifest (main process, after every rank finished)."""
+    root = Path(root)
+    done = completed_shards(root, plan)
+    missing = [shard_name(i) for i in range(plan.num_shards) if shard_name(i) not in done]
+    if missing:
+        raise ConfigError(
+            f"store {str(root)!r} is missing {len(missing)} shard(s), e.g. {missing[0]}; run the build again"
+        )
+    plan.shards = {shard_name(i): done[shard_name(i)] for i in range(plan.num_shards)}
+    rows = sum(r["rows"] for r in plan.shards.values())
+    plan.fidelity = {
+        "kl_full_vs_stored": sum(r["kl_sum"] for r in plan.shards.values()) / rows,
+        "top1_agreement": sum(r["top1_sum"] for r in plan.shards.values()) / rows,
+    }
+    plan.complete = True
+    plan.content_sha256 = plan.content_hash()
+    plan.save(root)
+    return plan
