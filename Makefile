@@ -44,7 +44,7 @@ format: setup
 	$(BIN)/ruff format src tests benchmarks
 
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	cd benchmarks && ../$(BIN)/python fmnist_methods.py && ../$(BIN)/python label_scarce.py && ../$(BIN)/python overhead.py && ../$(BIN)/python ddp_compare.py && ../$(BIN)/python report.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

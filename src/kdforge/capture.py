@@ -66,4 +66,7 @@ class Recorder:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        return None
+        # A `with` block is a one-shot capture: the model leaves it without hooks, the tensors stay readable.
+        tensors = self.tensors
+        self.remove()
+        self.tensors = tensors

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from accelerate.utils import broadcast_object_list
+
 import kdforge.strategies  # noqa: F401  (fills the registry)
 from kdforge.data import make_loader
 from kdforge.engine.rundir import RunDir
@@ -65,7 +67,11 @@ def preflight(recipe: Recipe) -> None:
 def run(recipe: Recipe, run_dir: RunDir | None = None) -> dict[str, Any]:
     """Run the recipe (each variant in its own sub-folder) and write report.md and summary.json."""
     acc = get_accelerator(recipe.train.mixed_precision, recipe.train.grad_accum)
-    run_dir = run_dir or RunDir.new(recipe.output_dir, recipe.name, main=acc.is_main_process)
+    if run_dir is None:
+        # Every process must write into the folder the main process named (timestamps can differ by a second).
+        path = [str(RunDir.new(recipe.output_dir, recipe.name, main=acc.is_main_process).path)]
+        broadcast_object_list(path, from_process=0)
+        run_dir = RunDir(path[0], main=acc.is_main_process)
     strategy = STRATEGIES.get(recipe.strategy)
     results: dict[str, dict[str, Any]] = {}
     if not recipe.variants:
@@ -88,7 +94,7 @@ def _teacher_row(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """Test metrics and profile of the shared live teacher, for the first row of the table."""
     for summary in results.values():
         model, bundle = evaluation_model(summary.get("_teacher")), summary["_bundle"]
-        if model is not None:
+        if model is not None and get_accelerator().is_main_process:
             test = make_loader(bundle.test, 1024, shuffle=False, seed=0)
             return {
                 "name": "teacher",

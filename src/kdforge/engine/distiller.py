@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdforge.batch import as_batch, extract_logits
 from kdforge.capture import Recorder
 from kdforge.engine.balancer import Balancer
-from kdforge.engine.batch import as_batch, extract_logits
 from kdforge.errors import ConfigError, ShapeMismatchError
 from kdforge.objectives.base import Objective, objective
 from kdforge.signals import DenseSignal, Needs, StudentOutput, TeacherOutput
@@ -43,8 +43,11 @@ def parse_objectives(config: Mapping[str, ObjectiveConfig]) -> tuple[dict[str, O
         if isinstance(spec, bool) or not isinstance(spec, (int, float, Mapping)):
             raise ConfigError(f"objectives.{name}: expected a weight or a mapping, got {spec!r}")
         params = dict(spec) if isinstance(spec, Mapping) else {"weight": spec}
-        weights[name] = float(params.pop("weight", 1.0))
-        warmups[name] = int(params.pop("warmup_steps", 0))
+        try:
+            weights[name] = float(params.pop("weight", 1.0))
+            warmups[name] = int(params.pop("warmup_steps", 0))
+        except (TypeError, ValueError):
+            raise ConfigError(f"objectives.{name}: weight must be a number and warmup_steps an integer") from None
         kind = params.pop("objective", name)
         try:
             terms[name] = objective(kind, **params)
@@ -125,6 +128,8 @@ class Distiller(nn.Module):
         teacher = TeacherOutput()
         if self.teacher is not None and (self.needs.teacher_logits or self.needs.teacher_features):
             teacher = self.teacher.signals(batch, self.needs)
+            if isinstance(teacher.logits, DenseSignal) and teacher.logits.logits.device != batch["input"].device:
+                teacher = TeacherOutput(DenseSignal(teacher.logits.logits.to(batch["input"].device)), teacher.features)
         student = self._student_forward(batch["input"])
         if not self._checked:
             self.check(batch, student, teacher)

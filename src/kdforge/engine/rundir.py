@@ -31,8 +31,12 @@ class RunDir:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = Path(root).expanduser() / f"{name}-{stamp}"
         path, n = base, 1
-        while main and path.exists():
-            path, n = base.with_name(f"{base.name}-{n}"), n + 1
+        while main:
+            try:
+                path.mkdir(parents=True, exist_ok=False)  # claims the name even against a concurrent run
+                break
+            except FileExistsError:
+                path, n = base.with_name(f"{base.name}-{n}"), n + 1
         return cls(path, main)
 
     def child(self, name: str) -> RunDir:

@@ -18,6 +18,8 @@ from kdforge.engine.distiller import Distiller
 from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.rundir import RunDir
 from kdforge.errors import ConfigError, NonFiniteLossError
+from kdforge.evaluate.metrics import classification_metrics
+from kdforge.evaluate.predict import forward_logits
 from kdforge.recipe import TrainConfig
 from kdforge.teachers.base import evaluation_model
 from kdforge.teachers.live import Live
@@ -35,21 +37,44 @@ def resolve_precision(name: str) -> str:
 _ACCELERATOR: Accelerator | None = None
 
 
-def get_accelerator(mixed_precision: str = "no", grad_accum: int = 1) -> Accelerator:
-    """One Accelerator per process (Accelerate's state is a process-wide singleton)."""
+def get_accelerator(mixed_precision: str | None = None, grad_accum: int | None = None) -> Accelerator:
+    """One Accelerator per process (Accelerate's state is process-wide); None leaves a setting as it is."""
     global _ACCELERATOR
-    precision = resolve_precision(mixed_precision)
+    precision = resolve_precision(mixed_precision or "no")
     if _ACCELERATOR is None:
         # Without cpu=True, Accelerate ignores torchrun's WORLD_SIZE on a machine with no GPU and runs one process.
         cpu = not torch.cuda.is_available()
-        _ACCELERATOR = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=grad_accum)
-    elif _ACCELERATOR.mixed_precision != precision:
+        _ACCELERATOR = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=grad_accum or 1)
+    elif mixed_precision is not None and _ACCELERATOR.mixed_precision != precision:
         raise ConfigError(
             f"train.mixed_precision={precision!r} differs from {_ACCELERATOR.mixed_precision!r} already used in "
             "this process; run the two settings in separate processes"
         )
-    _ACCELERATOR.gradient_accumulation_steps = grad_accum
+    if grad_accum is not None:
+        _ACCELERATOR.gradient_accumulation_steps = grad_accum
     return _ACCELERATOR
+
+
+class LogWindow:
+    """Running means of the loss and every term between two log lines (not just the last micro-batch)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, out: Any) -> None:
+        """Accumulate one optimizer step's values."""
+        values = {"loss": out.loss.item(), **{f"term/{k}": v.item() for k, v in out.terms.items()}}
+        values.update({f"weighted/{k}": v.item() for k, v in out.weighted.items()})
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        """The means since the last pop, then start a new window."""
+        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
 
 
 @dataclass
@@ -87,7 +112,7 @@ class Trainer:
         model.eval()
         logits_all, labels_all = [], []
         for batch in loader:
-            logits = self.distiller_logits(model, batch["input"])
+            logits = forward_logits(model, batch["input"])
             logits, labels = self.accelerator.gather_for_metrics((logits.float(), batch.get("label")))
             logits_all.append(logits.cpu())
             if labels is not None:
@@ -95,20 +120,10 @@ class Trainer:
         model.train(was_training)
         return torch.cat(logits_all), (torch.cat(labels_all) if labels_all else None)
 
-    @staticmethod
-    def distiller_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Logits of ``model`` on ``x`` without hooks or losses."""
-        from kdforge.engine.batch import extract_logits
-
-        with torch.inference_mode():
-            return extract_logits(model(x))
-
     def evaluate(
         self, loaders: dict[str, DataLoader], teacher_logits: dict[str, torch.Tensor]
     ) -> dict[str, dict[str, float]]:
         """Metrics of the student on every evaluation loader (gathered across processes)."""
-        from kdforge.evaluate.metrics import classification_metrics
-
         out: dict[str, dict[str, float]] = {}
         for name, loader in loaders.items():
             logits, labels = self._predict(loader, self.distiller.student)
@@ -141,69 +156,74 @@ class Trainer:
         if isinstance(distiller.teacher, Live):
             distiller.teacher.to(acc.device)
         teacher_logits = self._teacher_eval_logits(eval_loaders)
-        select_on = select_on if select_on in eval_loaders else next(iter(eval_loaders), "")
+        if cfg.select == "best" and select_on not in eval_loaders:
+            raise ConfigError(
+                f"train.select=best needs a {select_on!r} split to choose on (never the test set); "
+                "set data.params.val_fraction > 0 or train.select=last"
+            )
 
-        result = TrainResult(steps=0, epochs=0.0, world_size=acc.num_processes)
-        best_score = -math.inf
-        step, started = 0, time.perf_counter()
-        distiller.train()
-        show = progress.enabled(acc.is_main_process)
-        with progress.bar(f"train {self.run_dir.path.name if self.run_dir else ''}", total, show) as bar:
-            while step < total:
-                for batch in train_loader:
-                    with acc.accumulate(student):
-                        epoch_f = step / steps_per_epoch
-                        out = distiller(batch, step=step, epoch=epoch_f, progress=step / total)
-                        self._check_finite(out.loss, out.terms, step)
-                        acc.backward(out.loss)
-                        if acc.sync_gradients and cfg.grad_clip:
-                            acc.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-                        optimizer.step()  # Accelerate's wrapper skips it between accumulation boundaries
-                        if acc.sync_gradients:
-                            scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    if not acc.sync_gradients:
-                        continue
-                    step += 1
-                    if bar is not None:
-                        bar.update(0, advance=1, info=f"loss {out.loss.item():.4f}")
-                    if step % cfg.log_every == 0 or step == total:
-                        self._log(
-                            {
-                                "split": "train",
-                                "step": step,
-                                "epoch": round(step / steps_per_epoch, 4),
-                                "lr": scheduler.get_last_lr()[0],
-                                "loss": out.loss.item(),
-                                **{f"term/{k}": v.item() for k, v in out.terms.items()},
-                                **{f"weighted/{k}": v.item() for k, v in out.weighted.items()},
-                            }
-                        )
-                    due = step % cfg.eval_every == 0 if cfg.eval_every else step % steps_per_epoch == 0
-                    if due or step == total:
-                        record = self._eval_and_checkpoint(
-                            step,
-                            steps_per_epoch,
-                            eval_loaders,
-                            teacher_logits,
-                            select_on,
-                            best_score,
-                            optimizer,
-                        )
-                        result.history.append(record)
-                        score = record.get(select_on, {}).get("accuracy", -math.inf)
-                        if score > best_score:
-                            best_score, result.best = score, record
-                        result.last = record
-                        distiller.train()
-                    if step >= total:
-                        break
-        result.steps, result.epochs = step, step / steps_per_epoch
-        result.wall_s = time.perf_counter() - started
-        acc.wait_for_everyone()
-        # Accelerate may have patched forward with autocast; the exported student must be the plain module.
-        acc.unwrap_model(student, keep_fp32_wrapper=False)
-        distiller.wrap_student(distiller.student)
+        try:
+            result = TrainResult(steps=0, epochs=0.0, world_size=acc.num_processes)
+            best_score = -math.inf
+            step, started = 0, time.perf_counter()
+            window = LogWindow()
+            distiller.train()
+            show = progress.enabled(acc.is_main_process)
+            with progress.bar(f"train {self.run_dir.path.name if self.run_dir else ''}", total, show) as bar:
+                while step < total:
+                    for batch in train_loader:
+                        with acc.accumulate(student):
+                            epoch_f = step / steps_per_epoch
+                            out = distiller(batch, step=step, epoch=epoch_f, progress=step / total)
+                            self._check_finite(out.loss, out.terms, step)
+                            acc.backward(out.loss)
+                            if acc.sync_gradients:
+                                # A finite loss can still give inf gradients; stop before they reach the weights.
+                                norm = acc.clip_grad_norm_(student.parameters(), cfg.grad_clip or math.inf)
+                                if not torch.isfinite(torch.as_tensor(norm)):
+                                    raise NonFiniteLossError(step, "gradient norm", float(norm))
+                            optimizer.step()  # Accelerate's wrapper skips it between accumulation boundaries
+                            if acc.sync_gradients:
+                                scheduler.step()
+                            optimizer.zero_grad(set_to_none=True)
+                        if not acc.sync_gradients:
+                            continue
+                        step += 1
+                        window.add(out)
+                        if bar is not None:
+                            bar.update(0, advance=1, info=f"loss {out.loss.item():.4f}")
+                        if step % cfg.log_every == 0 or step == total:
+                            epoch_now = round(step / steps_per_epoch, 4)
+                            lr = scheduler.get_last_lr()[0]
+                            self._log({"split": "train", "step": step, "epoch": epoch_now, "lr": lr, **window.pop()})
+                        due = step % cfg.eval_every == 0 if cfg.eval_every else step % steps_per_epoch == 0
+                        if due or step == total:
+                            record = self._eval_and_checkpoint(
+                                step,
+                                steps_per_epoch,
+                                eval_loaders,
+                                teacher_logits,
+                                select_on,
+                                best_score,
+                                optimizer,
+                            )
+                            result.history.append(record)
+                            score = record.get(select_on, {}).get("accuracy", -math.inf)
+                            if score > best_score:
+                                best_score, result.best = score, record
+                            result.last = record
+                            distiller.train()
+                        if step >= total:
+                            break
+            result.steps, result.epochs = step, step / steps_per_epoch
+            result.wall_s = time.perf_counter() - started
+            acc.wait_for_everyone()
+        finally:
+            # Accelerate may have patched forward with autocast; the exported student must be the plain module.
+            acc.unwrap_model(student, keep_fp32_wrapper=False)
+            distiller.wrap_student(distiller.student)
+            # The Accelerator outlives this fit: drop its references to our model, optimizer and loaders.
+            acc.free_memory()
         if cfg.select == "best" and self.run_dir is not None and (self.run_dir.checkpoints / "best").exists():
             load_checkpoint(self.run_dir.checkpoints / "best", distiller.student)
         return result
@@ -212,6 +232,7 @@ class Trainer:
         model = evaluation_model(self.distiller.teacher)
         if model is None:
             return {}
+        model.to(self.accelerator.device)
         return {name: self._predict(loader, model)[0] for name, loader in loaders.items()}
 
     @staticmethod

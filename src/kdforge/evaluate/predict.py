@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from kdforge.batch import extract_logits
 
-def _logits_of(output: Any) -> Tensor:
-    """The logits tensor from a model output: a tensor, or an object with a ``logits`` attribute."""
-    if isinstance(output, Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    raise TypeError(f"model returned {type(output).__name__}; expected a Tensor or an object with .logits")
+
+def forward_logits(model: nn.Module, x: Tensor) -> Tensor:
+    """Logits of ``model`` on ``x`` under inference mode, the input cast to the model's device and float dtype."""
+    param = next(model.parameters(), None)
+    if param is not None:
+        x = x.to(param.device, dtype=param.dtype if x.is_floating_point() else x.dtype)
+    with torch.inference_mode():
+        return extract_logits(model(x))
 
 
 def predict(
@@ -33,7 +33,7 @@ def predict(
     try:
         with torch.inference_mode():
             for batch in loader:
-                out = _logits_of(model(batch["input"].to(device)))
+                out = forward_logits(model, batch["input"].to(device))
                 logits.append(out.float().cpu())
                 indices.append(torch.as_tensor(batch["index"]).cpu())
                 if "label" in batch:

@@ -25,7 +25,7 @@ def _evaluate_one(folder: Path, checkpoint: str) -> tuple[dict[str, Any], Any]:
     bundle = load_data(recipe)
     student = build(recipe.student, bundle, "student")
     state = load_checkpoint(ckpt, student)
-    teacher, _ = provide_teacher(recipe, bundle, allow_training=False)
+    teacher, _ = provide_teacher(recipe, bundle, allow_training=False, signals_needed=False)
     test = make_loader(bundle.test, recipe.data.eval_batch_size, shuffle=False, seed=0)
     metrics = test_metrics(student.eval(), test, teacher)
     result = row(recipe.name, metrics, model_profile(student, bundle.input_shape))

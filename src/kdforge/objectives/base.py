@@ -66,6 +66,19 @@ def register_objective(
     return add
 
 
+def _coerce(objective: str, key: str, value: Any, default: Any) -> Any:
+    """Check a hyper-parameter against the type of its default, so a bad value fails before training."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"objective {objective!r}: parameter {key}={value!r} must be true or false")
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"objective {objective!r}: parameter {key}={value!r} must be a number")
+        return float(value) if isinstance(default, float) else value
+    return value
+
+
 class Objective:
     """A registered objective bound to its hyper-parameters; call it on tensors or on signals."""
 
@@ -79,7 +92,9 @@ class Objective:
                 f"objective {spec.name!r} has no parameter {unknown[0]!r}.{hint} Valid parameters: {valid}"
             )
         self.spec = spec
-        self.params = {k: params.get(k, p.default) for k, p in spec.params.items()}
+        self.params = {
+            k: _coerce(spec.name, k, params[k], p.default) if k in params else p.default for k, p in spec.params.items()
+        }
         self.name = spec.name
 
     @property

@@ -15,7 +15,8 @@ def flatten_logits(logits: Tensor) -> Tensor:
 def kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
     """Per-row KL(p || q) from log-probabilities, safe where p is zero."""
     p = log_p.exp()
-    return (p * (log_p - log_q)).sum(-1)
+    # Where p is 0 (a masked class, log p = -inf) the term is 0, not 0 * -inf = NaN.
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
 
 
 def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:

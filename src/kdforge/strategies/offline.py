@@ -57,7 +57,7 @@ def offline(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
         "best": result.best,
         "last": result.last,
         "history": result.history,
-        "test": result.last.get("test") if result.last else None,
+        "test": _selected(result, recipe.train.select).get("test"),
         "teacher": teacher_info,
     }
     if acc.is_main_process and recipe.profile:
@@ -68,3 +68,9 @@ def offline(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     summary["_teacher"] = teacher
     summary["_bundle"] = bundle
     return summary
+
+
+def _selected(result: Any, select: str) -> dict[str, Any]:
+    """The evaluation record of the checkpoint the run keeps (best on validation, or last)."""
+    record = result.best if select == "best" and result.best else result.last
+    return record or {}

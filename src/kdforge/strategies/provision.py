@@ -25,7 +25,9 @@ from kdforge.teachers import Cached, Live, PastSelf, Precomputed
 
 def load_data(recipe: Recipe, **override: Any) -> DataBundle:
     """The recipe's data set, with optional parameter overrides (e.g. full labels for the teacher)."""
-    params = {"seed": recipe.seed, **recipe.data.params, **override}
+    # The split seed is a property of the data (data.params.seed, default 0), never the run's seed: students of
+    # every seed and their shared teacher must see the same train/validation/test partition.
+    params = {**recipe.data.params, **override}
     return load_dataset(recipe.data.name, **params)
 
 
@@ -41,7 +43,7 @@ def loaders(recipe: Recipe, bundle: DataBundle) -> tuple[Any, dict[str, Any]]:
     """Shuffled train loader and ordered evaluation loaders (val when present, and test)."""
     d = recipe.data
     # data.batch_size is the global batch: N processes each take 1/N, so one recipe optimises the same way anywhere.
-    n = get_accelerator(recipe.train.mixed_precision, recipe.train.grad_accum).num_processes
+    n = get_accelerator().num_processes
     if d.batch_size % n:
         raise ConfigError(f"data.batch_size={d.batch_size} must be divisible by the number of processes ({n})")
     per_process = d.batch_size // n
@@ -96,9 +98,10 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     t = recipe.teacher
     assert t is not None and t.model is not None
     train_cfg = t.train or TrainConfig(epochs=2, optimizer={"name": "adamw", "lr": 2e-3})
-    split_seed = {} if "seed" in recipe.data.params else {"seed": teacher_seed(recipe)}
+    # One Accelerator per process: the teacher trains with the run's precision.
+    train_cfg = train_cfg.model_copy(update={"mixed_precision": recipe.train.mixed_precision})
     full = {k: v for k, v in STUDENT_ONLY_DATA.items() if k in recipe.data.params}
-    bundle = load_data(recipe, **full, **split_seed)
+    bundle = load_data(recipe, **full)
     set_seed(teacher_seed(recipe))
     model = build(t.model, bundle, "teacher.model")
     cache = Path(t.cache_dir).expanduser() / f"{t.model.name}-{_teacher_key(recipe, train_cfg)}"
@@ -111,7 +114,7 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
         return model.eval(), {**meta, "cache": str(cache), "reused": True}
     if not allow_training:
         return None, {"cache": str(cache), "missing": True}
-    train_loader, evals = loaders(recipe, bundle)
+    train_loader, evals = loaders(recipe.model_copy(update={"seed": teacher_seed(recipe)}), bundle)
     trainer = Trainer(Distiller(model, None, {"ce": 1.0}), train_cfg, run_dir=None, seed=teacher_seed(recipe))
     result = trainer.fit(train_loader, evals)
     meta = {
@@ -172,6 +175,8 @@ def provide_teacher(
     if t is None:
         return None, {}
     if t.kind == "past_self":
+        if get_accelerator().num_processes > 1:
+            raise ConfigError("teacher.kind=past_self keeps per-process predictions; run it in one process")
         size = int(bundle.train.indices.max()) + 1
         return PastSelf(size, bundle.num_classes), {"kind": "past_self"}
     if t.kind == "cached":

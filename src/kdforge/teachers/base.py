@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from kdforge.errors import ConfigError
 from kdforge.signals import Needs, TeacherOutput
 
 
@@ -40,3 +41,13 @@ def evaluation_model(teacher: object) -> nn.Module | None:
         return model
     source = getattr(teacher, "source", None)
     return evaluation_model(source) if source is not None else None
+
+
+def sample_ids(batch: dict[str, Any]) -> Tensor:
+    """The batch's sample ids; teachers that look signals up by id cannot work without them."""
+    if "index" not in batch:
+        raise ConfigError(
+            "this teacher looks signals up by sample id, but the batch has no 'index'; "
+            "use kdforge data sets or pass batches as dicts with an 'index' tensor"
+        )
+    return torch.as_tensor(batch["index"]).cpu().long()

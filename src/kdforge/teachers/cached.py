@@ -9,6 +9,7 @@ from kdforge.errors import ConfigError
 from kdforge.registry import TEACHERS
 from kdforge.signals import Needs, TeacherOutput
 from kdforge.store.reader import StoreReader
+from kdforge.teachers.base import sample_ids
 
 
 @TEACHERS.register("cached")
@@ -34,7 +35,7 @@ class Cached:
             raise ConfigError("this store holds logits only; feature objectives need a live teacher")
         if not needs.teacher_logits:
             return TeacherOutput()
-        signal = self.reader.signal(batch["index"])
+        signal = self.reader.signal(sample_ids(batch))
         device = batch["input"].device
         if hasattr(signal, "logits"):
             signal = type(signal)(signal.logits.to(device))

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from kdforge.registry import TEACHERS
 from kdforge.signals import DenseSignal, Needs, TeacherOutput
+from kdforge.teachers.base import sample_ids
 
 # Logit gap that makes an unseen sample's target a near one-hot of its label: no self-knowledge yet.
 _UNSEEN_MARGIN = 30.0
@@ -27,7 +28,7 @@ class PastSelf:
         """Return last epoch's logits of the batch's samples (label one-hot where none yet)."""
         if not needs.teacher_logits:
             return TeacherOutput()
-        idx = batch["index"].cpu().long()
+        idx = sample_ids(batch)
         out = self.logits[idx].clone()
         unseen = ~self.seen[idx]
         if unseen.any() and "label" in batch:
@@ -39,6 +40,6 @@ class PastSelf:
 
     def observe(self, batch: dict[str, Any], student_logits: Tensor) -> None:
         """Remember the student's logits for these samples, for the next epoch."""
-        idx = batch["index"].cpu().long()
+        idx = sample_ids(batch)
         self.logits[idx] = student_logits.detach().float().cpu()
         self.seen[idx] = True

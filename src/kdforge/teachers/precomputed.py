@@ -10,6 +10,7 @@ from torch import Tensor
 from kdforge.errors import ConfigError
 from kdforge.registry import TEACHERS
 from kdforge.signals import DenseSignal, Needs, TeacherOutput
+from kdforge.teachers.base import sample_ids
 from kdforge.teachers.live import Live
 
 
@@ -48,7 +49,7 @@ class Precomputed:
             raise ConfigError("a precomputed teacher holds logits only; use a live teacher for feature objectives")
         if not needs.teacher_logits:
             return TeacherOutput()
-        idx = batch["index"].cpu().long()
+        idx = sample_ids(batch)
         if int(idx.max()) >= len(self.known) or not bool(self.known[idx].all()):
             raise ConfigError("precomputed teacher: the batch holds sample ids that were never computed")
         return TeacherOutput(logits=DenseSignal(self.logits[idx].to(batch["input"].device)))
