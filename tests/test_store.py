@@ -1,0 +1,122 @@
+"""Teacher-signal store: resume after kill -9, checksums, mismatch errors, codecs, cached teacher = live teacher."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdforge.data import load_dataset, make_loader
+from kdforge.engine.distiller import Distiller
+from kdforge.errors import ConfigError, IntegrityError
+from kdforge.models import build_model
+from kdforge.signals import SparseSignal
+from kdforge.store import Manifest, StoreReader, build_codec, build_store, finalize_store, plan_store
+from kdforge.teachers import Cached, Live
+
+from store_worker import make
+
+WORKER = Path(__file__).with_name("store_worker.py")
+
+
+def test_build_killed_with_sigkill_resumes_to_identical_content(tmp_path: Path):
+    reference, resumed = tmp_path / "ref", tmp_path / "resumed"
+    make(str(reference))
+    proc = subprocess.Popen([sys.executable, str(WORKER), str(resumed), "0.5"], env={**os.environ})
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((resumed / "shards").glob("*.json"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((resumed / "shards").glob("*.json")))
+    assert 3 <= done_before < Manifest.load(reference).num_shards, "the kill must land mid-build"
+    assert not Manifest.load(resumed).complete
+    make(str(resumed))  # the same command again resumes
+    assert Manifest.load(resumed).content_sha256 == Manifest.load(reference).content_sha256
+    assert not list((resumed / "shards").glob(".*")), "no temporary files are left behind"
+
+
+def test_shard_checksum_is_verified_on_read(tmp_path: Path):
+    make(str(tmp_path / "s"))
+    shard = sorted((tmp_path / "s" / "shards").glob("*.safetensors"))[1]
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x55
+    shard.write_bytes(bytes(data))
+    reader = StoreReader(tmp_path / "s")
+    with pytest.raises(IntegrityError, match=r"shard-00001\.safetensors.*sha256"):
+        reader.shard(1)
+
+
+def test_rebuild_with_other_settings_refuses_and_keeps_the_store(tmp_path: Path):
+    root = tmp_path / "s"
+    make(str(root))
+    before = (root / "manifest.json").read_text()
+    bundle = load_dataset("digits", seed=0)
+    teacher = Live(build_model("mlp", 10, bundle.input_shape, hidden=(8,)))
+    plan = plan_store(teacher.fingerprint, bundle.train, bundle.fingerprint, "fp16", {}, 64, 10)
+    with pytest.raises(ConfigError, match=r"teacher_fingerprint: store has '.*', the recipe gives"):
+        build_store(root, teacher, bundle.train, plan)
+    assert (root / "manifest.json").read_text() == before
+
+
+def test_cached_teacher_gives_the_live_teachers_loss(tmp_path: Path):
+    bundle = load_dataset("digits", seed=0)
+    torch.manual_seed(0)
+    live = Live(build_model("mlp", 10, bundle.input_shape, hidden=(32,)))
+    plan = plan_store(live.fingerprint, bundle.train, bundle.fingerprint, "fp32", {}, 100, 10)
+    build_store(tmp_path / "s", live, bundle.train, plan)
+    finalize_store(tmp_path / "s", plan)
+    expect = {"teacher_fingerprint": live.fingerprint, "data_fingerprint": bundle.fingerprint}
+    cached = Cached(tmp_path / "s", expect)
+    student = build_model("mlp", 10, bundle.input_shape, hidden=(8,))
+    objectives = {"ce": 0.5, "kd": {"weight": 0.5, "T": 4}}
+    batch = next(iter(make_loader(bundle.train, 64, shuffle=True, seed=0)))
+    a = Distiller(student, live, objectives)(batch)
+    b = Distiller(student, cached, objectives)(batch)
+    assert torch.allclose(a.loss, b.loss, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"teacher_fingerprint is '.*' in the store"):
+        Cached(tmp_path / "s", {"teacher_fingerprint": "0" * 16})
+    with pytest.raises(ConfigError, match="data_fingerprint"):
+        Cached(tmp_path / "s", {"data_fingerprint": "f" * 16})
+
+
+@pytest.mark.parametrize("name", ["topk", "topk_q8"])
+def test_topk_codecs_round_trip_large_vocab(name: str):
+    torch.manual_seed(0)
+    logits = torch.randn(16, 40000) * 4
+    codec = build_codec(name, k=32, temperature=1.0)
+    encoded = codec.encode(logits)
+    assert encoded["ids"].dtype == torch.int16  # 16-bit packed ids for a vocabulary below 65,536
+    sig = codec.decode(encoded, 40000)
+    assert isinstance(sig, SparseSignal)
+    ref = SparseSignal.from_logits(logits, 32)
+    assert torch.equal(sig.ids, ref.ids)
+    tol = 2e-2 if name == "topk_q8" else 2e-3
+    assert torch.allclose(sig.logprobs, ref.logprobs, atol=tol, rtol=1e-3)
+    assert torch.allclose(sig.tail, ref.tail, atol=1e-2)
+
+
+def test_cli_cache_inspect_and_train_from_store(tmp_path: Path, teacher_cache: str):
+    from conftest import run_cli
+
+    store = tmp_path / "store"
+    common = [f"store.path={store}", f"teacher.cache_dir={teacher_cache}"]
+    res = run_cli("cache", "digits-cache", *common, "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["num_shards"] >= 1
+    info = run_cli("cache", "--inspect", str(store), "--json")
+    assert info.returncode == 0, info.stderr
+    inspected = json.loads(info.stdout)
+    assert inspected["complete"] and inspected["fidelity"]["top1_agreement"] > 0.99
+    assert inspected["bytes_per_sample"] > 0
+    run = run_cli("run", "digits-cache", *common, f"output_dir={tmp_path / 'runs'}")
+    assert run.returncode == 0, run.stderr
+    missing = run_cli("run", "digits-cache", f"store.path={tmp_path / 'nope'}", f"output_dir={tmp_path / 'runs'}")
+    assert missing.returncode == 2 and "not a kdforge store" in missing.stderr
