@@ -15,7 +15,7 @@ from pathlib import Path
 from common import save
 
 HERE = Path(__file__).resolve().parent
-DEFAULT = ["variants={}", "train.epochs=2", "profile=false"]
+DEFAULT = ["variants={}", "data.params.train_limit=null", "train.epochs=2", "profile=false"]
 
 
 def launch(nproc: int, out: Path, overrides: list[str]) -> dict:
