@@ -27,7 +27,6 @@ from kdforge.teachers import Cached, Live, Precomputed
 
 from common import save
 
-
 # The demo's MLP (a step of ~2 ms, where the loss arithmetic itself is visible) and a small CNN student.
 STUDENTS = {
     "mlp256": ("mlp", {"hidden": (256,)}),
@@ -125,9 +124,7 @@ def main() -> None:
     }
     tmp.cleanup()
     path = save("overhead", {"students": {args.student: result}})
-    print(
-        {k: round(v, 3) for k, v in med.items()}, f"ratio {ratio:.3f}", f"store/ce {result['cached_step_ratio']:.3f}"
-    )
+    print({k: round(v, 3) for k, v in med.items()}, f"ratio {ratio:.3f}", f"store/ce {result['cached_step_ratio']:.3f}")
     print(f"written {path}")
 
 

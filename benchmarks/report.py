@@ -72,7 +72,8 @@ def overhead_section(data: dict) -> list[str]:
     for key, d in data["students"].items():
         m = d["median_ms"]
         lines.append(
-            f"- **{key}** ({d['student']}; batch {d['batch']}, {d['steps']} interleaved steps, teacher {d['teacher']}): "
+            f"- **{key}** ({d['student']}; batch {d['batch']}, {d['steps']} interleaved steps, "
+            f"teacher {d['teacher']}): "
             f"CE step {m['ce_step']:.2f} ms, teacher forward {m['teacher_forward']:.2f} ms, online-KD step "
             f"{m['kd_step']:.2f} ms → KD / (CE + teacher) = **{d['kd_over_ce_plus_teacher']:.3f}** (limit 1.15). "
             f"KD from a store on disk: {m['store_step']:.2f} ms = **{d['cached_step_ratio']:.3f}×** the CE step "
@@ -82,6 +83,19 @@ def overhead_section(data: dict) -> list[str]:
     return lines
 
 
+def store_section(data: dict) -> list[str]:
+    """Build throughput against bare teacher inference."""
+    return [
+        "",
+        "### Store build throughput (`benchmarks/store_throughput.py`)",
+        "",
+        f"{data['samples']} Fashion-MNIST images, batch {data['batch']}, teacher {data['teacher']}, codec "
+        f"`{data['codec']}`: bare inference {data['bare_samples_per_s']:.0f} samples/s, store build "
+        f"{data['build_samples_per_s']:.0f} samples/s → **{100 * data['build_over_bare_throughput']:.1f}%** of the "
+        "bare throughput (target ≥ 90%).",
+    ]
+
+
 def ddp_section(data: dict) -> list[str]:
     """1 vs 2 processes."""
     one, two = data["one_process"], data["two_processes"]
@@ -89,7 +103,8 @@ def ddp_section(data: dict) -> list[str]:
         "",
         "### One process vs two (`benchmarks/ddp_compare.py`)",
         "",
-        f"{data['recipe']}, `torchrun --nproc_per_node 2` (gloo, world size asserted = {two['world_size']}): test "
+        f"{data['recipe']} on the full training split (2 epochs), `torchrun --nproc_per_node 2` "
+        f"(gloo, world size asserted = {two['world_size']}): test "
         f"accuracy {100 * one['test']['accuracy']:.2f}% on 1 process vs {100 * two['test']['accuracy']:.2f}% on 2 "
         f"(gap {data['accuracy_gap_points']:.2f} points); training wall time {one['train_wall_s']:.1f} s vs "
         f"{two['train_wall_s']:.1f} s on a 2-core machine.",
@@ -103,6 +118,7 @@ def main() -> None:
         ("fmnist_methods", methods_section),
         ("label_scarce", label_scarce_section),
         ("overhead", overhead_section),
+        ("store_throughput", store_section),
         ("ddp", ddp_section),
     ):
         data = load(name)

@@ -92,6 +92,19 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path: Path, args: list[str],
     assert "Traceback" not in res.stderr
 
 
+def test_mixed_precision_bf16_runs_on_cpu(tmp_path: Path, teacher_cache: str):
+    res = run_cli(
+        "run",
+        "digits-kd",
+        "train.mixed_precision=bf16",
+        f"output_dir={tmp_path / 'r'}",
+        f"teacher.cache_dir={teacher_cache}",
+    )
+    assert res.returncode == 0, res.stderr
+    (run_dir,) = list((tmp_path / "r").iterdir())
+    assert json.loads((run_dir / "summary.json").read_text())["test"]["accuracy"] > 0.7
+
+
 def test_eval_of_a_non_run_folder_exits_2(tmp_path: Path):
     res = run_cli("eval", str(tmp_path))
     assert res.returncode == 2 and "not a run folder" in res.stderr

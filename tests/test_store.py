@@ -120,3 +120,21 @@ def test_cli_cache_inspect_and_train_from_store(tmp_path: Path, teacher_cache: s
     assert run.returncode == 0, run.stderr
     missing = run_cli("run", "digits-cache", f"store.path={tmp_path / 'nope'}", f"output_dir={tmp_path / 'runs'}")
     assert missing.returncode == 2 and "not a kdforge store" in missing.stderr
+
+
+def test_two_process_build_equals_one_process_build(tmp_path: Path, teacher_cache: str):
+    from conftest import run_cli
+
+    common = [f"teacher.cache_dir={teacher_cache}"]
+    one = run_cli("cache", "digits-cache", f"store.path={tmp_path / 'one'}", *common, "--json")
+    assert one.returncode == 0, one.stderr
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "kdforge.cli", "cache"]
+    cmd += ["digits-cache", f"store.path={tmp_path / 'two'}", *common, "--json"]
+    two = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    report = json.loads(two.stdout)  # only the main process prints
+    assert report["world_size"] == 2 and len(report["shards_written_per_process"]) == 2
+    assert all(n > 0 for n in report["shards_written_per_process"])
+    assert report["shards_written"] == json.loads(one.stdout)["num_shards"]
+    assert Manifest.load(tmp_path / "two").content_sha256 == Manifest.load(tmp_path / "one").content_sha256

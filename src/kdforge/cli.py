@@ -67,10 +67,13 @@ def cache(
         if recipe is None:
             raise typer.BadParameter("give a RECIPE to build, or --inspect STORE")
         from kdforge import recipes as builtin
+        from kdforge.engine.trainer import get_accelerator
         from kdforge.recipe import load_yaml
         from kdforge.runner import resolve
 
         info = build_from_recipe(resolve(load_yaml(builtin.find(recipe)), list(overrides or [])))
+        if not get_accelerator().is_main_process:
+            return
     if as_json:
         print(json.dumps(info, indent=2))
         return

@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import gather_object
+
 from kdforge import progress
 from kdforge.engine.trainer import get_accelerator
 from kdforge.errors import ConfigError
@@ -55,12 +57,14 @@ def build_from_recipe(recipe: Recipe) -> dict[str, Any]:
             on_shard=(lambda _i: bar.update(0, advance=1)) if bar is not None else None,
         )
     seconds = time.perf_counter() - started
+    per_process = gather_object([len(written)])
     acc.wait_for_everyone()
     manifest = finalize_store(root, plan) if acc.is_main_process else plan
     acc.wait_for_everyone()
     return {
         "path": str(root),
-        "shards_written": len(written),
+        "shards_written": sum(per_process),
+        "shards_written_per_process": per_process,
         "num_shards": plan.num_shards,
         "seconds": seconds,
         "content_sha256": manifest.content_sha256,
