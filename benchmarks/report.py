@@ -78,7 +78,8 @@ def overhead_section(data: dict) -> list[str]:
             f"{m['kd_step']:.2f} ms → KD / (CE + teacher) = **{d['kd_over_ce_plus_teacher']:.3f}** (limit 1.15). "
             f"KD from a store on disk: {m['store_step']:.2f} ms = **{d['cached_step_ratio']:.3f}×** the CE step "
             f"(`cached_step_ratio`; `live_step_ratio` {d['live_step_ratio']:.2f}×); from in-memory precomputed "
-            f"logits {d['precomputed_step_ratio']:.3f}×."
+            f"logits {d['precomputed_step_ratio']:.3f}×. Plain PyTorch, no kdforge, same KD step / CE step: "
+            f"{d.get('plain_pytorch_kd_over_ce', float('nan')):.3f}× (the floor set by the KD term itself)."
         )
     return lines
 

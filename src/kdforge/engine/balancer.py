@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Mapping
 
 import torch
@@ -28,6 +30,11 @@ class Balancer:
 
     def combine(self, terms: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Weighted sum of ``terms``; the second value maps each name to its weighted term."""
-        weighted = {name: self.weight(name, step) * value for name, value in terms.items()}
-        total = torch.stack(list(weighted.values())).sum() if weighted else torch.zeros(())
-        return total, weighted
+        weighted = {}
+        for name, value in terms.items():
+            w = self.weight(name, step)
+            # Every op here runs each step and is recorded for backward; skip the ones that change nothing.
+            weighted[name] = value if w == 1.0 else value * w
+        if not weighted:
+            return torch.zeros(()), weighted
+        return functools.reduce(operator.add, weighted.values()), weighted

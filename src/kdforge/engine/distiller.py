@@ -144,7 +144,7 @@ class Distiller(nn.Module):
         return DistillOutput(
             loss=total,
             terms={k: v.detach() for k, v in terms.items()},
-            weighted={k: v.detach() for k, v in weighted.items()},
+            weighted={k: w.detach() if w is not terms[k] else terms[k].detach() for k, w in weighted.items()},
             student_logits=student.logits,
             teacher=teacher,
         )

@@ -9,7 +9,7 @@ from torch import Tensor
 
 def flatten_logits(logits: Tensor) -> Tensor:
     """View (..., C) logits as (N, C) so that every objective handles (B, C) and (B, S, V) alike."""
-    return logits.reshape(-1, logits.shape[-1])
+    return logits if logits.dim() == 2 else logits.reshape(-1, logits.shape[-1])
 
 
 def kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from kdforge.store.manifest import Manifest, shard_name
 class StoreReader:
     """Signals of a complete store, looked up by sample id; shards stream in on a worker thread."""
 
-    def __init__(self, root: str | Path, verify: bool = True):
+    def __init__(self, root: str | Path, verify: bool = True, resident_bytes: int = 1 << 30):
         self.root = Path(root)
         self.manifest = Manifest.load(self.root)
         if not self.manifest.complete:
@@ -28,11 +28,14 @@ class StoreReader:
         self.verify = verify
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdforge-store")
         # Every shard is requested at once, in order: the worker streams them while training starts.
-        self._futures: list[Future[dict[str, Tensor]]] = [
+        self._futures: list[Future[dict[str, Tensor]] | None] = [
             self._pool.submit(self._load, i) for i in range(self.manifest.num_shards)
         ]
         self._shards: dict[int, dict[str, Tensor]] = {}
         self._position: Tensor | None = None
+        # A store that fits in memory is joined into one tensor per field: a batch is then one index per field.
+        self._joined: dict[str, Tensor] | None = None
+        self._join = sum(int(r["bytes"]) for r in self.manifest.shards.values()) <= resident_bytes
 
     def _load(self, i: int) -> dict[str, Tensor]:
         name = shard_name(i)
@@ -47,7 +50,8 @@ class StoreReader:
     def shard(self, i: int) -> dict[str, Tensor]:
         """Shard ``i``'s tensors (waits for the background load the first time)."""
         if i not in self._shards:
-            self._shards[i] = self._futures[i].result()
+            future = self._futures[i]
+            self._shards[i] = future.result() if future is not None else self._load(i)
         return self._shards[i]
 
     def _positions(self) -> Tensor:
@@ -56,6 +60,13 @@ class StoreReader:
             table = torch.full((int(ids.max()) + 1,), -1, dtype=torch.int64)
             table[ids] = torch.arange(len(ids))
             self._position = table
+            if self._join:
+                keys = [k for k in self.shard(0) if k != "index"]
+                shards = [self.shard(i) for i in range(self.manifest.num_shards)]
+                self._joined = {k: torch.cat([sh[k] for sh in shards]) for k in keys}
+                # Drop every other reference to the per-shard tensors so the store is held once, not twice.
+                self._shards.clear()
+                self._futures = [None] * len(self._futures)
         return self._position
 
     def rows(self, ids: Tensor) -> dict[str, Tensor]:
@@ -65,6 +76,8 @@ class StoreReader:
         if int(ids.max()) >= len(table) or bool((table[ids] < 0).any()):
             raise ConfigError(f"store {str(self.root)!r} has no signal for some sample ids of this batch")
         pos = table[ids]
+        if self._joined is not None:
+            return {k: v[pos] for k, v in self._joined.items()}
         shard_of, row_of = pos // self.manifest.shard_size, pos % self.manifest.shard_size
         out: dict[str, Tensor] = {}
         for s in shard_of.unique().tolist():
