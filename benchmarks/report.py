@@ -97,6 +97,33 @@ def store_section(data: dict) -> list[str]:
     ]
 
 
+def sparse_section(data: dict) -> list[str]:
+    """The LLM codec table."""
+    lines = [
+        "",
+        "### Sparse codecs for LLM signals (`benchmarks/sparse_codecs.py`)",
+        "",
+        f"Teacher {data['teacher']}, {data['tokens']} tokens of {data['corpus']}, vocabulary {data['vocab_size']:,}. "
+        "KL(full ‖ reconstructed) per token, the tail mass spread uniformly over the other ids "
+        f"({data['reference']}).",
+        "",
+        "| k | codec | bytes/token | KL(full‖reconstructed) | top-1 agreement |",
+        "|---|---|---|---|---|",
+    ]
+    for r in data["table"]:
+        lines.append(
+            f"| {r['k']} | `{r['codec']}` | {r['bytes_per_token']:.0f} | {r['kl_full_vs_reconstructed']:.4f} | "
+            f"{r['top1_agreement']:.4f} |"
+        )
+    st = data["store"]
+    lines += [
+        "",
+        f"Built through the store writer as per-token records (`{st['codec']}`, k={st['k']}): "
+        f"{st['bytes_per_token_on_disk']:.1f} bytes/token on disk, shards and manifest included.",
+    ]
+    return lines
+
+
 def ddp_section(data: dict) -> list[str]:
     """1 vs 2 processes."""
     one, two = data["one_process"], data["two_processes"]
@@ -120,6 +147,7 @@ def main() -> None:
         ("label_scarce", label_scarce_section),
         ("overhead", overhead_section),
         ("store_throughput", store_section),
+        ("sparse_codecs", sparse_section),
         ("ddp", ddp_section),
     ):
         data = load(name)

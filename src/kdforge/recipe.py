@@ -94,7 +94,7 @@ class StoreConfig(Strict):
     """Where `kdforge cache` writes the teacher's signals and how they are encoded; `teacher.kind=cached` reads it."""
 
     path: str
-    codec: Literal["fp32", "fp16", "bf16", "topk", "topk_q8"] = "fp16"
+    codec: Literal["fp32", "fp16", "bf16", "topk", "topk_q8", "topk_poly"] = "fp16"
     top_k: int = Field(32, gt=0)
     temperature: float = Field(1.0, gt=0)
     shard_size: int = Field(4096, gt=0)

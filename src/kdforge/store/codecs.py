@@ -122,3 +122,61 @@ def topk_q8(k: int = 32, temperature: float = 1.0, **_: Any) -> TopKQ8:
 def build_codec(name: str, **params: Any) -> Dense | TopK:
     """The codec ``name`` with its parameters (k, temperature for top-k codecs)."""
     return CODECS.get(name)(**params)
+
+
+def chebyshev_basis(x: Tensor, degree: int) -> Tensor:
+    """(len(x), degree+1) Chebyshev polynomials T_0..T_degree at points x in [-1, 1] (well conditioned)."""
+    cols = [torch.ones_like(x), x]
+    while len(cols) < degree + 1:
+        cols.append(2 * x * cols[-1] - cols[-2])
+    return torch.stack(cols[: degree + 1], dim=1)
+
+
+def log_rank_axis(count: int) -> Tensor:
+    """``count`` ranks mapped to [-1, 1] on a log scale: sorted log-probs fall steeply first, then flatten."""
+    r = torch.log1p(torch.arange(count, dtype=torch.float64))
+    return 2 * r / r[-1].clamp(min=1e-12) - 1 if count > 1 else torch.zeros(1, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class TopKPoly(TopK):
+    """Top-k ids, the first ``head`` log-probs exactly, the rest as a Chebyshev fit over log-rank (fp16)."""
+
+    degree: int = 8
+    head: int = 4
+    name: str = "topk_poly"
+
+    def _split(self) -> tuple[int, int]:
+        head = min(self.head, self.k)
+        return head, min(self.degree, max(self.k - head - 1, 0))
+
+    def _basis(self) -> tuple[Tensor, Tensor]:
+        head, degree = self._split()
+        basis = chebyshev_basis(log_rank_axis(self.k - head), degree)
+        return basis, torch.linalg.pinv(basis)
+
+    def encode(self, logits: Tensor) -> Encoded:
+        """Sorted top-k log-probs → ``head`` exact values + degree+1 coefficients per position."""
+        sig = SparseSignal.from_logits(logits.float() / self.temperature, self.k)
+        head, _ = self._split()
+        _, pinv = self._basis()
+        coeffs = sig.logprobs[..., head:].double() @ pinv.T
+        return {
+            "ids": _pack_ids(sig.ids, sig.vocab_size),
+            "head": sig.logprobs[..., :head].to(torch.float16),
+            "coeffs": coeffs.to(torch.float16),
+            "tail": sig.tail.to(torch.float16),
+        }
+
+    def decode(self, tensors: Encoded, vocab_size: int) -> SparseSignal:
+        """Exact head, then the fitted curve at every further rank; the tail mass as stored."""
+        basis, _ = self._basis()
+        rest = (tensors["coeffs"].double() @ basis.T).float()
+        logprobs = torch.cat([tensors["head"].float(), rest], dim=-1)
+        return SparseSignal(_unpack_ids(tensors["ids"]), logprobs, tensors["tail"].float(), vocab_size)
+
+
+@CODECS.register("topk_poly")
+def topk_poly(k: int = 32, temperature: float = 1.0, degree: int = 8, head: int = 4, **_: Any) -> TopKPoly:
+    """Top-k sparse codec with polynomial-compressed log-probs."""
+    return TopKPoly(k, temperature, degree=degree, head=head)

@@ -26,8 +26,8 @@ def ids_digest(ids: torch.Tensor) -> str:
 
 def fidelity_sums(
     codec: Any, logits: torch.Tensor, encoded: dict[str, torch.Tensor], vocab: int
-) -> tuple[float, float]:
-    """Summed KL(full ‖ decoded) and top-1 agreement over the rows of one batch (what the codec costs)."""
+) -> tuple[float, float, int]:
+    """Summed KL(full ‖ decoded) and top-1 agreement over the positions of one batch, and how many positions."""
     full = torch.log_softmax(logits.float() / float(getattr(codec, "temperature", 1.0)), dim=-1)
     decoded = codec.decode(encoded, vocab)
     if hasattr(decoded, "logits"):
@@ -36,7 +36,7 @@ def fidelity_sums(
         approx = decoded.to_dense_logprobs()
     kl = (full.exp() * (full - approx)).sum(-1)
     top1 = (full.argmax(-1) == approx.argmax(-1)).float()
-    return float(kl.sum()), float(top1.sum())
+    return float(kl.sum()), float(top1.sum()), int(kl.numel())
 
 
 def _sidecar(root: Path, name: str) -> Path:
@@ -129,6 +129,7 @@ def build_store(
         start, stop = i * plan.shard_size, min((i + 1) * plan.shard_size, plan.num_samples)
         parts: dict[str, list[torch.Tensor]] = {"index": []}
         kl_sum = top1_sum = 0.0
+        positions = 0
         for b in range(start, stop, batch_size):
             batch = dataset.__getitems__(list(range(b, min(b + batch_size, stop))))
             logits = teacher.signals(batch, needs).logits.logits.cpu()
@@ -136,8 +137,8 @@ def build_store(
             for key, value in encoded.items():
                 parts.setdefault(key, []).append(value)
             parts["index"].append(batch["index"].to(torch.int64))
-            kl, top1 = fidelity_sums(codec, logits, encoded, plan.num_outputs)
-            kl_sum, top1_sum = kl_sum + kl, top1_sum + top1
+            kl, top1, n = fidelity_sums(codec, logits, encoded, plan.num_outputs)
+            kl_sum, top1_sum, positions = kl_sum + kl, top1_sum + top1, positions + n
         tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
         path = root / "shards" / name
         atomic_write(path, lambda tmp, t=tensors: save_file(t, str(tmp)))
@@ -147,6 +148,7 @@ def build_store(
             "bytes": path.stat().st_size,
             "kl_sum": kl_sum,
             "top1_sum": top1_sum,
+            "positions": positions,
         }
         atomic_write_text(_sidecar(root, name), json.dumps(record))
         written.append(name)
@@ -165,10 +167,12 @@ def finalize_store(root: str | Path, plan: Manifest) -> Manifest:
             f"store {str(root)!r} is missing {len(missing)} shard(s), e.g. {missing[0]}; run the build again"
         )
     plan.shards = {shard_name(i): done[shard_name(i)] for i in range(plan.num_shards)}
-    rows = sum(r["rows"] for r in plan.shards.values())
+    # Per position: one per sample for classification, one per token for sequences.
+    positions = sum(r["positions"] for r in plan.shards.values())
     plan.fidelity = {
-        "kl_full_vs_stored": sum(r["kl_sum"] for r in plan.shards.values()) / rows,
-        "top1_agreement": sum(r["top1_sum"] for r in plan.shards.values()) / rows,
+        "kl_full_vs_stored": sum(r["kl_sum"] for r in plan.shards.values()) / positions,
+        "top1_agreement": sum(r["top1_sum"] for r in plan.shards.values()) / positions,
+        "positions": positions,
     }
     plan.complete = True
     plan.content_sha256 = plan.content_hash()

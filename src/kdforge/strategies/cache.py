@@ -94,6 +94,7 @@ def inspect(path: str | Path) -> dict[str, Any]:
         "shards": m.num_shards,
         "size_bytes": size,
         "bytes_per_sample": size / max(m.num_samples, 1),
+        "bytes_per_position": size / max(int(m.fidelity.get("positions", m.num_samples)), 1),
         "fidelity": m.fidelity,
         "content_sha256": m.content_sha256,
         "kdforge_version": m.kdforge_version,

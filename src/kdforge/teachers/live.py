@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdforge.batch import extract_logits
 from kdforge.capture import Recorder
 from kdforge.registry import TEACHERS
 from kdforge.signals import DenseSignal, FeatureSignal, Needs, TeacherOutput
@@ -56,7 +57,7 @@ class Live:
         with torch.inference_mode():
             if recorder is not None:
                 recorder.clear()
-            logits = self.model(x)
+            logits = extract_logits(self.model(x))
             feats = dict(recorder.tensors) if recorder is not None else {}
         # Inference tensors cannot be saved for backward; a clone outside inference mode makes them plain
         # constants the student's loss may use. The copy is of outputs only, never of the graph.
