@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from kdforge.store.manifest import Manifest, shard_name
 class StoreReader:
     """Signals of a complete store, looked up by sample id; shards stream in on a worker thread."""
 
-    def __init__(self, root: str | Path, verify: bool = True, resident_bytes: int = 1 << 30):
+    def __init__(self, root: str | Path, verify: bool = True, resident_bytes: int = 1 << 30, cached_shards: int = 8):
         self.root = Path(root)
         self.manifest = Manifest.load(self.root)
         if not self.manifest.complete:
@@ -27,11 +28,14 @@ class StoreReader:
         self.codec = build_codec(self.manifest.codec, **self.manifest.codec_params)
         self.verify = verify
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdforge-store")
-        # Every shard is requested at once, in order: the worker streams them while training starts.
+        # A store that fits in memory is requested whole, in order: the worker streams it while training starts.
+        # A larger one is read on demand and kept in a small LRU of shards.
+        fits = sum(int(r["bytes"]) for r in self.manifest.shards.values()) <= resident_bytes
         self._futures: list[Future[dict[str, Tensor]] | None] = [
-            self._pool.submit(self._load, i) for i in range(self.manifest.num_shards)
+            self._pool.submit(self._load, i) if fits else None for i in range(self.manifest.num_shards)
         ]
-        self._shards: dict[int, dict[str, Tensor]] = {}
+        self._shards: OrderedDict[int, dict[str, Tensor]] = OrderedDict()
+        self._cached_shards = cached_shards
         self._position: Tensor | None = None
         # A store that fits in memory is joined into one tensor per field: a batch is then one index per field.
         self._joined: dict[str, Tensor] | None = None
@@ -49,14 +53,19 @@ class StoreReader:
 
     def shard(self, i: int) -> dict[str, Tensor]:
         """Shard ``i``'s tensors (waits for the background load the first time)."""
-        if i not in self._shards:
-            future = self._futures[i]
-            self._shards[i] = future.result() if future is not None else self._load(i)
+        if i in self._shards:
+            self._shards.move_to_end(i)
+            return self._shards[i]
+        future = self._futures[i]
+        self._shards[i] = future.result() if future is not None else self._load(i)
+        self._futures[i] = None  # the LRU (or the joined table) holds it from now on
+        if not self._join and len(self._shards) > self._cached_shards:
+            self._shards.popitem(last=False)
         return self._shards[i]
 
     def _positions(self) -> Tensor:
         if self._position is None:
-            ids = torch.cat([self.shard(i)["index"] for i in range(self.manifest.num_shards)])
+            ids = torch.cat([self.shard(i)["index"].clone() for i in range(self.manifest.num_shards)])
             table = torch.full((int(ids.max()) + 1,), -1, dtype=torch.int64)
             table[ids] = torch.arange(len(ids))
             self._position = table

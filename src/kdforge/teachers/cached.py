@@ -7,7 +7,7 @@ from typing import Any
 
 from kdforge.errors import ConfigError
 from kdforge.registry import TEACHERS
-from kdforge.signals import Needs, TeacherOutput
+from kdforge.signals import DenseSignal, Needs, SparseSignal, TeacherOutput
 from kdforge.store.reader import StoreReader
 from kdforge.teachers.base import sample_ids
 
@@ -37,6 +37,10 @@ class Cached:
             return TeacherOutput()
         signal = self.reader.signal(sample_ids(batch))
         device = batch["input"].device
-        if hasattr(signal, "logits"):
-            signal = type(signal)(signal.logits.to(device))
+        if isinstance(signal, DenseSignal):
+            signal = DenseSignal(signal.logits.to(device))
+        else:
+            signal = SparseSignal(
+                signal.ids.to(device), signal.logprobs.to(device), signal.tail.to(device), signal.vocab_size
+            )
         return TeacherOutput(logits=signal)
