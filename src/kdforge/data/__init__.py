@@ -1,6 +1,6 @@
 """Data sets as in-memory tensors with stable sample ids; importing this registers the built-in ones."""
 
-from kdforge.data import digits, fashion_mnist
+from kdforge.data import digits, fashion_mnist, text
 from kdforge.data.base import (
     ArrayDataset,
     DataBundle,
@@ -22,5 +22,6 @@ __all__ = [
     "make_loader",
     "stratified_fraction",
     "subset",
+    "text",
     "train_val_split",
 ]
