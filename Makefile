@@ -2,7 +2,7 @@
 # Rules kept here so nobody has to remember them:
 #  - torch is installed first and pinned to the local CPU wheel (torch==2.13.0); anything that depends on torch,
 #    installed into a venv without it, would pull a multi-GB CUDA build.
-#  - torchvision is never installed (it swaps in a CUDA torch).
+#  - torch's vision add-on is never installed (its wheel swaps in a multi-GB CUDA torch).
 #  - tests and runs are offline: no model hub, no URL downloads.
 PYTHON ?= python3
 VENV := .venv
