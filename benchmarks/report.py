@@ -148,6 +148,32 @@ def shard_format_section(data: dict) -> list[str]:
     return lines
 
 
+def text_section(data: dict) -> list[str]:
+    """One MiniLM store, two students."""
+    st = data["store"]
+    lines = [
+        "",
+        "### Text: one teacher store, two students (`benchmarks/text_store.py`)",
+        "",
+        f"{data['dataset']}; teacher {data['teacher']}: test accuracy {100 * data['teacher_test']['accuracy']:.2f}%. "
+        f"Store (fp16) built once in {st['seconds']:.0f} s.",
+        "",
+        "| student | test acc | agreement | train wall (s) | live step (ms) | store step (ms) | saved (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, v in data["students"].items():
+        lines.append(
+            f"| {key} | {100 * v['test']['accuracy']:.2f}% | {100 * v['test']['agreement']:.2f}% | "
+            f"{v['train_wall_s']:.1f} | {v['live_step_ms']:.0f} | {v['store_step_ms']:.1f} | {v['wall_saved_s']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Time saved = optimizer steps × (live step − store step), from per-step times measured on the same batches: "
+        f"{data['wall_saved_s_both_students']:.0f} s for both students against {st['seconds']:.0f} s of store build.",
+    ]
+    return lines
+
+
 def ddp_section(data: dict) -> list[str]:
     """1 vs 2 processes."""
     one, two = data["one_process"], data["two_processes"]
@@ -173,6 +199,7 @@ def main() -> None:
         ("store_throughput", store_section),
         ("sparse_codecs", sparse_section),
         ("shard_format", shard_format_section),
+        ("text_store", text_section),
         ("ddp", ddp_section),
     ):
         data = load(name)
