@@ -11,32 +11,15 @@ import argparse
 from typing import Any
 
 from common import accuracy_record, mean_std, run_recipe, save
-from fmnist_methods import TEACHER
+from fmnist_methods import TEACHER, base
 
 STUDENT = {"name": "mlp", "params": {"hidden": [256]}}
 
 
 def recipe(seed: int, label_fraction: float, epochs: float, objectives: dict[str, Any]) -> dict[str, Any]:
-    """One run: same student, teacher and optimiser; only the labelled fraction and objective differ."""
-    return {
-        "name": "label-scarce",
-        "seed": seed,
-        "data": {
-            "name": "fashion_mnist",
-            "params": {"val_fraction": 0.1, "seed": 0, "label_fraction": label_fraction},
-            "batch_size": 128,
-        },
-        "teacher": TEACHER,
-        "student": STUDENT,
-        "objectives": objectives,
-        "train": {
-            "epochs": epochs,
-            "optimizer": {"name": "adamw", "lr": 0.002},
-            "schedule": {"name": "cosine"},
-            "log_every": 1000,
-        },
-        "profile": False,
-    }
+    """The method benchmark's recipe (same teacher, split, optimiser); only labels, objective and budget differ."""
+    setting = {"student": STUDENT, "data": {"label_fraction": label_fraction}}
+    return {**base(setting, epochs, seed), "name": "label-scarce", "objectives": objectives}
 
 
 SETTINGS = {

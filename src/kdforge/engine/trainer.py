@@ -19,7 +19,7 @@ from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.rundir import RunDir
 from kdforge.errors import ConfigError, NonFiniteLossError
 from kdforge.evaluate.metrics import classification_metrics
-from kdforge.evaluate.predict import forward_logits
+from kdforge.evaluate.predict import predict
 from kdforge.recipe import TrainConfig
 from kdforge.teachers.base import evaluation_model
 from kdforge.teachers.live import Live
@@ -106,19 +106,9 @@ class Trainer:
         if self.run_dir is not None:
             self.run_dir.log(record)
 
-    @torch.no_grad()
     def _predict(self, loader: DataLoader, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-        was_training = model.training
-        model.eval()
-        logits_all, labels_all = [], []
-        for batch in loader:
-            logits = forward_logits(model, batch["input"])
-            logits, labels = self.accelerator.gather_for_metrics((logits.float(), batch.get("label")))
-            logits_all.append(logits.cpu())
-            if labels is not None:
-                labels_all.append(labels.cpu())
-        model.train(was_training)
-        return torch.cat(logits_all), (torch.cat(labels_all) if labels_all else None)
+        logits, labels, _ = predict(model, loader, self.accelerator.device, gather=self.accelerator.gather_for_metrics)
+        return logits, labels
 
     def evaluate(
         self, loaders: dict[str, DataLoader], teacher_logits: dict[str, torch.Tensor]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -23,8 +23,12 @@ def predict(
     model: nn.Module,
     loader: Iterable[Mapping[str, Tensor]],
     device: str | torch.device = "cpu",
+    gather: Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]] | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Eval-mode logits (float32, CPU), labels (or None) and indices for every batch of ``loader``."""
+    """Eval-mode logits (float32, CPU), labels (or None) and indices for every batch of ``loader``.
+
+    ``gather`` (e.g. Accelerate's gather_for_metrics) collects each batch from every process.
+    """
     was_training = model.training
     model.eval()
     logits: list[Tensor] = []
@@ -33,11 +37,15 @@ def predict(
     try:
         with torch.inference_mode():
             for batch in loader:
-                out = forward_logits(model, batch["input"].to(device))
-                logits.append(out.float().cpu())
-                indices.append(torch.as_tensor(batch["index"]).cpu())
+                parts = [forward_logits(model, batch["input"].to(device)).float(), torch.as_tensor(batch["index"])]
                 if "label" in batch:
-                    labels.append(torch.as_tensor(batch["label"]).cpu())
+                    parts.append(torch.as_tensor(batch["label"]))
+                if gather is not None:
+                    parts = list(gather(tuple(parts)))
+                logits.append(parts[0].cpu())
+                indices.append(parts[1].cpu())
+                if len(parts) > 2:
+                    labels.append(parts[2].cpu())
     finally:
         model.train(was_training)
     if not logits:
