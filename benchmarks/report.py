@@ -174,6 +174,21 @@ def text_section(data: dict) -> list[str]:
     return lines
 
 
+def demo_section(data: dict) -> list[str]:
+    """How long `make demo`'s run takes and what it prints."""
+    rows = {r["name"]: r for r in data["rows"]}
+    return [
+        "",
+        "### The default run (`benchmarks/demo_time.py`)",
+        "",
+        f"`kdforge run`: {data['empty_teacher_cache_s']:.0f} s with an empty teacher cache (teacher trained), "
+        f"{data['cached_teacher_s']:.0f} s with the cached teacher (limit {data['limit_s']} s). Test accuracy: teacher "
+        f"{100 * rows['teacher']['accuracy']:.2f}%, scratch {100 * rows['scratch']['accuracy']:.2f}%, "
+        f"KD {100 * rows['kd']['accuracy']:.2f}%.",
+        "",
+    ]
+
+
 def ddp_section(data: dict) -> list[str]:
     """1 vs 2 processes."""
     one, two = data["one_process"], data["two_processes"]
@@ -193,6 +208,7 @@ def main() -> None:
     """Rewrite the README between the markers."""
     lines: list[str] = []
     for name, render in (
+        ("demo_time", demo_section),
         ("fmnist_methods", methods_section),
         ("label_scarce", label_scarce_section),
         ("overhead", overhead_section),
