@@ -99,6 +99,8 @@ class StoreConfig(Strict):
     temperature: float = Field(1.0, gt=0)
     shard_size: int = Field(4096, gt=0)
     batch_size: int = Field(256, gt=0)
+    views: int = Field(1, ge=1, description="augmented views stored per sample; epoch e trains on view e % views")
+    view_seed: int = Field(0, description="seed of the stored views' augmentation draws")
 
 
 class Recipe(Strict):

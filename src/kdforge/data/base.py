@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data import default_collate as _default_collate
 
-from kdforge.data.augment import get_augment
+from kdforge.data.augment import get_augment, sample_keys
 from kdforge.errors import ConfigError
 from kdforge.registry import DATASETS, closest
 
@@ -22,7 +22,12 @@ Batch = dict[str, Tensor]
 
 
 class ArrayDataset(Dataset):
-    """Samples held in tensors; each carries its id (its position in the original split)."""
+    """Samples held in tensors; each carries its id (its position in the original split).
+
+    With an augmentation, a loader index ``e * len(ds) + p`` means sample ``p`` seen in epoch ``e``
+    (see ``ViewSampler``); its view is ``e`` (or ``e % views`` when the views cycle, as a store's do), and the
+    augmentation is drawn from (``augment_seed``, view, sample id) alone.
+    """
 
     def __init__(
         self,
@@ -31,6 +36,8 @@ class ArrayDataset(Dataset):
         augment: str = "none",
         indices: Tensor | None = None,
         split: str = "train",
+        augment_seed: int = 0,
+        views: int | None = None,
     ):
         n = len(inputs)
         if labels is not None and len(labels) != n:
@@ -44,22 +51,34 @@ class ArrayDataset(Dataset):
         self.indices = torch.as_tensor(indices, dtype=torch.int64)
         self.augment = augment
         self.split = split
+        if views is not None and views < 1:
+            raise ConfigError(f"views must be >= 1, got {views}")
+        self.augment_seed = augment_seed
+        self.views = views
         self._augment = get_augment(augment, inputs.dim())
+
+    @property
+    def augmented(self) -> bool:
+        """Whether samples differ between views."""
+        return self.augment != "none"
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def __getitem__(self, i: int) -> Batch:
-        item = {"input": self._augment(self.inputs[i][None])[0]}
-        if self.labels is not None:
-            item["label"] = self.labels[i]
-        item["index"] = self.indices[i]
-        return item
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
 
     def __getitems__(self, indices: Sequence[int] | Tensor) -> Batch:
         """Fetch a whole batch with one indexing op per tensor (DataLoader calls this when present)."""
-        pos = torch.as_tensor(indices, dtype=torch.int64)
-        batch = {"input": self._augment(self.inputs[pos])}
+        flat = torch.as_tensor(indices, dtype=torch.int64)
+        pos = flat % len(self)
+        batch = {"input": self.inputs[pos]}
+        if self.augmented:
+            epoch = flat // len(self)
+            view = epoch % self.views if self.views is not None else epoch
+            ids = self.indices[pos]
+            batch["input"] = self._augment(batch["input"], sample_keys(self.augment_seed, view, ids))
+            batch["view"] = view
         if self.labels is not None:
             batch["label"] = self.labels[pos]
         batch["index"] = self.indices[pos]
@@ -70,6 +89,28 @@ class ArrayDataset(Dataset):
             f"ArrayDataset(split={self.split!r}, n={len(self)}, input_shape={tuple(self.inputs.shape[1:])}, "
             f"labelled={self.labels is not None}, augment={self.augment!r})"
         )
+
+
+class ViewSampler(Sampler[int]):
+    """Shuffles like ``RandomSampler`` and tags every index with the epoch: ``epoch * n + position``.
+
+    The tag travels with the index through Accelerate's batch sharding and into DataLoader workers, so each
+    augmented sample knows its view without shared mutable state.
+    """
+
+    def __init__(self, size: int, generator: torch.Generator | None = None, shuffle: bool = True):
+        self.size = size
+        self.generator = generator  # Accelerate synchronises this generator across processes
+        self.shuffle = shuffle
+        self.epoch = -1
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        self.epoch += 1
+        order = torch.randperm(self.size, generator=self.generator) if self.shuffle else torch.arange(self.size)
+        yield from (order + self.epoch * self.size).tolist()
 
 
 def collate_batch(batch: Batch | list[Batch]) -> Batch:
@@ -88,12 +129,24 @@ def subset(ds: ArrayDataset, positions: Sequence[int] | Tensor, augment: str | N
         augment=ds.augment if augment is None else augment,
         indices=ds.indices[pos],
         split=ds.split,
+        augment_seed=ds.augment_seed,
+        views=ds.views,
     )
 
 
-def with_augment(ds: ArrayDataset, augment: str) -> ArrayDataset:
-    """The same samples (tensors shared, not copied) with a different augmentation."""
-    return ArrayDataset(ds.inputs, ds.labels, augment=augment, indices=ds.indices, split=ds.split)
+def with_augment(
+    ds: ArrayDataset, augment: str, augment_seed: int | None = None, views: int | str | None = "keep"
+) -> ArrayDataset:
+    """The same samples (tensors shared, not copied) with another augmentation, seed or view cycle."""
+    return ArrayDataset(
+        ds.inputs,
+        ds.labels,
+        augment=augment,
+        indices=ds.indices,
+        split=ds.split,
+        augment_seed=ds.augment_seed if augment_seed is None else augment_seed,
+        views=ds.views if views == "keep" else views,  # type: ignore[arg-type]
+    )
 
 
 def _stratified_pick(ds: ArrayDataset, count: Callable[[int], int], seed: int) -> Tensor:
@@ -169,10 +222,13 @@ def make_loader(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     generator = torch.Generator().manual_seed(seed)
+    # Augmented data needs the epoch in each index to pick its view; plain data keeps torch's sampler.
+    sampler = ViewSampler(len(ds), generator, shuffle) if shuffle and getattr(ds, "augmented", False) else None
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         drop_last=drop_last,
         num_workers=num_workers,
         collate_fn=collate_batch,

@@ -52,9 +52,19 @@ class Manifest:
     format: int = FORMAT
 
     @property
+    def num_views(self) -> int:
+        """How many augmented views of every sample the store holds (1 without augmentation)."""
+        return int(self.view.get("views", 1))
+
+    @property
+    def num_rows(self) -> int:
+        """Stored records: one per sample and view; row ``v * num_samples + p`` is view ``v`` of sample ``p``."""
+        return self.num_samples * self.num_views
+
+    @property
     def num_shards(self) -> int:
         """How many shards a complete store has."""
-        return -(-self.num_samples // self.shard_size)
+        return -(-self.num_rows // self.shard_size)
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a store to be reused."""

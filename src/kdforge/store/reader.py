@@ -37,6 +37,7 @@ class StoreReader:
         self._shards: OrderedDict[int, dict[str, Tensor]] = OrderedDict()
         self._cached_shards = cached_shards
         self._position: Tensor | None = None
+        self._id_span = 0
         # A store that fits in memory is joined into one tensor per field: a batch is then one index per field.
         self._joined: dict[str, Tensor] | None = None
         self._join = sum(int(r["bytes"]) for r in self.manifest.shards.values()) <= resident_bytes
@@ -65,23 +66,40 @@ class StoreReader:
 
     def _positions(self) -> Tensor:
         if self._position is None:
-            ids = torch.cat([self.shard(i)["index"].clone() for i in range(self.manifest.num_shards)])
+            shards = [self.shard(i) for i in range(self.manifest.num_shards)]
+            ids = torch.cat([sh["index"] for sh in shards])
+            self._id_span = int(ids.max()) + 1
+            if "view" in shards[0]:
+                ids = torch.cat([sh["view"].long() for sh in shards]) * self._id_span + ids
             table = torch.full((int(ids.max()) + 1,), -1, dtype=torch.int64)
             table[ids] = torch.arange(len(ids))
             self._position = table
             if self._join:
-                keys = [k for k in self.shard(0) if k != "index"]
-                shards = [self.shard(i) for i in range(self.manifest.num_shards)]
+                keys = [k for k in shards[0] if k not in ("index", "view")]
                 self._joined = {k: torch.cat([sh[k] for sh in shards]) for k in keys}
                 # Drop every other reference to the per-shard tensors so the store is held once, not twice.
                 self._shards.clear()
                 self._futures = [None] * len(self._futures)
         return self._position
 
-    def rows(self, ids: Tensor) -> dict[str, Tensor]:
-        """Encoded rows for sample ``ids`` in the given order; an id the store lacks is an error."""
+    def rows(self, ids: Tensor, views: Tensor | None = None) -> dict[str, Tensor]:
+        """Encoded rows for sample ``ids`` (at ``views`` for an augmented store) in the given order."""
         table = self._positions()
         ids = ids.cpu().long()
+        stored_views = self.manifest.num_views
+        if self.manifest.view.get("augment", "none") != "none":
+            if views is None:
+                raise ConfigError(
+                    f"store {str(self.root)!r} holds {stored_views} augmented view(s) per sample, but the batch has "
+                    "no 'view'; train with the store's data.params.augment so each epoch reads its view"
+                )
+            views = views.cpu().long()
+            if bool((views >= stored_views).any()) or bool((views < 0).any()):
+                raise ConfigError(
+                    f"store {str(self.root)!r} holds views 0..{stored_views - 1}, the batch asks for "
+                    f"view {int(views.max())}"
+                )
+            ids = views * self._id_span + ids
         if int(ids.max()) >= len(table) or bool((table[ids] < 0).any()):
             raise ConfigError(f"store {str(self.root)!r} has no signal for some sample ids of this batch")
         pos = table[ids]
@@ -92,16 +110,16 @@ class StoreReader:
         for s in shard_of.unique().tolist():
             mask = shard_of == s
             for key, value in self.shard(s).items():
-                if key == "index":
+                if key in ("index", "view"):
                     continue
                 if key not in out:
                     out[key] = torch.empty((len(ids), *value.shape[1:]), dtype=value.dtype)
                 out[key][mask] = value[row_of[mask]]
         return out
 
-    def signal(self, ids: Tensor) -> DenseSignal | SparseSignal:
-        """Decoded teacher signal for sample ``ids``."""
-        return self.codec.decode(self.rows(ids), self.manifest.num_outputs)
+    def signal(self, ids: Tensor, views: Tensor | None = None) -> DenseSignal | SparseSignal:
+        """Decoded teacher signal for sample ``ids`` (at ``views`` for an augmented store)."""
+        return self.codec.decode(self.rows(ids, views), self.manifest.num_outputs)
 
     def size_bytes(self) -> int:
         """Bytes of all shards."""

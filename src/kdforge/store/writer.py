@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import kdforge
+from kdforge.data.base import with_augment
 from kdforge.engine.atomic import atomic_write, atomic_write_text, sha256_file
 from kdforge.errors import ConfigError
 from kdforge.signals import Needs
@@ -70,13 +71,20 @@ def plan_store(
     num_outputs: int,
     teacher: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
+    views: int = 1,
+    view_seed: int = 0,
 ) -> Manifest:
-    """The manifest a build of ``dataset`` with these settings will produce (no shards yet)."""
-    if getattr(dataset, "augment", "none") != "none":
-        raise ConfigError(
-            f"a store holds one view per sample, but data.params.augment={dataset.augment!r}; "
-            "build it with augment=none (per-epoch augmented views are not stored yet)"
-        )
+    """The manifest a build of ``dataset`` with these settings will produce (no shards yet).
+
+    An augmented data set is stored as ``views`` views per sample, each drawn from (``view_seed``, view, sample id);
+    training epoch ``e`` then reads view ``e % views``, and the student sees the very image the teacher saw.
+    """
+    augment = getattr(dataset, "augment", "none")
+    if augment == "none" and views != 1:
+        raise ConfigError(f"store.views={views} needs an augmented data set (data.params.augment), got augment=none")
+    view: dict[str, Any] = {"augment": augment}
+    if augment != "none":
+        view.update(views=views, seed=view_seed, epoch_reads="view = epoch % views; draws keyed by (seed, view, id)")
     build_codec(codec, **codec_params)
     return Manifest(
         teacher_fingerprint=teacher_fingerprint,
@@ -86,7 +94,7 @@ def plan_store(
         ids_sha256=ids_digest(dataset.indices),
         codec=codec,
         codec_params=dict(codec_params),
-        view={"augment": "none"},
+        view=view,
         shard_size=shard_size,
         num_outputs=num_outputs,
         teacher=teacher or {},
@@ -121,12 +129,15 @@ def build_store(
     codec = build_codec(plan.codec, **plan.codec_params)
     done = completed_shards(root, plan)
     needs = Needs(teacher_logits=True)
+    if getattr(dataset, "augmented", False):
+        # The build's rows are (view, sample) pairs; the data set draws view v of a sample from the store's seed.
+        dataset = with_augment(dataset, dataset.augment, augment_seed=plan.view["seed"], views=plan.num_views)
     written = []
     for i in range(rank, plan.num_shards, world_size):
         name = shard_name(i)
         if name in done:
             continue
-        start, stop = i * plan.shard_size, min((i + 1) * plan.shard_size, plan.num_samples)
+        start, stop = i * plan.shard_size, min((i + 1) * plan.shard_size, plan.num_rows)
         parts: dict[str, list[torch.Tensor]] = {"index": []}
         kl_sum = top1_sum = 0.0
         positions = 0
@@ -137,6 +148,8 @@ def build_store(
             for key, value in encoded.items():
                 parts.setdefault(key, []).append(value)
             parts["index"].append(batch["index"].to(torch.int64))
+            if "view" in batch:
+                parts.setdefault("view", []).append(batch["view"].to(torch.int32))
             kl, top1, n = fidelity_sums(codec, logits, encoded, plan.num_outputs)
             kl_sum, top1_sum, positions = kl_sum + kl, top1_sum + top1, positions + n
         tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}

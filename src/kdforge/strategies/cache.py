@@ -41,6 +41,8 @@ def build_from_recipe(recipe: Recipe) -> dict[str, Any]:
             **{k: v for k, v in info.items() if k != "metrics"},
         },
         data={"name": recipe.data.name, "params": recipe.data.params},
+        views=cfg.views,
+        view_seed=cfg.view_seed,
     )
     root = Path(cfg.path).expanduser()
     mine = len(range(acc.process_index, plan.num_shards, acc.num_processes))
@@ -93,7 +95,9 @@ def inspect(path: str | Path) -> dict[str, Any]:
         "view": m.view,
         "shards": m.num_shards,
         "size_bytes": size,
+        "views": m.num_views,
         "bytes_per_sample": size / max(m.num_samples, 1),
+        "bytes_per_record": size / max(m.num_rows, 1),
         "bytes_per_position": size / max(int(m.fidelity.get("positions", m.num_samples)), 1),
         "fidelity": m.fidelity,
         "content_sha256": m.content_sha256,

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kdforge.data import DataBundle, load_dataset, make_loader
+from kdforge.data.base import with_augment
 from kdforge.engine.atomic import atomic_replace_dir, sha256_file
 from kdforge.engine.checkpoint import save_model
 from kdforge.engine.distiller import Distiller
@@ -23,12 +24,17 @@ from kdforge.recipe import ModelConfig, Recipe, TrainConfig
 from kdforge.teachers import Cached, Live, PastSelf, Precomputed
 
 
-def load_data(recipe: Recipe, **override: Any) -> DataBundle:
+def load_data(recipe: Recipe, augment_seed: int | None = None, **override: Any) -> DataBundle:
     """The recipe's data set, with optional parameter overrides (e.g. full labels for the teacher)."""
     # The split seed is a property of the data (data.params.seed, default 0), never the run's seed: students of
     # every seed and their shared teacher must see the same train/validation/test partition.
     params = {**recipe.data.params, **override}
-    return load_dataset(recipe.data.name, **params)
+    bundle = load_dataset(recipe.data.name, **params)
+    if bundle.train.augmented:
+        # Augmentation draws are the run's: another seed sees other views of the same samples.
+        seed = recipe.seed if augment_seed is None else augment_seed
+        bundle.train = with_augment(bundle.train, bundle.train.augment, augment_seed=seed)
+    return bundle
 
 
 def build(cfg: ModelConfig, bundle: DataBundle, where: str) -> nn.Module:
@@ -101,7 +107,7 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     # One Accelerator per process: the teacher trains with the run's precision.
     train_cfg = train_cfg.model_copy(update={"mixed_precision": recipe.train.mixed_precision})
     full = {k: v for k, v in STUDENT_ONLY_DATA.items() if k in recipe.data.params}
-    bundle = load_data(recipe, **full)
+    bundle = load_data(recipe, augment_seed=teacher_seed(recipe), **full)
     set_seed(teacher_seed(recipe))
     model = build(t.model, bundle, "teacher.model")
     cache = Path(t.cache_dir).expanduser() / f"{t.model.name}-{_teacher_key(recipe, train_cfg)}"
@@ -207,6 +213,15 @@ def cached_teacher(recipe: Recipe, bundle: DataBundle) -> tuple[Cached, dict[str
         "teacher_fingerprint": source.fingerprint if source is not None else None,
     }
     teacher = Cached(Path(recipe.store.path).expanduser(), expect, source=source)
+    view = teacher.reader.manifest.view
+    if view["augment"] != bundle.train.augment:
+        raise ConfigError(
+            f"data.params.augment is {bundle.train.augment!r} but store {recipe.store.path!r} was built with "
+            f"augment={view['augment']!r}; train with the augmentation the store holds"
+        )
+    if bundle.train.augmented:
+        # Epoch e reads stored view e % views: the student must draw exactly those views, from the store's seed.
+        bundle.train = with_augment(bundle.train, view["augment"], augment_seed=view["seed"], views=view["views"])
     return teacher, {
         "kind": "cached",
         "store": recipe.store.path,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kdforge.errors import ConfigError
 from kdforge.registry import TEACHERS
 from kdforge.signals import DenseSignal, Needs, SparseSignal, TeacherOutput
@@ -35,7 +37,8 @@ class Cached:
             raise ConfigError("this store holds logits only; feature objectives need a live teacher")
         if not needs.teacher_logits:
             return TeacherOutput()
-        signal = self.reader.signal(sample_ids(batch))
+        views = batch.get("view")
+        signal = self.reader.signal(sample_ids(batch), None if views is None else torch.as_tensor(views))
         device = batch["input"].device
         if isinstance(signal, DenseSignal):
             signal = DenseSignal(signal.logits.to(device))
