@@ -17,7 +17,7 @@ from kdforge.data import load_dataset, make_loader
 from kdforge.engine.distiller import Distiller
 from kdforge.errors import ConfigError, IntegrityError
 from kdforge.models import build_model
-from kdforge.signals import SparseSignal
+from kdforge.signals import Needs, SparseSignal
 from kdforge.store import Manifest, StoreReader, build_codec, build_store, finalize_store, plan_store
 from kdforge.teachers import Cached, Live
 
@@ -145,3 +145,42 @@ def test_topk_poly_fits_in_under_300_bytes_per_position_at_k128():
     encoded = build_codec("topk_poly", k=128).encode(torch.randn(4, 6, 49152) * 3)
     per_position = sum(v.numel() * v.element_size() for v in encoded.values()) / 24
     assert per_position == 256 + 2 * 4 + 2 * 9 + 2  # ids, exact head, 9 coefficients, tail
+
+
+def test_named_features_are_stored_and_served_like_a_live_teacher(tmp_path: Path):
+    bundle = load_dataset("digits", seed=0)
+    torch.manual_seed(0)
+    live = Live(build_model("mlp", 10, bundle.input_shape, hidden=(32,)))
+    with pytest.raises(ConfigError, match="has no module '9'"):
+        bad = plan_store(live.fingerprint, bundle.train, bundle.fingerprint, "fp16", {}, 128, 10, features=["9"])
+        build_store(tmp_path / "bad", live, bundle.train, bad)
+    assert not (tmp_path / "bad" / "manifest.json").exists(), "a wrong path is refused before anything is written"
+    plan = plan_store(
+        live.fingerprint,
+        bundle.train,
+        bundle.fingerprint,
+        "fp16",
+        {},
+        128,
+        10,
+        features=["2", "1"],
+        feature_dtype="fp32",
+    )
+    assert plan.features == {"names": ["2", "1"], "dtype": "fp32"}
+    build_store(tmp_path / "s", live, bundle.train, plan)
+    finalize_store(tmp_path / "s", plan)
+    cached = Cached(tmp_path / "s")
+    batch = bundle.train.__getitems__([9, 3, 100])
+    wanted = Needs(teacher_logits=True, teacher_features=("1", "2"))
+    out, ref = cached.signals(batch, wanted), live.signals(batch, wanted)
+    for name in ("1", "2"):
+        assert out.features[name].shape == ref.features[name].shape == (3, 32)
+        assert torch.equal(out.features[name], ref.features[name])  # fp32 storage is exact
+    assert torch.allclose(out.logits.logits, ref.logits.logits, atol=1e-2)
+    only_features = cached.signals(batch, Needs(teacher_features=("2",)))
+    assert only_features.logits is None and set(only_features.features.tensors) == {"2"}
+    with pytest.raises(ConfigError, match=r"no teacher feature '3' \(it holds \['2', '1'\]\)"):
+        cached.signals(batch, Needs(teacher_features=("3",)))
+    changed = plan_store(live.fingerprint, bundle.train, bundle.fingerprint, "fp16", {}, 128, 10, features=["1"])
+    with pytest.raises(ConfigError, match="features: store has"):
+        build_store(tmp_path / "s", live, bundle.train, changed)

@@ -101,6 +101,8 @@ class StoreConfig(Strict):
     batch_size: int = Field(256, gt=0)
     views: int = Field(1, ge=1, description="augmented views stored per sample; epoch e trains on view e % views")
     view_seed: int = Field(0, description="seed of the stored views' augmentation draws")
+    features: list[str] = Field(default_factory=list, description="teacher module paths whose outputs are stored too")
+    feature_dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
 
 
 class Recipe(Strict):

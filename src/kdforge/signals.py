@@ -86,6 +86,7 @@ class TeacherOutput:
 
     logits: DenseSignal | SparseSignal | None = None
     features: FeatureSignal | None = None
+    mask: Tensor | None = None  # (B, S) bool for sequences: True at real tokens, False at padding
 
 
 @dataclass(frozen=True)

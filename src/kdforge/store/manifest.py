@@ -25,6 +25,7 @@ IDENTITY = (
     "view",
     "shard_size",
     "num_outputs",
+    "features",
 )
 
 
@@ -42,6 +43,8 @@ class Manifest:
     view: dict[str, Any]
     shard_size: int
     num_outputs: int
+    # Named teacher features stored beside the logits: {"names": [module paths], "dtype": "fp16"}; empty when none.
+    features: dict[str, Any] = field(default_factory=dict)
     teacher: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     shards: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -50,6 +53,11 @@ class Manifest:
     content_sha256: str | None = None
     kdforge_version: str = ""
     format: int = FORMAT
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Teacher module paths whose outputs the store holds."""
+        return tuple(self.features.get("names", ()))
 
     @property
     def num_views(self) -> int:

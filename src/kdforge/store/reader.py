@@ -12,9 +12,40 @@ from torch import Tensor
 
 from kdforge.engine.atomic import sha256_file
 from kdforge.errors import ConfigError, IntegrityError
-from kdforge.signals import DenseSignal, SparseSignal
+from kdforge.signals import DenseSignal, FeatureSignal, SparseSignal, TeacherOutput
 from kdforge.store.codecs import build_codec
 from kdforge.store.manifest import Manifest, shard_name
+from kdforge.store.writer import FEATURE_PREFIX
+
+OFFSETS = "_offsets"  # in memory only: where each sample's packed token records start
+SAMPLE_FIELDS = ("index", "view", "mask", OFFSETS)
+
+
+def with_offsets(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Add the start of every sample's token records to a sequence shard (or joined store); others pass through."""
+    if "mask" in tensors:
+        counts = tensors["mask"].sum(1)
+        tensors[OFFSETS] = torch.cumsum(counts, 0) - counts
+    return tensors
+
+
+def gather(tensors: dict[str, Tensor], rows: Tensor, pad: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The codec fields of ``rows``; for sequences, token records unpacked to (B, S, ...) with ``pad`` at padding."""
+    per_sample = [k for k in tensors if k.startswith(FEATURE_PREFIX)]
+    fields = [k for k in tensors if k not in SAMPLE_FIELDS and k not in per_sample]
+    out = {k: tensors[k][rows] for k in per_sample}
+    if "mask" not in tensors:
+        return {**out, **{k: tensors[k][rows] for k in fields}}
+    mask = tensors["mask"][rows]
+    # Token j of a sample sits at its offset plus the number of real tokens before j.
+    where = (tensors[OFFSETS][rows, None] + mask.long().cumsum(1) - 1)[mask]
+    out["mask"] = mask
+    for key in fields:
+        value = tensors[key]
+        full = pad[key].to(value.dtype).expand(*mask.shape, *value.shape[1:]).clone()
+        full[mask] = value[where]
+        out[key] = full
+    return out
 
 
 class StoreReader:
@@ -38,6 +69,7 @@ class StoreReader:
         self._cached_shards = cached_shards
         self._position: Tensor | None = None
         self._id_span = 0
+        self._pad_row: dict[str, Tensor] | None = None
         # A store that fits in memory is joined into one tensor per field: a batch is then one index per field.
         self._joined: dict[str, Tensor] | None = None
         self._join = sum(int(r["bytes"]) for r in self.manifest.shards.values()) <= resident_bytes
@@ -50,7 +82,7 @@ class StoreReader:
             raise IntegrityError(f"store shard {str(path)!r} is missing")
         if self.verify and sha256_file(path) != record["sha256"]:
             raise IntegrityError(f"store shard {str(path)!r} does not match its sha256 in the manifest")
-        return load_file(str(path))
+        return with_offsets(load_file(str(path)))
 
     def shard(self, i: int) -> dict[str, Tensor]:
         """Shard ``i``'s tensors (waits for the background load the first time)."""
@@ -75,15 +107,24 @@ class StoreReader:
             table[ids] = torch.arange(len(ids))
             self._position = table
             if self._join:
-                keys = [k for k in shards[0] if k not in ("index", "view")]
-                self._joined = {k: torch.cat([sh[k] for sh in shards]) for k in keys}
+                keys = [k for k in shards[0] if k not in ("index", "view", OFFSETS)]
+                self._joined = with_offsets({k: torch.cat([sh[k] for sh in shards]) for k in keys})
                 # Drop every other reference to the per-shard tensors so the store is held once, not twice.
                 self._shards.clear()
                 self._futures = [None] * len(self._futures)
         return self._position
 
+    def _pad(self) -> dict[str, Tensor]:
+        # Padding positions get a valid record (the uniform distribution) so nothing downstream sees NaN.
+        if self._pad_row is None:
+            self._pad_row = self.codec.encode(torch.zeros(1, self.manifest.num_outputs))
+        return self._pad_row
+
     def rows(self, ids: Tensor, views: Tensor | None = None) -> dict[str, Tensor]:
-        """Encoded rows for sample ``ids`` (at ``views`` for an augmented store) in the given order."""
+        """Encoded rows for sample ``ids`` (at ``views`` for an augmented store) in the given order.
+
+        Sequence stores also return ``mask`` (B, S), and every field per position (B, S, ...), padding included.
+        """
         table = self._positions()
         ids = ids.cpu().long()
         stored_views = self.manifest.num_views
@@ -104,22 +145,34 @@ class StoreReader:
             raise ConfigError(f"store {str(self.root)!r} has no signal for some sample ids of this batch")
         pos = table[ids]
         if self._joined is not None:
-            return {k: v[pos] for k, v in self._joined.items()}
+            return gather(self._joined, pos, self._pad())
         shard_of, row_of = pos // self.manifest.shard_size, pos % self.manifest.shard_size
         out: dict[str, Tensor] = {}
         for s in shard_of.unique().tolist():
             mask = shard_of == s
-            for key, value in self.shard(s).items():
-                if key in ("index", "view"):
-                    continue
+            for key, value in gather(self.shard(s), row_of[mask], self._pad()).items():
                 if key not in out:
                     out[key] = torch.empty((len(ids), *value.shape[1:]), dtype=value.dtype)
-                out[key][mask] = value[row_of[mask]]
+                out[key][mask] = value
         return out
 
     def signal(self, ids: Tensor, views: Tensor | None = None) -> DenseSignal | SparseSignal:
-        """Decoded teacher signal for sample ``ids`` (at ``views`` for an augmented store)."""
-        return self.codec.decode(self.rows(ids, views), self.manifest.num_outputs)
+        """Decoded teacher logits for sample ``ids`` (at ``views`` for an augmented store)."""
+        logits = self.lookup(ids, views).logits
+        assert logits is not None
+        return logits
+
+    def lookup(self, ids: Tensor, views: Tensor | None = None) -> TeacherOutput:
+        """Everything stored for sample ``ids``: decoded logits, named features (float32) and the token mask."""
+        encoded = self.rows(ids, views)
+        mask = encoded.pop("mask", None)
+        names = [k for k in encoded if k.startswith(FEATURE_PREFIX)]
+        features = {k[len(FEATURE_PREFIX) :]: encoded.pop(k).float() for k in names}
+        return TeacherOutput(
+            logits=self.codec.decode(encoded, self.manifest.num_outputs),
+            features=FeatureSignal(features) if features else None,
+            mask=mask,
+        )
 
     def size_bytes(self) -> int:
         """Bytes of all shards."""

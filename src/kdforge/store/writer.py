@@ -12,12 +12,16 @@ import torch
 from safetensors.torch import save_file
 
 import kdforge
+from kdforge.capture import Recorder
 from kdforge.data.base import with_augment
 from kdforge.engine.atomic import atomic_write, atomic_write_text, sha256_file
-from kdforge.errors import ConfigError
+from kdforge.errors import ConfigError, ShapeMismatchError
 from kdforge.signals import Needs
 from kdforge.store.codecs import build_codec
 from kdforge.store.manifest import Manifest, shard_name
+
+FEATURE_PREFIX = "feature/"
+FEATURE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def ids_digest(ids: torch.Tensor) -> str:
@@ -73,6 +77,8 @@ def plan_store(
     data: dict[str, Any] | None = None,
     views: int = 1,
     view_seed: int = 0,
+    features: list[str] | tuple[str, ...] = (),
+    feature_dtype: str = "fp16",
 ) -> Manifest:
     """The manifest a build of ``dataset`` with these settings will produce (no shards yet).
 
@@ -86,6 +92,9 @@ def plan_store(
     if augment != "none":
         view.update(views=views, seed=view_seed, epoch_reads="view = epoch % views; draws keyed by (seed, view, id)")
     build_codec(codec, **codec_params)
+    if feature_dtype not in FEATURE_DTYPES:
+        raise ConfigError(f"store.feature_dtype={feature_dtype!r}; valid: {', '.join(FEATURE_DTYPES)}")
+    stored_features = {"names": list(dict.fromkeys(features)), "dtype": feature_dtype} if features else {}
     return Manifest(
         teacher_fingerprint=teacher_fingerprint,
         data_fingerprint=data_fingerprint,
@@ -97,6 +106,7 @@ def plan_store(
         view=view,
         shard_size=shard_size,
         num_outputs=num_outputs,
+        features=stored_features,
         teacher=teacher or {},
         data=data or {},
         kdforge_version=kdforge.__version__,
@@ -115,6 +125,10 @@ def build_store(
 ) -> list[str]:
     """Compute this process's missing shards (shard i belongs to rank i % world_size); returns the names written."""
     root = Path(root)
+    model = getattr(teacher, "model", None)
+    if plan.feature_names and isinstance(model, torch.nn.Module):
+        # Check the feature paths before anything is written (the Recorder names the closest valid paths).
+        Recorder(model, plan.feature_names).remove()
     (root / "shards").mkdir(parents=True, exist_ok=True)
     existing = root / "manifest.json"
     if existing.is_file():
@@ -128,7 +142,8 @@ def build_store(
         plan.save(root)
     codec = build_codec(plan.codec, **plan.codec_params)
     done = completed_shards(root, plan)
-    needs = Needs(teacher_logits=True)
+    needs = Needs(teacher_logits=True, teacher_features=plan.feature_names)
+    feature_dtype = FEATURE_DTYPES[plan.features.get("dtype", "fp16")]
     if getattr(dataset, "augmented", False):
         # The build's rows are (view, sample) pairs; the data set draws view v of a sample from the store's seed.
         dataset = with_augment(dataset, dataset.augment, augment_seed=plan.view["seed"], views=plan.num_views)
@@ -143,7 +158,22 @@ def build_store(
         positions = 0
         for b in range(start, stop, batch_size):
             batch = dataset.__getitems__(list(range(b, min(b + batch_size, stop))))
-            logits = teacher.signals(batch, needs).logits.logits.cpu()
+            out = teacher.signals(batch, needs)
+            logits = out.logits.logits.cpu()
+            for feature in plan.feature_names:
+                # Stored per sample as recorded (a sequence model's features keep their padding positions).
+                parts.setdefault(FEATURE_PREFIX + feature, []).append(out.features[feature].cpu().to(feature_dtype))
+            if logits.dim() == 3:
+                # Sequences: one record per real token, packed; the mask says where each one goes back.
+                mask = batch.get("attention_mask")
+                mask = torch.ones(logits.shape[:2], dtype=torch.bool) if mask is None else mask.cpu().bool()
+                if mask.shape != logits.shape[:2]:
+                    raise ShapeMismatchError(
+                        f"attention_mask has shape {tuple(mask.shape)}, the teacher's logits {tuple(logits.shape)}; "
+                        "expected (batch, sequence) to match"
+                    )
+                parts.setdefault("mask", []).append(mask)
+                logits = logits[mask]
             encoded = codec.encode(logits)
             for key, value in encoded.items():
                 parts.setdefault(key, []).append(value)

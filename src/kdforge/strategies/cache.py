@@ -43,6 +43,8 @@ def build_from_recipe(recipe: Recipe) -> dict[str, Any]:
         data={"name": recipe.data.name, "params": recipe.data.params},
         views=cfg.views,
         view_seed=cfg.view_seed,
+        features=cfg.features,
+        feature_dtype=cfg.feature_dtype,
     )
     root = Path(cfg.path).expanduser()
     mine = len(range(acc.process_index, plan.num_shards, acc.num_processes))
@@ -93,6 +95,7 @@ def inspect(path: str | Path) -> dict[str, Any]:
         "codec": m.codec,
         "codec_params": m.codec_params,
         "view": m.view,
+        "features": m.features,
         "shards": m.num_shards,
         "size_bytes": size,
         "views": m.num_views,

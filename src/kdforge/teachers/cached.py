@@ -9,7 +9,7 @@ import torch
 
 from kdforge.errors import ConfigError
 from kdforge.registry import TEACHERS
-from kdforge.signals import DenseSignal, Needs, SparseSignal, TeacherOutput
+from kdforge.signals import DenseSignal, FeatureSignal, Needs, SparseSignal, TeacherOutput
 from kdforge.store.reader import StoreReader
 from kdforge.teachers.base import sample_ids
 
@@ -32,18 +32,31 @@ class Cached:
         self.source = source  # the live teacher when known, for agreement on evaluation data
 
     def signals(self, batch: dict[str, Any], needs: Needs) -> TeacherOutput:
-        """The stored signal of every sample of ``batch``."""
-        if needs.teacher_features:
-            raise ConfigError("this store holds logits only; feature objectives need a live teacher")
-        if not needs.teacher_logits:
+        """The stored signals of every sample of ``batch``: logits, the features asked for, and the token mask."""
+        stored = self.reader.manifest.feature_names
+        missing = [name for name in needs.teacher_features if name not in stored]
+        if missing:
+            raise ConfigError(
+                f"store {str(self.reader.root)!r} has no teacher feature {missing[0]!r} (it holds "
+                f"{list(stored) or 'logits only'}); add it to store.features and rebuild, or use a live teacher"
+            )
+        if not needs.teacher_logits and not needs.teacher_features:
             return TeacherOutput()
         views = batch.get("view")
-        signal = self.reader.signal(sample_ids(batch), None if views is None else torch.as_tensor(views))
+        out = self.reader.lookup(sample_ids(batch), None if views is None else torch.as_tensor(views))
         device = batch["input"].device
+        signal = out.logits
         if isinstance(signal, DenseSignal):
             signal = DenseSignal(signal.logits.to(device))
-        else:
+        elif isinstance(signal, SparseSignal):
             signal = SparseSignal(
                 signal.ids.to(device), signal.logprobs.to(device), signal.tail.to(device), signal.vocab_size
             )
-        return TeacherOutput(logits=signal)
+        features = None
+        if needs.teacher_features and out.features is not None:
+            features = FeatureSignal({k: out.features[k].to(device) for k in needs.teacher_features})
+        return TeacherOutput(
+            logits=signal if needs.teacher_logits else None,
+            features=features,
+            mask=None if out.mask is None else out.mask.to(device),
+        )

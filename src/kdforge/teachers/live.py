@@ -63,7 +63,9 @@ class Live:
         # constants the student's loss may use. The copy is of outputs only, never of the graph.
         logits_out = DenseSignal(logits.float().clone()) if needs.teacher_logits else None
         feats_out = FeatureSignal({k: v.clone() for k, v in feats.items()}) if feats else None
-        return TeacherOutput(logits=logits_out, features=feats_out)
+        mask = batch.get("attention_mask") if logits.dim() == 3 else None
+        mask = None if mask is None else torch.as_tensor(mask).to(logits.device).bool()
+        return TeacherOutput(logits=logits_out, features=feats_out, mask=mask)
 
     def close(self) -> None:
         """Remove any hooks this teacher added to its model."""

@@ -1,0 +1,103 @@
+"""Sequence stores: one packed record per real token, masks stored and served, a causal LM teacher (tiny_gpt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdforge.data import load_dataset, make_loader
+from kdforge.data.text import next_token_labels
+from kdforge.errors import ShapeMismatchError
+from kdforge.models import build_model
+from kdforge.signals import DenseSignal, Needs, SparseSignal
+from kdforge.store import StoreReader, build_store, finalize_store, plan_store
+from kdforge.strategies.cache import inspect
+from kdforge.teachers import Cached, Live
+
+NEEDS = Needs(teacher_logits=True)
+
+
+@pytest.fixture(scope="module")
+def lm() -> tuple[object, Live]:
+    bundle = load_dataset("reuters_r8_lm", max_len=96, train_limit=40)
+    torch.manual_seed(0)
+    return bundle, Live(build_model("tiny_gpt", bundle.num_classes, bundle.input_shape, width=32, layers=1))
+
+
+def test_lm_dataset_has_masks_and_next_token_labels(lm):
+    bundle, _ = lm
+    batch = bundle.train.__getitems__(list(range(40)))
+    ids, mask, labels = batch["input"], batch["attention_mask"], batch["label"]
+    assert ids.shape == mask.shape == labels.shape == (40, 96) and bundle.num_classes == 30522
+    assert torch.equal(mask, ids != 0) and bool((~mask).any()), "some documents are shorter than max_len"
+    assert torch.equal(labels[:, :-1][mask[:, 1:]], ids[:, 1:][mask[:, 1:]])
+    assert bool((labels[:, -1] == -100).all()) and bool((labels[~mask] == -100).all())
+    assert next_token_labels(torch.tensor([[5, 6, 0]])).tolist() == [[6, -100, -100]]
+
+
+def test_tiny_gpt_is_causal(lm):
+    bundle, live = lm
+    ids = bundle.train.__getitems__([0])["input"]
+    changed = ids.clone()
+    changed[0, 10:] = 1000
+    with torch.no_grad():
+        a, b = live.model(ids), live.model(changed)
+    assert a.shape == (1, 96, 30522)
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-5) and not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+@pytest.mark.parametrize("resident_bytes", [1 << 30, 0], ids=["joined", "lru"])
+def test_topk_sequence_store_packs_real_tokens_and_serves_masks(lm, tmp_path: Path, resident_bytes: int):
+    bundle, live = lm
+    plan = plan_store(live.fingerprint, bundle.train, bundle.fingerprint, "topk", {"k": 8}, 16, bundle.num_classes)
+    build_store(tmp_path / "s", live, bundle.train, plan, batch_size=8)
+    manifest = finalize_store(tmp_path / "s", plan)
+    real = int(bundle.train.fields["attention_mask"].sum())
+    assert manifest.fidelity["positions"] == real
+    shard = StoreReader(tmp_path / "s").shard(0)
+    assert shard["mask"].shape == (16, 96) and shard["ids"].shape == (int(shard["mask"].sum()), 8)
+    info = inspect(tmp_path / "s")
+    assert info["bytes_per_position"] == pytest.approx(info["size_bytes"] / real)
+
+    reader = StoreReader(tmp_path / "s", resident_bytes=resident_bytes)
+    for batch in make_loader(bundle.train, 12, shuffle=True, seed=0):
+        looked_up = reader.lookup(batch["index"])
+        signal, mask = looked_up.logits, looked_up.mask
+        assert torch.equal(mask, batch["attention_mask"])
+        live_out = live.signals(batch, NEEDS)
+        assert torch.equal(live_out.mask, mask)
+        ref = SparseSignal.from_logits(live_out.logits.logits, 8)
+        assert isinstance(signal, SparseSignal) and signal.ids.shape == (len(batch["index"]), 96, 8)
+        assert torch.equal(signal.ids[mask], ref.ids[mask])
+        assert torch.allclose(signal.logprobs[mask], ref.logprobs[mask], atol=2e-3, rtol=1e-3)
+        assert bool(torch.isfinite(signal.to_dense_logprobs()).all()), "padding decodes to a valid distribution"
+
+
+def test_dense_sequence_store_round_trips_through_the_cached_teacher(lm, tmp_path: Path):
+    bundle, live = lm
+    small = bundle.train.__class__(
+        bundle.train.inputs[:6], bundle.train.labels[:6], indices=bundle.train.indices[:6],
+        fields={"attention_mask": bundle.train.fields["attention_mask"][:6]},
+    )  # fmt: skip
+    plan = plan_store(live.fingerprint, small, bundle.fingerprint, "fp32", {}, 4, bundle.num_classes)
+    build_store(tmp_path / "d", live, small, plan, batch_size=4)
+    finalize_store(tmp_path / "d", plan)
+    cached = Cached(tmp_path / "d")
+    batch = small.__getitems__([5, 0, 3])
+    out, ref = cached.signals(batch, NEEDS), live.signals(batch, NEEDS)
+    assert isinstance(out.logits, DenseSignal) and torch.equal(out.mask, ref.mask)
+    assert torch.equal(out.logits.logits[out.mask], ref.logits.logits[ref.mask])
+
+
+def test_mask_of_the_wrong_shape_is_refused(lm, tmp_path: Path):
+    bundle, live = lm
+    broken = bundle.train.__class__(
+        bundle.train.inputs, bundle.train.labels, indices=bundle.train.indices,
+        fields={"attention_mask": bundle.train.fields["attention_mask"][:, :5]},
+    )  # fmt: skip
+    plan = plan_store(live.fingerprint, broken, bundle.fingerprint, "topk", {"k": 4}, 16, bundle.num_classes)
+    with pytest.raises(ShapeMismatchError, match=r"attention_mask has shape \(8, 5\)"):
+        build_store(tmp_path / "x", live, broken, plan, batch_size=8)
+    assert not list((tmp_path / "x" / "shards").glob("*.safetensors")), "nothing half-written is left"
