@@ -55,3 +55,7 @@ def test_text_students_ignore_padding(name: str):
 def test_text_models_reject_image_shapes():
     with pytest.raises(ConfigError, match=r"token ids of shape \(max_len,\)"):
         build_model("text_bag", 8, (1, 28, 28))
+    with pytest.raises(ConfigError, match=r"'tiny_gpt' takes token ids of shape \(max_len,\)"):
+        build_model("tiny_gpt", 100, (1, 28, 28))
+    with pytest.raises(ConfigError, match="width=30 must be divisible by heads=4"):
+        build_model("tiny_gpt", 100, (16,), width=30, heads=4)
