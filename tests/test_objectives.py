@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import kdforge
 from kdforge.errors import ConfigError
@@ -389,3 +390,38 @@ def test_describe_reports_needs_and_context() -> None:
     assert kdforge.objective("pskd").spec.describe()["context"] == ["progress"]
     assert kdforge.objective("kd").spec.describe()["needs_labels"] == "depends on params"
     assert kdforge.objective("ce").spec.describe()["needs_teacher"] is False
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.3])
+@pytest.mark.parametrize("shape", [(16, 7), (4, 5, 33)])
+def test_fused_kd_value_and_gradient_equal_autograd_of_the_formula(alpha: float, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    s = torch.randn(*shape, requires_grad=True)
+    t = torch.randn(*shape)
+    t.view(-1, shape[-1])[0, 2] = -float("inf")  # a class the teacher rules out: no NaN
+    y = torch.randint(0, shape[-1], shape[:-1])
+    y.view(-1)[3] = -100  # a position without a target (padding) is left out of the CE mean
+
+    def formula(z: torch.Tensor) -> torch.Tensor:
+        z2, t2, T = z.reshape(-1, shape[-1]), t.reshape(-1, shape[-1]), 3.0
+        p = torch.softmax(t2 / T, -1)
+        kl = torch.where(p > 0, p * (torch.log(p) - torch.log_softmax(z2 / T, -1)), 0.0).sum() / z2.shape[0]
+        soft = kl * T * T
+        return soft if alpha >= 1 else (1 - alpha) * F.cross_entropy(z2, y.reshape(-1)) + alpha * soft
+
+    fused = kdforge.objective("kd", T=3.0, alpha=alpha)(s, t, y)
+    (3 * fused).backward()
+    grad, s.grad = s.grad.clone(), None
+    ref = formula(s)
+    (3 * ref).backward()
+    assert fused.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(grad, s.grad, atol=1e-6) and bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.parametrize("classes", [3, 10, 15, 16, 100])
+def test_row_softmax_helpers_equal_torch(classes: int) -> None:
+    from kdforge.objectives.functional import log_softmax_rows, softmax_rows
+
+    x = torch.randn(37, classes)
+    assert torch.allclose(log_softmax_rows(x), torch.log_softmax(x, -1), atol=1e-6)
+    assert torch.allclose(softmax_rows(x), torch.softmax(x, -1), atol=1e-7)

@@ -73,6 +73,7 @@ class StoreReader:
         # A store that fits in memory is joined into one tensor per field: a batch is then one index per field.
         self._joined: dict[str, Tensor] | None = None
         self._join = sum(int(r["bytes"]) for r in self.manifest.shards.values()) <= resident_bytes
+        self._resident_bytes = resident_bytes
 
     def _load(self, i: int) -> dict[str, Tensor]:
         name = shard_name(i)
@@ -109,6 +110,10 @@ class StoreReader:
             if self._join:
                 keys = [k for k in shards[0] if k not in ("index", "view", OFFSETS)]
                 self._joined = with_offsets({k: torch.cat([sh[k] for sh in shards]) for k in keys})
+                logits = self._joined.get("logits")
+                if logits is not None and logits.numel() * 4 <= self._resident_bytes:
+                    # Dense logits decoded once here, not on every batch (decode's .float() is then a no-op).
+                    self._joined["logits"] = logits.float()
                 # Drop every other reference to the per-shard tensors so the store is held once, not twice.
                 self._shards.clear()
                 self._futures = [None] * len(self._futures)
@@ -141,9 +146,10 @@ class StoreReader:
                     f"view {int(views.max())}"
                 )
             ids = views * self._id_span + ids
-        if int(ids.max()) >= len(table) or bool((table[ids] < 0).any()):
+        # One index and one reduction: this runs on every training step.
+        pos = table[ids] if int(ids.max()) < len(table) else None
+        if pos is None or int(pos.min()) < 0:
             raise ConfigError(f"store {str(self.root)!r} has no signal for some sample ids of this batch")
-        pos = table[ids]
         if self._joined is not None:
             return gather(self._joined, pos, self._pad())
         shard_of, row_of = pos // self.manifest.shard_size, pos % self.manifest.shard_size
