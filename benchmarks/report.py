@@ -204,6 +204,30 @@ def ddp_section(data: dict) -> list[str]:
     ]
 
 
+def views_section(data: dict) -> list[str]:
+    """KD with augmentation: live teacher vs stores of views."""
+    lines = [
+        "",
+        "### Augmented views from the store (`benchmarks/store_views.py`)",
+        "",
+        f"{data['setting']}; seeds {data['seeds']}. Store build: "
+        + ", ".join(
+            f"{name.removeprefix('views')} view(s) {s['seconds']:.1f} s, {s['size_bytes'] / 1e6:.2f} MB"
+            for name, s in data["stores"].items()
+        )
+        + ".",
+        "",
+        "| teacher signal | test accuracy, last epoch | best epoch | training wall time (s) |",
+        "|---|---|---|---|",
+    ]
+    for name, r in data["settings"].items():
+        wall = r["train_wall_s"]
+        lines.append(
+            f"| {name} | {pm(r['test_last'])} | {pm(r['test_best'])} | {wall['mean']:.1f} ± {wall['std']:.1f} |"
+        )
+    return lines
+
+
 def main() -> None:
     """Rewrite the README between the markers."""
     lines: list[str] = []
@@ -215,6 +239,7 @@ def main() -> None:
         ("store_throughput", store_section),
         ("sparse_codecs", sparse_section),
         ("shard_format", shard_format_section),
+        ("store_views", views_section),
         ("text_store", text_section),
         ("ddp", ddp_section),
     ):

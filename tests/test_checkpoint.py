@@ -56,6 +56,17 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
+def test_kill_between_the_two_renames_loses_nothing(tmp_path):
+    save_checkpoint(tmp_path / "ck", _model(), {"step": 1})
+    # The state a kill leaves after `target -> .target.old` and before `staging -> target`.
+    (tmp_path / "ck").rename(tmp_path / ".ck.old")
+    assert read_state(tmp_path / "ck")["step"] == 1, "the reader puts the previous checkpoint back"
+    (tmp_path / "ck").rename(tmp_path / ".ck.old")
+    save_checkpoint(tmp_path / "ck", _model(), {"step": 2})  # a writer never deletes the only copy first
+    assert read_state(tmp_path / "ck")["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
 def test_atomic_text_write_replaces_whole_file(tmp_path):
     target = tmp_path / "a.json"
     atomic_write_text(target, json.dumps({"v": 1}))

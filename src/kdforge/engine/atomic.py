@@ -48,20 +48,49 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
 
 
+def _fsync_dir(path: Path) -> None:
+    # A rename is durable only once the directory holding it is flushed.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _previous(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def recover_swap(target: str | Path) -> Path:
+    """Finish a swap that was killed between its two renames: the previous folder becomes ``target`` again."""
+    target = Path(target)
+    old = _previous(target)
+    if not target.exists() and old.exists():
+        os.replace(old, target)
+    return target
+
+
 def atomic_replace_dir(build: Callable[[Path], None], target: str | Path) -> None:
     """Build a directory next to ``target`` and swap it in; the old one survives until the swap."""
-    target = Path(target)
+    target = recover_swap(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     os.chmod(staging, 0o777 & ~_umask())
     try:
         build(staging)
-        old = target.with_name(f".{target.name}.old")
+        for item in staging.iterdir():
+            if item.is_file():
+                with open(item, "rb") as f:
+                    os.fsync(f.fileno())
+        _fsync_dir(staging)
+        old = _previous(target)
         if old.exists():
             shutil.rmtree(old)
         if target.exists():
             os.replace(target, old)
+        # A kill here leaves only `.old`; recover_swap (on the next read or write) puts it back.
         os.replace(staging, target)
+        _fsync_dir(target.parent)
         if old.exists():
             shutil.rmtree(old)
     finally:

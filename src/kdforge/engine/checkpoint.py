@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from kdforge.engine.atomic import atomic_replace_dir, sha256_file
+from kdforge.engine.atomic import atomic_replace_dir, recover_swap, sha256_file
 from kdforge.errors import IntegrityError
 
 MODEL_FILE = "model.safetensors"
@@ -67,7 +67,7 @@ def save_checkpoint(
 
 def read_state(directory: str | Path) -> dict[str, Any]:
     """The JSON state of a checkpoint, after checking every file against its recorded sha256."""
-    d = Path(directory)
+    d = recover_swap(directory)
     state_path = d / STATE_FILE
     if not state_path.is_file():
         raise IntegrityError(f"checkpoint {str(d)!r} has no {STATE_FILE}")

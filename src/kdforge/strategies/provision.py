@@ -14,7 +14,7 @@ from torch import nn
 
 from kdforge.data import DataBundle, load_dataset, make_loader
 from kdforge.data.base import with_augment
-from kdforge.engine.atomic import atomic_replace_dir, sha256_file
+from kdforge.engine.atomic import atomic_replace_dir, recover_swap, sha256_file
 from kdforge.engine.checkpoint import save_model
 from kdforge.engine.distiller import Distiller
 from kdforge.engine.trainer import Trainer, get_accelerator
@@ -110,7 +110,7 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     bundle = load_data(recipe, augment_seed=teacher_seed(recipe), **full)
     set_seed(teacher_seed(recipe))
     model = build(t.model, bundle, "teacher.model")
-    cache = Path(t.cache_dir).expanduser() / f"{t.model.name}-{_teacher_key(recipe, train_cfg)}"
+    cache = recover_swap(Path(t.cache_dir).expanduser() / f"{t.model.name}-{_teacher_key(recipe, train_cfg)}")
     meta_path = cache / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
