@@ -73,7 +73,11 @@ def main() -> None:
     save(
         "store_views",
         {
-            "setting": "fmnist-demo (CNN teacher, MLP[256] student, 10% transfer set, KD T=8 α=0.5), flip_crop",
+            "setting": (
+                "fmnist-demo (CNN teacher, MLP[256] student, 10% transfer set, KD T=8 α=0.5) with flip_crop; the "
+                "teacher is trained with the same augmentation (the no-augmentation row uses the demo's teacher, "
+                "trained without it)"
+            ),
             "seeds": args.seeds,
             "stores": stores,
             "settings": settings,
