@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import kdforge
 from kdforge.data import load_dataset, make_loader
 from kdforge.engine.distiller import Distiller
-from kdforge.errors import ConfigError, IntegrityError
+from kdforge.errors import ConfigError, IntegrityError, ShapeMismatchError
 from kdforge.models import build_model
-from kdforge.signals import Needs, SparseSignal
+from kdforge.signals import DenseSignal, Needs, SparseSignal
 from kdforge.store import Manifest, StoreReader, build_codec, build_store, finalize_store, plan_store
 from kdforge.teachers import Cached, Live
 
@@ -184,3 +185,53 @@ def test_named_features_are_stored_and_served_like_a_live_teacher(tmp_path: Path
     changed = plan_store(live.fingerprint, bundle.train, bundle.fingerprint, "fp16", {}, 128, 10, features=["1"])
     with pytest.raises(ConfigError, match="features: store has"):
         build_store(tmp_path / "s", live, bundle.train, changed)
+
+
+@pytest.mark.parametrize("stored_temperature", [1.0, 2.5])
+def test_logit_objectives_read_a_topk_signal_through_its_dense_reconstruction(stored_temperature: float):
+    from kdforge.signals import StudentOutput, TeacherOutput
+
+    torch.manual_seed(0)
+    s, t, y = torch.randn(6, 10), torch.randn(6, 10) * 3, torch.randint(0, 10, (6,))
+    # With k equal to the number of classes the reconstruction is exact, so every objective must agree.
+    full = SparseSignal.from_logits(t / stored_temperature, 10)
+    full = SparseSignal(full.ids, full.logprobs, full.tail, 10, temperature=stored_temperature)
+    for name in ("kd", "dkd", "dist", "wttm", "jsd"):
+        obj = kdforge.objective(name)
+        dense = obj.compute(StudentOutput(s), TeacherOutput(logits=DenseSignal(t)), y, {})
+        sparse = obj.compute(StudentOutput(s), TeacherOutput(logits=full), y, {})
+        assert sparse.item() == pytest.approx(dense.item(), rel=1e-4, abs=1e-6), name
+    # With k < classes the tail is spread uniformly: close to, not equal to, the dense value.
+    top4 = build_codec("topk", k=4, temperature=stored_temperature).decode(
+        build_codec("topk", k=4, temperature=stored_temperature).encode(t), 10
+    )
+    assert top4.temperature == stored_temperature
+    approx = kdforge.objective("kd").compute(StudentOutput(s), TeacherOutput(logits=top4), y, {})
+    assert torch.isfinite(approx)
+
+
+def test_sparse_signal_of_the_wrong_size_is_refused_before_the_first_step():
+    torch.manual_seed(0)
+    student = build_model("mlp", 10, (1, 8, 8), hidden=(8,))
+
+    class Wrong:
+        fingerprint = "wrong"
+
+        def signals(self, batch, needs):
+            from kdforge.signals import TeacherOutput
+
+            return TeacherOutput(logits=SparseSignal.from_logits(torch.randn(len(batch["input"]), 12), 4))
+
+    with pytest.raises(ShapeMismatchError, match=r"teacher logits shape \(3, 12\) and student logits shape \(3, 10\)"):
+        Distiller(student, Wrong(), {"kd": 1.0})({"input": torch.randn(3, 1, 8, 8)})
+
+
+def test_cli_refuses_top_k_above_the_number_of_classes_without_writing(tmp_path: Path, teacher_cache: str):
+    from conftest import run_cli
+
+    store = tmp_path / "topk"
+    res = run_cli(
+        "cache", "digits-cache", f"store.path={store}", f"teacher.cache_dir={teacher_cache}", "store.codec=topk"
+    )
+    assert res.returncode == 2 and "store.top_k=32 must be between 1 and the teacher's 10 outputs" in res.stderr
+    assert not store.exists()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -18,12 +18,16 @@ class DenseSignal:
 
 @dataclass(frozen=True)
 class SparseSignal:
-    """Top-k of a large output space per position, plus the log of the mass outside the top-k."""
+    """Top-k of a large output space per position, plus the log of the mass outside the top-k.
+
+    ``logprobs`` are at ``temperature`` (the one the signal was stored at): log softmax(z / temperature).
+    """
 
     ids: Tensor
     logprobs: Tensor
     tail: Tensor
     vocab_size: int
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.ids.shape != self.logprobs.shape:
@@ -50,6 +54,18 @@ class SparseSignal:
         fill = self.tail - torch.log(torch.tensor(float(rest)))
         dense = fill.unsqueeze(-1).expand(*self.ids.shape[:-1], self.vocab_size).clone()
         return dense.scatter(-1, self.ids.long(), self.logprobs.float())
+
+    def to_dense_logits(self) -> Tensor:
+        """Dense logits equivalent to the teacher's up to a per-row constant: temperature · log p̂.
+
+        softmax(z / T) is unchanged by a per-row shift of z, so any temperature-scaled objective computes the same
+        value from these as from the original logits, up to the top-k approximation of the tail.
+        """
+        return self.to_dense_logprobs() * self.temperature
+
+    def to(self, device: torch.device | str) -> SparseSignal:
+        """The same signal on ``device``."""
+        return replace(self, ids=self.ids.to(device), logprobs=self.logprobs.to(device), tail=self.tail.to(device))
 
 
 @dataclass(frozen=True)

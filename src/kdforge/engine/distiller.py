@@ -14,7 +14,7 @@ from kdforge.capture import Recorder
 from kdforge.engine.balancer import Balancer
 from kdforge.errors import ConfigError, ShapeMismatchError
 from kdforge.objectives.base import Objective, objective
-from kdforge.signals import DenseSignal, Needs, StudentOutput, TeacherOutput
+from kdforge.signals import DenseSignal, Needs, SparseSignal, StudentOutput, TeacherOutput
 from kdforge.teachers.base import Teacher
 from kdforge.teachers.live import Live
 
@@ -104,8 +104,13 @@ class Distiller(nn.Module):
                 raise ShapeMismatchError(
                     f"label {top} is out of range for student logits of shape {tuple(student.logits.shape)}"
                 )
+        t_shape = None
         if isinstance(teacher.logits, DenseSignal):
-            t_shape, s_shape = tuple(teacher.logits.logits.shape), tuple(student.logits.shape)
+            t_shape = tuple(teacher.logits.logits.shape)
+        elif isinstance(teacher.logits, SparseSignal):
+            t_shape = (*teacher.logits.ids.shape[:-1], teacher.logits.vocab_size)
+        if t_shape is not None:
+            s_shape = tuple(student.logits.shape)
             if t_shape != s_shape:
                 raise ShapeMismatchError(
                     f"teacher logits shape {t_shape} and student logits shape {s_shape} cannot be compared: "

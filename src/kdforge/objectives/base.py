@@ -11,7 +11,7 @@ from torch import Tensor
 
 from kdforge.errors import ConfigError
 from kdforge.registry import OBJECTIVES, closest
-from kdforge.signals import DenseSignal, Needs, StudentOutput, TeacherOutput
+from kdforge.signals import DenseSignal, Needs, SparseSignal, StudentOutput, TeacherOutput
 
 # Names a logit function may declare to receive training progress from the engine instead of from the recipe.
 CONTEXT_NAMES = ("epoch", "progress", "step")
@@ -128,11 +128,15 @@ class Objective:
         """Compute the term from the student's output and the teacher's signals."""
         t_logits = None
         if self.spec.teacher:
-            if not isinstance(teacher.logits, DenseSignal):
-                raise ConfigError(
-                    f"objective {self.name!r} needs dense teacher logits, got {type(teacher.logits).__name__}"
-                )
-            t_logits = teacher.logits.logits
+            signal = teacher.logits
+            if isinstance(signal, DenseSignal):
+                t_logits = signal.logits
+            elif isinstance(signal, SparseSignal):
+                # A top-k store feeds logit objectives through its dense reconstruction (tail spread uniformly);
+                # the store's measured fidelity says what that approximation costs.
+                t_logits = signal.to_dense_logits()
+            else:
+                raise ConfigError(f"objective {self.name!r} needs teacher logits, got {type(signal).__name__}")
         return self(student.logits, t_logits, labels, **ctx)
 
     def __repr__(self) -> str:

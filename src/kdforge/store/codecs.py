@@ -77,6 +77,7 @@ class TopK:
             logprobs=tensors["logprobs"].float(),
             tail=tensors["tail"].float(),
             vocab_size=vocab_size,
+            temperature=self.temperature,
         )
 
 
@@ -104,7 +105,9 @@ class TopKQ8(TopK):
         """Dequantise the log-probs; the tail mass is stored as is."""
         top, step = tensors["top"].float().unsqueeze(-1), tensors["step"].float().unsqueeze(-1)
         logprobs = top - tensors["q"].float() * step
-        return SparseSignal(_unpack_ids(tensors["ids"]), logprobs, tensors["tail"].float(), vocab_size)
+        return SparseSignal(
+            _unpack_ids(tensors["ids"]), logprobs, tensors["tail"].float(), vocab_size, self.temperature
+        )
 
 
 @CODECS.register("topk")
@@ -173,7 +176,9 @@ class TopKPoly(TopK):
         basis, _ = self._basis()
         rest = (tensors["coeffs"].double() @ basis.T).float()
         logprobs = torch.cat([tensors["head"].float(), rest], dim=-1)
-        return SparseSignal(_unpack_ids(tensors["ids"]), logprobs, tensors["tail"].float(), vocab_size)
+        return SparseSignal(
+            _unpack_ids(tensors["ids"]), logprobs, tensors["tail"].float(), vocab_size, self.temperature
+        )
 
 
 @CODECS.register("topk_poly")

@@ -92,6 +92,9 @@ def plan_store(
     if augment != "none":
         view.update(views=views, seed=view_seed, epoch_reads="view = epoch % views; draws keyed by (seed, view, id)")
     build_codec(codec, **codec_params)
+    k = codec_params.get("k")
+    if k is not None and not 0 < int(k) <= num_outputs:
+        raise ConfigError(f"store.top_k={k} must be between 1 and the teacher's {num_outputs} outputs")
     if feature_dtype not in FEATURE_DTYPES:
         raise ConfigError(f"store.feature_dtype={feature_dtype!r}; valid: {', '.join(FEATURE_DTYPES)}")
     stored_features = {"names": list(dict.fromkeys(features)), "dtype": feature_dtype} if features else {}

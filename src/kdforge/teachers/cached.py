@@ -49,9 +49,7 @@ class Cached:
         if isinstance(signal, DenseSignal):
             signal = DenseSignal(signal.logits.to(device))
         elif isinstance(signal, SparseSignal):
-            signal = SparseSignal(
-                signal.ids.to(device), signal.logprobs.to(device), signal.tail.to(device), signal.vocab_size
-            )
+            signal = signal.to(device)
         features = None
         if needs.teacher_features and out.features is not None:
             features = FeatureSignal({k: out.features[k].to(device) for k in needs.teacher_features})
