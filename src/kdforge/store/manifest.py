@@ -48,6 +48,8 @@ class Manifest:
     teacher: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     shards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The sample id (and view) of every row in one small file, so a reader never scans the shards to find a row.
+    ids_file: dict[str, str] = field(default_factory=dict)
     fidelity: dict[str, float] = field(default_factory=dict)
     complete: bool = False
     content_sha256: str | None = None

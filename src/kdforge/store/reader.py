@@ -74,6 +74,7 @@ class StoreReader:
         self._joined: dict[str, Tensor] | None = None
         self._join = sum(int(r["bytes"]) for r in self.manifest.shards.values()) <= resident_bytes
         self._resident_bytes = resident_bytes
+        self.loads_on_demand = 0  # shard reads a step had to wait for (not prefetched)
 
     def _load(self, i: int) -> dict[str, Tensor]:
         name = shard_name(i)
@@ -91,25 +92,44 @@ class StoreReader:
             self._shards.move_to_end(i)
             return self._shards[i]
         future = self._futures[i]
+        if future is None:
+            self.loads_on_demand += 1
         self._shards[i] = future.result() if future is not None else self._load(i)
         self._futures[i] = None  # the LRU (or the joined table) holds it from now on
         if not self._join and len(self._shards) > self._cached_shards:
             self._shards.popitem(last=False)
         return self._shards[i]
 
+    def _row_keys(self) -> tuple[Tensor, Tensor | None]:
+        """Sample id (and view) of every stored row, in row order, without holding the shards."""
+        record = self.manifest.ids_file
+        if record:
+            path = self.root / record["name"]
+            if not path.is_file() or (self.verify and sha256_file(path) != record["sha256"]):
+                raise IntegrityError(f"store id table {str(path)!r} is missing or does not match its sha256")
+            table = load_file(str(path))
+            return table["index"], table.get("view")
+        # Stores written before the id table existed: one pass over the shards, one shard at a time.
+        ids, views = [], []
+        for i in range(self.manifest.num_shards):
+            shard = self._load(i)
+            ids.append(shard["index"])
+            if "view" in shard:
+                views.append(shard["view"])
+        return torch.cat(ids), torch.cat(views) if views else None
+
     def _positions(self) -> Tensor:
         if self._position is None:
-            shards = [self.shard(i) for i in range(self.manifest.num_shards)]
-            ids = torch.cat([sh["index"] for sh in shards])
+            ids, views = self._row_keys()
             self._id_span = int(ids.max()) + 1
-            if "view" in shards[0]:
-                ids = torch.cat([sh["view"].long() for sh in shards]) * self._id_span + ids
-            table = torch.full((int(ids.max()) + 1,), -1, dtype=torch.int64)
-            table[ids] = torch.arange(len(ids))
+            keys = ids if views is None else views.long() * self._id_span + ids
+            table = torch.full((int(keys.max()) + 1,), -1, dtype=torch.int64)
+            table[keys] = torch.arange(len(keys))
             self._position = table
             if self._join:
-                keys = [k for k in shards[0] if k not in ("index", "view", OFFSETS)]
-                self._joined = with_offsets({k: torch.cat([sh[k] for sh in shards]) for k in keys})
+                shards = [self.shard(i) for i in range(self.manifest.num_shards)]
+                keep = [k for k in shards[0] if k not in ("index", "view", OFFSETS)]
+                self._joined = with_offsets({k: torch.cat([sh[k] for sh in shards]) for k in keep})
                 logits = self._joined.get("logits")
                 if logits is not None and logits.numel() * 4 <= self._resident_bytes:
                     # Dense logits decoded once here, not on every batch (decode's .float() is then a no-op).
@@ -118,6 +138,41 @@ class StoreReader:
                 self._shards.clear()
                 self._futures = [None] * len(self._futures)
         return self._position
+
+    def _key_of(self, ids: Tensor, views: Tensor | None) -> Tensor:
+        ids = ids.cpu().long()
+        stored_views = self.manifest.num_views
+        if self.manifest.view.get("augment", "none") == "none":
+            return ids
+        if views is None:
+            raise ConfigError(
+                f"store {str(self.root)!r} holds {stored_views} augmented view(s) per sample, but the batch has "
+                "no 'view'; train with the store's data.params.augment so each epoch reads its view"
+            )
+        views = views.cpu().long()
+        if bool((views >= stored_views).any()) or bool((views < 0).any()):
+            raise ConfigError(
+                f"store {str(self.root)!r} holds views 0..{stored_views - 1}, "
+                f"the batch asks for view {int(views.max())}"
+            )
+        return views * self._id_span + ids
+
+    def _rows_of(self, ids: Tensor, views: Tensor | None) -> Tensor:
+        table = self._positions()
+        keys = self._key_of(ids, views)
+        # One index and one reduction: this runs on every training step.
+        pos = table[keys] if int(keys.max()) < len(table) else None
+        if pos is None or int(pos.min()) < 0:
+            raise ConfigError(f"store {str(self.root)!r} has no signal for some sample ids of this batch")
+        return pos
+
+    def prefetch(self, ids: Tensor, views: Tensor | None = None) -> None:
+        """Start loading, on the worker thread, the shards a coming batch will read (no-op for a joined store)."""
+        if self._join:
+            return
+        for s in (self._rows_of(ids, views) // self.manifest.shard_size).unique().tolist():
+            if s not in self._shards and self._futures[s] is None:
+                self._futures[s] = self._pool.submit(self._load, s)
 
     def _pad(self) -> dict[str, Tensor]:
         # Padding positions get a valid record (the uniform distribution) so nothing downstream sees NaN.
@@ -130,26 +185,7 @@ class StoreReader:
 
         Sequence stores also return ``mask`` (B, S), and every field per position (B, S, ...), padding included.
         """
-        table = self._positions()
-        ids = ids.cpu().long()
-        stored_views = self.manifest.num_views
-        if self.manifest.view.get("augment", "none") != "none":
-            if views is None:
-                raise ConfigError(
-                    f"store {str(self.root)!r} holds {stored_views} augmented view(s) per sample, but the batch has "
-                    "no 'view'; train with the store's data.params.augment so each epoch reads its view"
-                )
-            views = views.cpu().long()
-            if bool((views >= stored_views).any()) or bool((views < 0).any()):
-                raise ConfigError(
-                    f"store {str(self.root)!r} holds views 0..{stored_views - 1}, the batch asks for "
-                    f"view {int(views.max())}"
-                )
-            ids = views * self._id_span + ids
-        # One index and one reduction: this runs on every training step.
-        pos = table[ids] if int(ids.max()) < len(table) else None
-        if pos is None or int(pos.min()) < 0:
-            raise ConfigError(f"store {str(self.root)!r} has no signal for some sample ids of this batch")
+        pos = self._rows_of(ids, views)
         if self._joined is not None:
             return gather(self._joined, pos, self._pad())
         shard_of, row_of = pos // self.manifest.shard_size, pos % self.manifest.shard_size

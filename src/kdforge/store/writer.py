@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 import kdforge
@@ -203,6 +204,23 @@ def build_store(
     return written
 
 
+IDS_FILE = "ids.safetensors"
+
+
+def write_id_table(root: Path, plan: Manifest) -> dict[str, str]:
+    """Gather every shard's ``index`` (and ``view``) column into one file; returns its name and sha256."""
+    columns: dict[str, list[torch.Tensor]] = {}
+    for i in range(plan.num_shards):
+        with safe_open(str(root / "shards" / shard_name(i)), framework="pt") as shard:
+            for key in ("index", "view"):
+                if key in shard.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    columns.setdefault(key, []).append(shard.get_tensor(key))
+    tensors = {k: torch.cat(v).contiguous() for k, v in columns.items()}
+    path = root / IDS_FILE
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    return {"name": IDS_FILE, "sha256": sha256_file(path)}
+
+
 def finalize_store(root: str | Path, plan: Manifest) -> Manifest:
     """Merge the shard records into the manifest (main process, after every rank finished)."""
     root = Path(root)
@@ -213,6 +231,7 @@ def finalize_store(root: str | Path, plan: Manifest) -> Manifest:
             f"store {str(root)!r} is missing {len(missing)} shard(s), e.g. {missing[0]}; run the build again"
         )
     plan.shards = {shard_name(i): done[shard_name(i)] for i in range(plan.num_shards)}
+    plan.ids_file = write_id_table(root, plan)
     # Per position: one per sample for classification, one per token for sequences.
     positions = sum(r["positions"] for r in plan.shards.values())
     plan.fidelity = {
