@@ -102,6 +102,8 @@ class StoreConfig(Strict):
     views: int = Field(1, ge=1, description="augmented views stored per sample; epoch e trains on view e % views")
     view_seed: int = Field(0, description="seed of the stored views' augmentation draws")
     features: list[str] = Field(default_factory=list, description="teacher module paths whose outputs are stored too")
+    memory_mb: int = Field(1024, ge=0, description="a store up to this size is held in memory; a larger one streams")
+    read_window: int = Field(4, ge=1, description="shards a streamed epoch reads at a time (shuffled within them)")
     feature_dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
 
 

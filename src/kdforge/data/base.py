@@ -25,7 +25,7 @@ class ArrayDataset(Dataset):
     """Samples held in tensors; each carries its id (its position in the original split).
 
     With an augmentation, a loader index ``e * len(ds) + p`` means sample ``p`` seen in epoch ``e``
-    (see ``ViewSampler``); its view is ``e`` (or ``e % views`` when the views cycle, as a store's do), and the
+    (see ``EpochSampler``); its view is ``e`` (or ``e % views`` when the views cycle, as a store's do), and the
     augmentation is drawn from (``augment_seed``, view, sample id) alone.
     """
 
@@ -99,26 +99,48 @@ class ArrayDataset(Dataset):
         )
 
 
-class ViewSampler(Sampler[int]):
-    """Shuffles like ``RandomSampler`` and tags every index with the epoch: ``epoch * n + position``.
+class EpochSampler(Sampler[int]):
+    """Shuffles like ``RandomSampler``; tags every index with its epoch and can keep reads local to store shards.
 
-    The tag travels with the index through Accelerate's batch sharding and into DataLoader workers, so each
-    augmented sample knows its view without shared mutable state.
+    - ``tag``: yield ``epoch * n + position``, so an augmented sample knows its view. The tag travels with the index
+      through Accelerate's batch sharding and into DataLoader workers, with no shared mutable state.
+    - ``block``: a store too large for memory holds ``block`` rows per shard; the epoch visits shards in a random
+      order, ``window`` at a time, shuffling samples only within those, so each batch reads from at most ``window``
+      shards and the next ones can be prefetched. Row of position p in epoch e: ``(e % views) * n + p``.
     """
 
-    def __init__(self, size: int, generator: torch.Generator | None = None, shuffle: bool = True):
+    def __init__(
+        self,
+        size: int,
+        generator: torch.Generator | None = None,
+        tag: bool = False,
+        block: int | None = None,
+        window: int = 4,
+        views: int | None = None,
+    ):
         self.size = size
         self.generator = generator  # Accelerate synchronises this generator across processes
-        self.shuffle = shuffle
+        self.tag, self.block, self.window, self.views = tag, block, max(window, 1), views
         self.epoch = -1
 
     def __len__(self) -> int:
         return self.size
 
+    def _order(self) -> Tensor:
+        noise = torch.randperm(self.size, generator=self.generator)
+        if self.block is None:
+            return noise
+        view = self.epoch % self.views if self.views else 0
+        blocks = (view * self.size + torch.arange(self.size)) // self.block
+        blocks = blocks - blocks[0]
+        rank = torch.randperm(int(blocks[-1]) + 1, generator=self.generator)[blocks]
+        # Sort by (window of shards, random tie-break): windows in random order, samples shuffled inside each.
+        return torch.argsort((rank // self.window) * self.size + noise)
+
     def __iter__(self) -> Iterator[int]:
         self.epoch += 1
-        order = torch.randperm(self.size, generator=self.generator) if self.shuffle else torch.arange(self.size)
-        yield from (order + self.epoch * self.size).tolist()
+        order = self._order()
+        yield from (order + self.epoch * self.size if self.tag else order).tolist()
 
 
 def collate_batch(batch: Batch | list[Batch]) -> Batch:
@@ -227,13 +249,22 @@ def make_loader(
     seed: int,
     drop_last: bool = False,
     num_workers: int = 0,
+    read_block: int | None = None,
+    read_window: int = 4,
 ) -> DataLoader:
-    """A DataLoader yielding dict batches, with its shuffling order fixed by ``seed``."""
+    """A DataLoader yielding dict batches, with its shuffling order fixed by ``seed``.
+
+    ``read_block``: rows per shard of a store read from disk; batches then come from ``read_window`` shards at a time.
+    """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     generator = torch.Generator().manual_seed(seed)
+    augmented = getattr(ds, "augmented", False)
+    sampler = None
     # Augmented data needs the epoch in each index to pick its view; plain data keeps torch's sampler.
-    sampler = ViewSampler(len(ds), generator, shuffle) if shuffle and getattr(ds, "augmented", False) else None
+    if shuffle and (augmented or read_block is not None):
+        views = getattr(ds, "views", None)
+        sampler = EpochSampler(len(ds), generator, tag=augmented, block=read_block, window=read_window, views=views)
     return DataLoader(
         ds,
         batch_size=batch_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,21 @@ def get_accelerator(mixed_precision: str | None = None, grad_accum: int | None =
     if grad_accum is not None:
         _ACCELERATOR.gradient_accumulation_steps = grad_accum
     return _ACCELERATOR
+
+
+def with_lookahead(loader: Any, prefetch: Any) -> Iterator[Any]:
+    """Iterate ``loader`` one batch ahead, handing each next batch to ``prefetch`` before the current one is used."""
+    if prefetch is None:
+        yield from loader
+        return
+    batches = iter(loader)
+    current = next(batches, None)
+    while current is not None:
+        upcoming = next(batches, None)
+        if upcoming is not None:
+            prefetch(upcoming)
+        yield current
+        current = upcoming
 
 
 class LogWindow:
@@ -160,8 +176,11 @@ class Trainer:
             distiller.train()
             show = progress.enabled(acc.is_main_process)
             with progress.bar(f"train {self.run_dir.path.name if self.run_dir else ''}", total, show) as bar:
+                # A teacher streaming its store from disk reads the next batch's shards while this step runs.
+                streams = getattr(distiller.teacher, "streams", False)
+                prefetch = distiller.teacher.prefetch if streams else None
                 while step < total:
-                    for batch in train_loader:
+                    for batch in with_lookahead(train_loader, prefetch):
                         with acc.accumulate(student):
                             epoch_f = step / steps_per_epoch
                             out = distiller(batch, step=step, epoch=epoch_f, progress=step / total)

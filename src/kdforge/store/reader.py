@@ -166,6 +166,11 @@ class StoreReader:
             raise ConfigError(f"store {str(self.root)!r} has no signal for some sample ids of this batch")
         return pos
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether the whole store is (or is being) loaded into memory, rather than streamed shard by shard."""
+        return self._join
+
     def prefetch(self, ids: Tensor, views: Tensor | None = None) -> None:
         """Start loading, on the worker thread, the shards a coming batch will read (no-op for a joined store)."""
         if self._join:

@@ -42,7 +42,7 @@ def offline(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     set_seed(recipe.seed)  # the student's initial weights depend on the seed alone, not on what ran before
     student = build(recipe.student, bundle, "student")
     distiller = Distiller(student, teacher, recipe.objectives)
-    train_loader, evals = loaders(recipe, bundle)
+    train_loader, evals = loaders(recipe, bundle, teacher)
     trainer = Trainer(distiller, recipe.train, run_dir=run_dir, seed=recipe.seed)
     result = trainer.fit(train_loader, evals, select_on="val")
     student = distiller.export()

@@ -45,15 +45,27 @@ def build(cfg: ModelConfig, bundle: DataBundle, where: str) -> nn.Module:
         raise ConfigError(f"{where}: {err}") from None
 
 
-def loaders(recipe: Recipe, bundle: DataBundle) -> tuple[Any, dict[str, Any]]:
-    """Shuffled train loader and ordered evaluation loaders (val when present, and test)."""
+def loaders(recipe: Recipe, bundle: DataBundle, teacher: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Shuffled train loader and ordered evaluation loaders (val when present, and test).
+
+    A teacher that streams its store from disk gets a shard-local read order (``store.read_window`` shards at a time).
+    """
     d = recipe.data
     # data.batch_size is the global batch: N processes each take 1/N, so one recipe optimises the same way anywhere.
     n = get_accelerator().num_processes
     if d.batch_size % n:
         raise ConfigError(f"data.batch_size={d.batch_size} must be divisible by the number of processes ({n})")
     per_process = d.batch_size // n
-    train = make_loader(bundle.train, per_process, shuffle=True, seed=recipe.seed, num_workers=d.num_workers)
+    streams = getattr(teacher, "streams", False) and recipe.store is not None
+    train = make_loader(
+        bundle.train,
+        per_process,
+        shuffle=True,
+        seed=recipe.seed,
+        num_workers=d.num_workers,
+        read_block=teacher.reader.manifest.shard_size if streams else None,
+        read_window=recipe.store.read_window if recipe.store is not None else 4,
+    )
     evals = {}
     if bundle.val is not None:
         evals["val"] = make_loader(bundle.val, d.eval_batch_size, shuffle=False, seed=recipe.seed)
@@ -212,7 +224,7 @@ def cached_teacher(recipe: Recipe, bundle: DataBundle) -> tuple[Cached, dict[str
         "split": bundle.train.split,
         "teacher_fingerprint": source.fingerprint if source is not None else None,
     }
-    teacher = Cached(Path(recipe.store.path).expanduser(), expect, source=source)
+    teacher = Cached(Path(recipe.store.path).expanduser(), expect, source=source, memory_mb=recipe.store.memory_mb)
     view = teacher.reader.manifest.view
     if view["augment"] != bundle.train.augment:
         raise ConfigError(
@@ -225,5 +237,6 @@ def cached_teacher(recipe: Recipe, bundle: DataBundle) -> tuple[Cached, dict[str
     return teacher, {
         "kind": "cached",
         "store": recipe.store.path,
+        "streamed": teacher.streams,
         "content_sha256": teacher.reader.manifest.content_sha256,
     }

@@ -18,8 +18,10 @@ from kdforge.teachers.base import sample_ids
 class Cached:
     """Teacher logits (dense or top-k) looked up by the batch's sample ids."""
 
-    def __init__(self, store: str | Path, expect: dict[str, Any] | None = None, source: Any = None):
-        self.reader = StoreReader(store)
+    def __init__(
+        self, store: str | Path, expect: dict[str, Any] | None = None, source: Any = None, memory_mb: int = 1024
+    ):
+        self.reader = StoreReader(store, resident_bytes=memory_mb << 20)
         manifest = self.reader.manifest
         for key, wanted in (expect or {}).items():
             have = getattr(manifest, key)
@@ -30,6 +32,16 @@ class Cached:
                 )
         self.fingerprint = f"cached:{manifest.teacher_fingerprint}"
         self.source = source  # the live teacher when known, for agreement on evaluation data
+
+    @property
+    def streams(self) -> bool:
+        """Whether the store is read shard by shard from disk (too large to hold in memory)."""
+        return not self.reader.in_memory
+
+    def prefetch(self, batch: dict[str, Any]) -> None:
+        """Start reading the shards ``batch`` will need, while the current step runs."""
+        views = batch.get("view")
+        self.reader.prefetch(sample_ids(batch), None if views is None else torch.as_tensor(views))
 
     def signals(self, batch: dict[str, Any], needs: Needs) -> TeacherOutput:
         """The stored signals of every sample of ``batch``: logits, the features asked for, and the token mask."""
