@@ -243,9 +243,7 @@ def streaming_section(data: dict) -> list[str]:
         "|---|---|---|---|",
     ]
     for name, m in data["modes"].items():
-        lines.append(
-            f"| {name} | {m['median_step_ms']:.2f} | {m['epoch_s']:.1f} | {m['shard_reads_waited_for']:,} |"
-        )
+        lines.append(f"| {name} | {m['median_step_ms']:.2f} | {m['epoch_s']:.1f} | {m['shard_reads_waited_for']:,} |")
     return lines
 
 
