@@ -184,12 +184,17 @@ class Trainer:
                         with acc.accumulate(student):
                             epoch_f = step / steps_per_epoch
                             out = distiller(batch, step=step, epoch=epoch_f, progress=step / total)
-                            self._check_finite(out.loss, out.terms, step)
+                            if acc.num_processes == 1:
+                                self._check_finite(out.loss, out.terms, step)
+                            # Under N processes a rank must not leave alone: the others would wait for it in the
+                            # gradient all-reduce forever. A NaN loss reaches every rank through that all-reduce,
+                            # and all of them stop together at the gradient-norm check below.
                             acc.backward(out.loss)
                             if acc.sync_gradients:
                                 # A finite loss can still give inf gradients; stop before they reach the weights.
                                 norm = acc.clip_grad_norm_(student.parameters(), cfg.grad_clip or math.inf)
                                 if not torch.isfinite(torch.as_tensor(norm)):
+                                    self._check_finite(out.loss, out.terms, step)  # names the term on its rank
                                     raise NonFiniteLossError(step, "gradient norm", float(norm))
                             optimizer.step()  # Accelerate's wrapper skips it between accumulation boundaries
                             if acc.sync_gradients:
