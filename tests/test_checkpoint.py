@@ -60,8 +60,9 @@ def test_kill_between_the_two_renames_loses_nothing(tmp_path):
     save_checkpoint(tmp_path / "ck", _model(), {"step": 1})
     # The state a kill leaves after `target -> .target.old` and before `staging -> target`.
     (tmp_path / "ck").rename(tmp_path / ".ck.old")
-    assert read_state(tmp_path / "ck")["step"] == 1, "the reader puts the previous checkpoint back"
-    (tmp_path / "ck").rename(tmp_path / ".ck.old")
+    assert read_state(tmp_path / "ck")["step"] == 1, "a reader finds the previous checkpoint (without moving it)"
+    assert load_checkpoint(tmp_path / "ck", _model())["step"] == 1
+    assert not (tmp_path / "ck").exists()
     save_checkpoint(tmp_path / "ck", _model(), {"step": 2})  # a writer never deletes the only copy first
     assert read_state(tmp_path / "ck")["step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]

@@ -87,6 +87,9 @@ def test_missing_labels_and_missing_teacher_are_clear_errors():
         Distiller(student, teacher, {"kd": {"temperature": 3}})
     with pytest.raises(ConfigError, match=r"unknown objective 'kdd'"):
         Distiller(student, teacher, {"kdd": 1.0})
+    # Per-token labels for a classifier (or class labels for a sequence model) fail before any loss.
+    with pytest.raises(ShapeMismatchError, match=r"labels of shape \(4, 3\) do not fit student logits of shape"):
+        Distiller(student, teacher, {"ce": 1.0})({"input": torch.randn(4, 6), "label": torch.zeros(4, 3).long()})
 
 
 def test_tuple_batches_and_step_counter_for_warmup():

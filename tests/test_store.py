@@ -302,3 +302,32 @@ def test_cli_trains_from_a_streamed_store(tmp_path: Path, teacher_cache: str):
     assert res.returncode == 0, res.stderr
     summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
     assert summary["teacher"]["streamed"] is True and summary["test"]["accuracy"] > 0.8
+
+
+def test_streamed_store_with_gradient_accumulation_keeps_the_step_count(tmp_path: Path):
+    from kdforge.engine.trainer import Trainer
+    from kdforge.recipe import TrainConfig
+
+    make(str(tmp_path / "s"))
+    bundle = load_dataset("digits", seed=0)
+    steps = {}
+    for memory_mb in (1024, 0):
+        cached = Cached(tmp_path / "s", memory_mb=memory_mb)
+        torch.manual_seed(0)
+        student = build_model("mlp", 10, bundle.input_shape, hidden=(8,))
+        loader = make_loader(bundle.train, 48, shuffle=True, seed=0, read_block=None if memory_mb else 64)
+        trainer = Trainer(Distiller(student, cached, {"kd": 1.0}), TrainConfig(epochs=2, grad_accum=2), run_dir=None)
+        steps[memory_mb] = trainer.fit(loader).steps
+    assert steps[0] == steps[1024]
+
+
+def test_content_hash_of_a_store_without_features_is_unchanged_by_the_features_field(tmp_path: Path):
+    import hashlib
+
+    make(str(tmp_path / "s"))
+    m = Manifest.load(tmp_path / "s")
+    identity = {k: v for k, v in m.identity().items() if k != "features"}
+    h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+    for i in range(m.num_shards):
+        h.update(m.shards[f"shard-{i:05d}.safetensors"]["sha256"].encode())
+    assert m.content_sha256 == h.hexdigest()

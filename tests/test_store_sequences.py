@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import kdforge
 from kdforge.data import load_dataset, make_loader
 from kdforge.data.text import next_token_labels
 from kdforge.errors import ShapeMismatchError
@@ -101,3 +102,41 @@ def test_mask_of_the_wrong_shape_is_refused(lm, tmp_path: Path):
     with pytest.raises(ShapeMismatchError, match=r"attention_mask has shape \(8, 5\)"):
         build_store(tmp_path / "x", live, broken, plan, batch_size=8)
     assert not list((tmp_path / "x" / "shards").glob("*.safetensors")), "nothing half-written is left"
+
+
+def test_objectives_see_real_tokens_only_so_live_and_cached_agree(lm, tmp_path: Path):
+    from kdforge.engine.distiller import Distiller
+
+    bundle, live = lm
+    small = bundle.train.__class__(
+        bundle.train.inputs[:6], bundle.train.labels[:6], indices=bundle.train.indices[:6],
+        fields={"attention_mask": bundle.train.fields["attention_mask"][:6]},
+    )  # fmt: skip
+    plan = plan_store(live.fingerprint, small, bundle.fingerprint, "fp32", {}, 6, bundle.num_classes)
+    build_store(tmp_path / "d", live, small, plan)
+    finalize_store(tmp_path / "d", plan)
+    torch.manual_seed(1)
+    student = build_model("tiny_gpt", bundle.num_classes, bundle.input_shape, width=16, layers=1)
+    batch = small.__getitems__([0, 1, 2, 3, 4, 5])
+    assert bool((~batch["attention_mask"]).any())
+    objectives = {"kd": {"T": 2.0, "alpha": 0.5}}
+    via_live = Distiller(student, live, objectives)(batch).loss
+    via_store = Distiller(student, Cached(tmp_path / "d"), objectives)(batch).loss
+    assert via_store.item() == pytest.approx(via_live.item(), rel=1e-6)
+    # The same value computed by hand over the real tokens only.
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        t = live.model(batch["input"])[mask]
+    s = student(batch["input"])[mask]
+    ref = kdforge.objective("kd", T=2.0, alpha=0.5)(s, t, batch["label"][mask])
+    assert via_live.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_run_refuses_sequence_data_with_a_clear_error(tmp_path: Path):
+    from conftest import run_cli
+
+    res = run_cli(
+        "run", "digits-cache", "data.name=reuters_r8_lm", "data.params={max_len: 16, train_limit: 32}",
+        "teacher.kind=live", "student.name=tiny_gpt", "student.params={}", f"output_dir={tmp_path}",
+    )  # fmt: skip
+    assert res.returncode == 2 and "holds sequences" in res.stderr, res.stderr[-2000:]

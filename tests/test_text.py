@@ -59,3 +59,5 @@ def test_text_models_reject_image_shapes():
         build_model("tiny_gpt", 100, (1, 28, 28))
     with pytest.raises(ConfigError, match="width=30 must be divisible by heads=4"):
         build_model("tiny_gpt", 100, (16,), width=30, heads=4)
+    with pytest.raises(ConfigError, match="must be positive"):
+        build_model("tiny_gpt", 100, (16,), heads=0)

@@ -128,6 +128,10 @@ def test_view_errors_name_what_is_wrong(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"holds views 0\.\.1, the batch asks for view 2"):
         reader.rows(ids, torch.full((4,), 2))
     assert reader.rows(ids, torch.ones(4, dtype=torch.int64))["logits"].shape == (4, 10)
+    # An id past the store's span must not alias another sample's other view (keys are view * span + id).
+    beyond = torch.tensor([int(bundle.train.indices.max()) + 1])
+    with pytest.raises(ConfigError, match="no signal for some sample ids"):
+        reader.rows(beyond, torch.zeros(1, dtype=torch.int64))
     assert Manifest.load(tmp_path / "s").num_views == 2
 
 

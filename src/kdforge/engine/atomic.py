@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -62,12 +63,20 @@ def _previous(target: Path) -> Path:
 
 
 def recover_swap(target: str | Path) -> Path:
-    """Finish a swap that was killed between its two renames: the previous folder becomes ``target`` again."""
+    """(Writers) finish a swap killed between its two renames: the previous folder becomes ``target`` again."""
     target = Path(target)
     old = _previous(target)
     if not target.exists() and old.exists():
-        os.replace(old, target)
+        with contextlib.suppress(FileNotFoundError):  # another process recovered it first
+            os.replace(old, target)
     return target
+
+
+def readable_dir(target: str | Path) -> Path:
+    """(Readers) ``target``, or the previous folder a killed swap left behind; never renames anything."""
+    target = Path(target)
+    old = _previous(target)
+    return old if not target.exists() and old.exists() else target
 
 
 def atomic_replace_dir(build: Callable[[Path], None], target: str | Path) -> None:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from kdforge.engine.atomic import atomic_replace_dir, recover_swap, sha256_file
+from kdforge.engine.atomic import atomic_replace_dir, readable_dir, sha256_file
 from kdforge.errors import IntegrityError
 
 MODEL_FILE = "model.safetensors"
@@ -67,7 +67,7 @@ def save_checkpoint(
 
 def read_state(directory: str | Path) -> dict[str, Any]:
     """The JSON state of a checkpoint, after checking every file against its recorded sha256."""
-    d = recover_swap(directory)
+    d = readable_dir(directory)
     state_path = d / STATE_FILE
     if not state_path.is_file():
         raise IntegrityError(f"checkpoint {str(d)!r} has no {STATE_FILE}")
@@ -81,6 +81,6 @@ def read_state(directory: str | Path) -> dict[str, Any]:
 def load_checkpoint(directory: str | Path, model: nn.Module) -> dict[str, Any]:
     """Verify and load weights into ``model``; returns the JSON state."""
     state = read_state(directory)
-    weights = load_file(str(Path(directory) / MODEL_FILE))
+    weights = load_file(str(readable_dir(directory) / MODEL_FILE))
     model.load_state_dict(weights)
     return state

@@ -99,6 +99,13 @@ class Distiller(nn.Module):
             if batch.get("label") is None:
                 users = [n for n, o in self.objectives.items() if o.needs.labels]
                 raise ConfigError(f"objectives {users} need labels, but the batch has none")
+            labels, logits = batch["label"], student.logits
+            if labels.numel() != logits[..., 0].numel():
+                raise ShapeMismatchError(
+                    f"labels of shape {tuple(labels.shape)} do not fit student logits of shape {tuple(logits.shape)}: "
+                    "expected one label per output position (a classifier's data for a classifier, "
+                    "next-token labels for a sequence model)"
+                )
             top = int(batch["label"].max())
             if top >= student.logits.shape[-1]:
                 raise ShapeMismatchError(

@@ -177,7 +177,9 @@ class Trainer:
             show = progress.enabled(acc.is_main_process)
             with progress.bar(f"train {self.run_dir.path.name if self.run_dir else ''}", total, show) as bar:
                 # A teacher streaming its store from disk reads the next batch's shards while this step runs.
-                streams = getattr(distiller.teacher, "streams", False)
+                # Not with accumulation: fetching a batch early moves Accelerate's end-of-loader flag, and with it
+                # the last gradient sync of the epoch (shards are then read on demand, still shard-local).
+                streams = getattr(distiller.teacher, "streams", False) and cfg.grad_accum == 1
                 prefetch = distiller.teacher.prefetch if streams else None
                 while step < total:
                     for batch in with_lookahead(train_loader, prefetch):

@@ -34,6 +34,8 @@ class TinyGPT(nn.Module):
 
     def __init__(self, vocab_size: int, max_len: int, width: int, layers: int, heads: int):
         super().__init__()
+        if heads < 1 or layers < 0 or width < 1:
+            raise ConfigError(f"model 'tiny_gpt': width={width}, layers={layers}, heads={heads} must be positive")
         if width % heads:
             raise ConfigError(f"model 'tiny_gpt': width={width} must be divisible by heads={heads}")
         self.tokens, self.positions = nn.Embedding(vocab_size, width), nn.Embedding(max_len, width)

@@ -126,9 +126,22 @@ class Objective:
         ctx: Mapping[str, Any],
     ) -> Tensor:
         """Compute the term from the student's output and the teacher's signals."""
+        s_logits, mask = student.logits, teacher.mask
+        if mask is not None and s_logits.dim() == 3 and tuple(mask.shape) == tuple(s_logits.shape[:2]):
+            # Sequences: every term is computed over real tokens only, whatever the teacher put at padding.
+            s_logits = s_logits[mask]
+            labels = labels[mask] if labels is not None else None
+        else:
+            mask = None
         t_logits = None
         if self.spec.teacher:
             signal = teacher.logits
+            if mask is not None and isinstance(signal, DenseSignal):
+                signal = DenseSignal(signal.logits[mask])
+            elif mask is not None and isinstance(signal, SparseSignal):
+                signal = SparseSignal(
+                    signal.ids[mask], signal.logprobs[mask], signal.tail[mask], signal.vocab_size, signal.temperature
+                )
             if isinstance(signal, DenseSignal):
                 t_logits = signal.logits
             elif isinstance(signal, SparseSignal):
@@ -137,7 +150,7 @@ class Objective:
                 t_logits = signal.to_dense_logits()
             else:
                 raise ConfigError(f"objective {self.name!r} needs teacher logits, got {type(signal).__name__}")
-        return self(student.logits, t_logits, labels, **ctx)
+        return self(s_logits, t_logits, labels, **ctx)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())

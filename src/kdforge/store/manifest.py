@@ -90,7 +90,10 @@ class Manifest:
 
     def content_hash(self) -> str:
         """sha256 over the ordered shard checksums: equal for equal content, however the build was interrupted."""
-        h = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode())
+        identity = self.identity()
+        if not identity["features"]:
+            del identity["features"]  # stores without features hash as they did before features existed
+        h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
         for i in range(self.num_shards):
             h.update(self.shards[shard_name(i)]["sha256"].encode())
         return h.hexdigest()

@@ -150,6 +150,9 @@ class StoreReader:
                 "no 'view'; train with the store's data.params.augment so each epoch reads its view"
             )
         views = views.cpu().long()
+        if int(ids.max()) >= self._id_span or int(ids.min()) < 0:
+            # Keys are view * span + id: an id past the span would alias another sample's other view.
+            raise ConfigError(f"store {str(self.root)!r} has no signal for some sample ids of this batch")
         if bool((views >= stored_views).any()) or bool((views < 0).any()):
             raise ConfigError(
                 f"store {str(self.root)!r} holds views 0..{stored_views - 1}, "

@@ -13,7 +13,7 @@ from kdforge.engine.trainer import Trainer, get_accelerator
 from kdforge.evaluate import classification_metrics, model_profile, predict
 from kdforge.recipe import Recipe, dump
 from kdforge.registry import STRATEGIES
-from kdforge.strategies.provision import build, load_data, loaders, provide_teacher
+from kdforge.strategies.provision import build, load_data, loaders, provide_teacher, require_classification
 from kdforge.teachers import evaluation_model
 
 
@@ -36,6 +36,7 @@ def offline(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     run_dir.write_text("recipe.yaml", dump(recipe))
     set_seed(recipe.seed)
     bundle = load_data(recipe)
+    require_classification(bundle, "`kdforge run`")
     terms, _ = parse_objectives(recipe.objectives)
     needed = any(o.needs.teacher_logits for o in terms.values())
     teacher, teacher_info = provide_teacher(recipe, bundle, signals_needed=needed)

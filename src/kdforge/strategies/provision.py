@@ -14,7 +14,7 @@ from torch import nn
 
 from kdforge.data import DataBundle, load_dataset, make_loader
 from kdforge.data.base import with_augment
-from kdforge.engine.atomic import atomic_replace_dir, recover_swap, sha256_file
+from kdforge.engine.atomic import atomic_replace_dir, readable_dir, sha256_file
 from kdforge.engine.checkpoint import save_model
 from kdforge.engine.distiller import Distiller
 from kdforge.engine.trainer import Trainer, get_accelerator
@@ -35,6 +35,16 @@ def load_data(recipe: Recipe, augment_seed: int | None = None, **override: Any) 
         seed = recipe.seed if augment_seed is None else augment_seed
         bundle.train = with_augment(bundle.train, bundle.train.augment, augment_seed=seed)
     return bundle
+
+
+def require_classification(bundle: DataBundle, what: str) -> None:
+    """Refuse sequence data (one label per token) where kdforge only trains and evaluates classifiers so far."""
+    labels = bundle.train.labels
+    if labels is not None and labels.dim() > 1:
+        raise ConfigError(
+            f"data.name: {bundle.name!r} holds sequences (a label per token); {what} handles classification only "
+            "so far — build a store from it with `kdforge cache` and a teacher.checkpoint, or use the Python API"
+        )
 
 
 def build(cfg: ModelConfig, bundle: DataBundle, where: str) -> nn.Module:
@@ -122,16 +132,18 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     bundle = load_data(recipe, augment_seed=teacher_seed(recipe), **full)
     set_seed(teacher_seed(recipe))
     model = build(t.model, bundle, "teacher.model")
-    cache = recover_swap(Path(t.cache_dir).expanduser() / f"{t.model.name}-{_teacher_key(recipe, train_cfg)}")
-    meta_path = cache / "meta.json"
+    cache = Path(t.cache_dir).expanduser() / f"{t.model.name}-{_teacher_key(recipe, train_cfg)}"
+    found = readable_dir(cache)
+    meta_path = found / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if sha256_file(cache / "model.safetensors") != meta["sha256"]:
+        if sha256_file(found / "model.safetensors") != meta["sha256"]:
             raise IntegrityError(f"cached teacher {str(cache)!r} does not match its sha256; delete the folder")
-        _load_weights(model, cache / "model.safetensors", "teacher cache")
+        _load_weights(model, found / "model.safetensors", "teacher cache")
         return model.eval(), {**meta, "cache": str(cache), "reused": True}
     if not allow_training:
         return None, {"cache": str(cache), "missing": True}
+    require_classification(bundle, "teacher training (no teacher.checkpoint given)")
     train_loader, evals = loaders(recipe.model_copy(update={"seed": teacher_seed(recipe)}), bundle)
     trainer = Trainer(Distiller(model, None, {"ce": 1.0}), train_cfg, run_dir=None, seed=teacher_seed(recipe))
     result = trainer.fit(train_loader, evals)
