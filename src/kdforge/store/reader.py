@@ -29,10 +29,14 @@ def with_offsets(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return tensors
 
 
-def gather(tensors: dict[str, Tensor], rows: Tensor, pad: dict[str, Tensor]) -> dict[str, Tensor]:
+def gather(
+    tensors: dict[str, Tensor], rows: Tensor, pad: dict[str, Tensor], features: tuple[str, ...] | None = None
+) -> dict[str, Tensor]:
     """The codec fields of ``rows``; for sequences, token records unpacked to (B, S, ...) with ``pad`` at padding."""
-    per_sample = [k for k in tensors if k.startswith(FEATURE_PREFIX)]
-    fields = [k for k in tensors if k not in SAMPLE_FIELDS and k not in per_sample]
+    stored = [k for k in tensors if k.startswith(FEATURE_PREFIX)]
+    # Only the features asked for are gathered (None: all of them): a batch reads nothing it will not use.
+    per_sample = stored if features is None else [FEATURE_PREFIX + f for f in features if FEATURE_PREFIX + f in tensors]
+    fields = [k for k in tensors if k not in SAMPLE_FIELDS and k not in stored]
     out = {k: tensors[k][rows] for k in per_sample}
     if "mask" not in tensors:
         return {**out, **{k: tensors[k][rows] for k in fields}}
@@ -188,19 +192,21 @@ class StoreReader:
             self._pad_row = self.codec.encode(torch.zeros(1, self.manifest.num_outputs))
         return self._pad_row
 
-    def rows(self, ids: Tensor, views: Tensor | None = None) -> dict[str, Tensor]:
+    def rows(
+        self, ids: Tensor, views: Tensor | None = None, features: tuple[str, ...] | None = None
+    ) -> dict[str, Tensor]:
         """Encoded rows for sample ``ids`` (at ``views`` for an augmented store) in the given order.
 
         Sequence stores also return ``mask`` (B, S), and every field per position (B, S, ...), padding included.
         """
         pos = self._rows_of(ids, views)
         if self._joined is not None:
-            return gather(self._joined, pos, self._pad())
+            return gather(self._joined, pos, self._pad(), features)
         shard_of, row_of = pos // self.manifest.shard_size, pos % self.manifest.shard_size
         out: dict[str, Tensor] = {}
         for s in shard_of.unique().tolist():
             mask = shard_of == s
-            for key, value in gather(self.shard(s), row_of[mask], self._pad()).items():
+            for key, value in gather(self.shard(s), row_of[mask], self._pad(), features).items():
                 if key not in out:
                     out[key] = torch.empty((len(ids), *value.shape[1:]), dtype=value.dtype)
                 out[key][mask] = value
@@ -212,15 +218,17 @@ class StoreReader:
         assert logits is not None
         return logits
 
-    def lookup(self, ids: Tensor, views: Tensor | None = None) -> TeacherOutput:
+    def lookup(
+        self, ids: Tensor, views: Tensor | None = None, features: tuple[str, ...] | None = None
+    ) -> TeacherOutput:
         """Everything stored for sample ``ids``: decoded logits, named features (float32) and the token mask."""
-        encoded = self.rows(ids, views)
+        encoded = self.rows(ids, views, features)
         mask = encoded.pop("mask", None)
         names = [k for k in encoded if k.startswith(FEATURE_PREFIX)]
-        features = {k[len(FEATURE_PREFIX) :]: encoded.pop(k).float() for k in names}
+        named = {k[len(FEATURE_PREFIX) :]: encoded.pop(k).float() for k in names}
         return TeacherOutput(
             logits=self.codec.decode(encoded, self.manifest.num_outputs),
-            features=FeatureSignal(features) if features else None,
+            features=FeatureSignal(named) if named else None,
             mask=mask,
         )
 

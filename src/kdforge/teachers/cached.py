@@ -55,7 +55,8 @@ class Cached:
         if not needs.teacher_logits and not needs.teacher_features:
             return TeacherOutput()
         views = batch.get("view")
-        out = self.reader.lookup(sample_ids(batch), None if views is None else torch.as_tensor(views))
+        views = None if views is None else torch.as_tensor(views)
+        out = self.reader.lookup(sample_ids(batch), views, features=needs.teacher_features)
         device = batch["input"].device
         signal = out.logits
         if isinstance(signal, DenseSignal):
