@@ -14,13 +14,16 @@ from kdforge.errors import NonFiniteLossError
 from kdforge.recipe import TrainConfig
 
 
-def main(out: str) -> None:
+def main(out: str, mode: str) -> None:
     """Write {rank: error message} after the fit fails on every rank."""
     torch.manual_seed(0)
-    inputs = torch.randn(64, 4)
+    inputs, labels = torch.randn(64, 4), torch.arange(64) % 3
     # Unshuffled batches of 8 per process: rank 0 takes samples 0-7, rank 1 samples 8-15 first.
-    inputs[8:16] = float("nan")
-    data = ArrayDataset(inputs, torch.arange(64) % 3)
+    if mode == "inputs":
+        inputs[8:16] = float("nan")  # NaN loss and NaN gradients
+    else:
+        labels[8:16] = -100  # every label ignored: NaN loss, finite (zero) gradients
+    data = ArrayDataset(inputs, labels)
     model = torch.nn.Linear(4, 3)
     trainer = Trainer(Distiller(model, None, {"ce": 1.0}), TrainConfig(epochs=1), run_dir=None)
     loader = make_loader(data, 8, shuffle=False, seed=0)
@@ -35,4 +38,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

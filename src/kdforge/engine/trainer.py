@@ -193,6 +193,8 @@ class Trainer:
                             # and all of them stop together at the gradient-norm check below.
                             acc.backward(out.loss)
                             if acc.sync_gradients:
+                                if acc.num_processes > 1:
+                                    self._check_finite_everywhere(out, step)
                                 # A finite loss can still give inf gradients; stop before they reach the weights.
                                 norm = acc.clip_grad_norm_(student.parameters(), cfg.grad_clip or math.inf)
                                 if not torch.isfinite(torch.as_tensor(norm)):
@@ -250,6 +252,18 @@ class Trainer:
             return {}
         model.to(self.accelerator.device)
         return {name: self._predict(loader, model)[0] for name, loader in loaders.items()}
+
+    def _check_finite_everywhere(self, out: Any, step: int) -> None:
+        """One small all-reduce per optimizer step: if any process has a non-finite loss, every process stops.
+
+        A NaN loss can come with finite gradients (a batch whose labels are all ignored); the gradient check alone
+        would then let the other processes train on.
+        """
+        acc = self.accelerator
+        bad = torch.tensor([0.0 if torch.isfinite(out.loss) else 1.0], device=acc.device)
+        if float(acc.reduce(bad, reduction="sum")) > 0:
+            self._check_finite(out.loss, out.terms, step)  # names the term on the process that has it
+            raise NonFiniteLossError(step, "loss on another process", float("nan"))
 
     @staticmethod
     def _check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int) -> None:
