@@ -9,6 +9,7 @@ import torch
 
 import kdforge
 from kdforge.data import load_dataset, make_loader
+from kdforge.data.base import subset
 from kdforge.data.text import next_token_labels
 from kdforge.errors import ShapeMismatchError
 from kdforge.models import build_model
@@ -18,6 +19,14 @@ from kdforge.strategies.cache import inspect
 from kdforge.teachers import Cached, Live
 
 NEEDS = Needs(teacher_logits=True)
+
+
+def dense_store(root: Path, live: Live, data: object, bundle: object, shard_size: int) -> Path:
+    """An fp32 store of ``live`` over ``data``: exact, so cached and live signals compare equal."""
+    plan = plan_store(live.fingerprint, data, bundle.fingerprint, "fp32", {}, shard_size, bundle.num_classes)
+    build_store(root, live, data, plan, batch_size=4)
+    finalize_store(root, plan)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +87,8 @@ def test_topk_sequence_store_packs_real_tokens_and_serves_masks(lm, tmp_path: Pa
 
 def test_dense_sequence_store_round_trips_through_the_cached_teacher(lm, tmp_path: Path):
     bundle, live = lm
-    small = bundle.train.__class__(
-        bundle.train.inputs[:6], bundle.train.labels[:6], indices=bundle.train.indices[:6],
-        fields={"attention_mask": bundle.train.fields["attention_mask"][:6]},
-    )  # fmt: skip
-    plan = plan_store(live.fingerprint, small, bundle.fingerprint, "fp32", {}, 4, bundle.num_classes)
-    build_store(tmp_path / "d", live, small, plan, batch_size=4)
-    finalize_store(tmp_path / "d", plan)
-    cached = Cached(tmp_path / "d")
+    small = subset(bundle.train, list(range(6)))
+    cached = Cached(dense_store(tmp_path / "d", live, small, bundle, shard_size=4))
     batch = small.__getitems__([5, 0, 3])
     out, ref = cached.signals(batch, NEEDS), live.signals(batch, NEEDS)
     assert isinstance(out.logits, DenseSignal) and torch.equal(out.mask, ref.mask)
@@ -108,20 +111,15 @@ def test_objectives_see_real_tokens_only_so_live_and_cached_agree(lm, tmp_path: 
     from kdforge.engine.distiller import Distiller
 
     bundle, live = lm
-    small = bundle.train.__class__(
-        bundle.train.inputs[:6], bundle.train.labels[:6], indices=bundle.train.indices[:6],
-        fields={"attention_mask": bundle.train.fields["attention_mask"][:6]},
-    )  # fmt: skip
-    plan = plan_store(live.fingerprint, small, bundle.fingerprint, "fp32", {}, 6, bundle.num_classes)
-    build_store(tmp_path / "d", live, small, plan)
-    finalize_store(tmp_path / "d", plan)
+    small = subset(bundle.train, list(range(6)))
+    store = dense_store(tmp_path / "d", live, small, bundle, shard_size=6)
     torch.manual_seed(1)
     student = build_model("tiny_gpt", bundle.num_classes, bundle.input_shape, width=16, layers=1)
     batch = small.__getitems__([0, 1, 2, 3, 4, 5])
     assert bool((~batch["attention_mask"]).any())
     objectives = {"kd": {"T": 2.0, "alpha": 0.5}}
     via_live = Distiller(student, live, objectives)(batch).loss
-    via_store = Distiller(student, Cached(tmp_path / "d"), objectives)(batch).loss
+    via_store = Distiller(student, Cached(store), objectives)(batch).loss
     assert via_store.item() == pytest.approx(via_live.item(), rel=1e-6)
     # The same value computed by hand over the real tokens only.
     mask = batch["attention_mask"]
