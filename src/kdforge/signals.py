@@ -15,6 +15,14 @@ class DenseSignal:
 
     logits: Tensor
 
+    def to(self, device: torch.device | str) -> DenseSignal:
+        """The same signal on ``device``."""
+        return DenseSignal(self.logits.to(device))
+
+    def select(self, mask: Tensor) -> DenseSignal:
+        """The positions where ``mask`` is True, flattened: (B, S, V) → (T, V)."""
+        return DenseSignal(self.logits[mask])
+
 
 @dataclass(frozen=True)
 class SparseSignal:
@@ -66,6 +74,10 @@ class SparseSignal:
     def to(self, device: torch.device | str) -> SparseSignal:
         """The same signal on ``device``."""
         return replace(self, ids=self.ids.to(device), logprobs=self.logprobs.to(device), tail=self.tail.to(device))
+
+    def select(self, mask: Tensor) -> SparseSignal:
+        """The positions where ``mask`` is True, flattened: (B, S, k) → (T, k)."""
+        return replace(self, ids=self.ids[mask], logprobs=self.logprobs[mask], tail=self.tail[mask])
 
 
 @dataclass(frozen=True)

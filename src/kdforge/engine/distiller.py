@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -140,8 +140,11 @@ class Distiller(nn.Module):
         teacher = TeacherOutput()
         if self.teacher is not None and (self.needs.teacher_logits or self.needs.teacher_features):
             teacher = self.teacher.signals(batch, self.needs)
-            if isinstance(teacher.logits, DenseSignal) and teacher.logits.logits.device != batch["input"].device:
-                teacher = TeacherOutput(DenseSignal(teacher.logits.logits.to(batch["input"].device)), teacher.features)
+            if teacher.logits is not None:
+                # A teacher on another device (a GPU teacher, a CPU student) hands its signal to the student's.
+                device = batch["input"].device
+                mask = None if teacher.mask is None else teacher.mask.to(device)
+                teacher = replace(teacher, logits=teacher.logits.to(device), mask=mask)
         student = self._student_forward(batch["input"])
         if not self._checked:
             self.check(batch, student, teacher)

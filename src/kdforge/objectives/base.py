@@ -96,12 +96,9 @@ class Objective:
             k: _coerce(spec.name, k, params[k], p.default) if k in params else p.default for k, p in spec.params.items()
         }
         self.name = spec.name
-
-    @property
-    def needs(self) -> Needs:
-        """What this term consumes, given its parameters."""
-        labels = self.spec.labels(self.params) if callable(self.spec.labels) else self.spec.labels
-        return Needs(teacher_logits=self.spec.teacher, labels=labels)
+        # Fixed once the parameters are bound; read on every call, so computed once here.
+        labels = spec.labels(self.params) if callable(spec.labels) else spec.labels
+        self.needs = Needs(teacher_logits=spec.teacher, labels=labels)
 
     def __call__(
         self,
@@ -136,12 +133,8 @@ class Objective:
         t_logits = None
         if self.spec.teacher:
             signal = teacher.logits
-            if mask is not None and isinstance(signal, DenseSignal):
-                signal = DenseSignal(signal.logits[mask])
-            elif mask is not None and isinstance(signal, SparseSignal):
-                signal = SparseSignal(
-                    signal.ids[mask], signal.logprobs[mask], signal.tail[mask], signal.vocab_size, signal.temperature
-                )
+            if mask is not None and isinstance(signal, (DenseSignal, SparseSignal)):
+                signal = signal.select(mask)
             if isinstance(signal, DenseSignal):
                 t_logits = signal.logits
             elif isinstance(signal, SparseSignal):

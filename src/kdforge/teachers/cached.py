@@ -9,7 +9,7 @@ import torch
 
 from kdforge.errors import ConfigError
 from kdforge.registry import TEACHERS
-from kdforge.signals import DenseSignal, FeatureSignal, Needs, SparseSignal, TeacherOutput
+from kdforge.signals import FeatureSignal, Needs, TeacherOutput
 from kdforge.store.reader import StoreReader
 from kdforge.teachers.base import sample_ids
 
@@ -58,11 +58,7 @@ class Cached:
         views = None if views is None else torch.as_tensor(views)
         out = self.reader.lookup(sample_ids(batch), views, features=needs.teacher_features)
         device = batch["input"].device
-        signal = out.logits
-        if isinstance(signal, DenseSignal):
-            signal = DenseSignal(signal.logits.to(device))
-        elif isinstance(signal, SparseSignal):
-            signal = signal.to(device)
+        signal = out.logits.to(device) if out.logits is not None else None
         features = None
         if needs.teacher_features and out.features is not None:
             features = FeatureSignal({k: out.features[k].to(device) for k in needs.teacher_features})
