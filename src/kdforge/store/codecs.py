@@ -29,6 +29,11 @@ class Dense:
         """Rows back to float32 logits."""
         return DenseSignal(tensors["logits"].float())
 
+    def widen(self, tensors: Encoded, budget_bytes: int) -> Encoded:
+        """A whole in-memory store, decoded ahead to float32 when that fits ``budget_bytes`` (decode is then free)."""
+        logits = tensors["logits"]
+        return {**tensors, "logits": logits.float()} if logits.numel() * 4 <= budget_bytes else tensors
+
 
 CODECS.register("fp32")(lambda **_: Dense(torch.float32, "fp32"))
 CODECS.register("fp16")(lambda **_: Dense(torch.float16, "fp16"))
@@ -69,6 +74,10 @@ class TopK:
             "logprobs": sig.logprobs.to(torch.float16),
             "tail": sig.tail.to(torch.float16),
         }
+
+    def widen(self, tensors: Encoded, budget_bytes: int) -> Encoded:
+        """Top-k rows stay encoded in memory: decoding them ahead would multiply their size."""
+        return tensors
 
     def decode(self, tensors: Encoded, vocab_size: int) -> SparseSignal:
         """Rows back to a SparseSignal."""

@@ -133,11 +133,8 @@ class StoreReader:
             if self._join:
                 shards = [self.shard(i) for i in range(self.manifest.num_shards)]
                 keep = [k for k in shards[0] if k not in ("index", "view", OFFSETS)]
-                self._joined = with_offsets({k: torch.cat([sh[k] for sh in shards]) for k in keep})
-                logits = self._joined.get("logits")
-                if logits is not None and logits.numel() * 4 <= self._resident_bytes:
-                    # Dense logits decoded once here, not on every batch (decode's .float() is then a no-op).
-                    self._joined["logits"] = logits.float()
+                joined = {k: torch.cat([sh[k] for sh in shards]) for k in keep}
+                self._joined = with_offsets(self.codec.widen(joined, self._resident_bytes))
                 # Drop every other reference to the per-shard tensors so the store is held once, not twice.
                 self._shards.clear()
                 self._futures = [None] * len(self._futures)
