@@ -16,6 +16,16 @@ def pm(stat: dict) -> str:
     return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
 
 
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table."""
+    return [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}", *(f"| {' | '.join(r)} |" for r in rows)]
+
+
+def accuracy_rows(entries: dict, keys: tuple[str, ...]) -> list[list[str]]:
+    """One row per entry: its name, then 'mean ± std' of each accuracy key."""
+    return [[name, *(pm(e[k]) for k in keys)] for name, e in entries.items()]
+
+
 def load(name: str) -> dict | None:
     """A results file, or None when it has not been produced yet."""
     path = HERE / "results" / f"{name}.json"
@@ -44,26 +54,21 @@ def methods_section(data: dict) -> list[str]:
             f"KD − scratch (last epoch): {100 * entry['kd_gain_last']:+.2f} points; beyond the seed spread: "
             f"{'yes' if entry['kd_beats_scratch_beyond_spread'] else 'no'}.",
             "",
-            "| method | last epoch | best epoch | at best val |",
-            "|---|---|---|---|",
         ]
-        for name, m in entry["methods"].items():
-            lines.append(f"| {name} | {pm(m['test_last'])} | {pm(m['test_best'])} | {pm(m['test_at_best_val'])} |")
+        keys = ("test_last", "test_best", "test_at_best_val")
+        lines += table(["method", "last epoch", "best epoch", "at best val"], accuracy_rows(entry["methods"], keys))
     return lines
 
 
 def label_scarce_section(data: dict) -> list[str]:
     """CE on 1% labels vs KD on all images without labels."""
-    lines = [
+    rows = accuracy_rows(data["settings"], ("test_last", "test_best"))
+    return [
         "",
         "### Label-scarce (`benchmarks/label_scarce.py`)",
         "",
-        "| setting | last epoch | best epoch |",
-        "|---|---|---|",
+        *table(["setting", "last epoch", "best epoch"], rows),
     ]
-    for name, s in data["settings"].items():
-        lines.append(f"| {name} | {pm(s['test_last'])} | {pm(s['test_best'])} |")
-    return lines
 
 
 def overhead_section(data: dict) -> list[str]:
@@ -107,14 +112,18 @@ def sparse_section(data: dict) -> list[str]:
         "KL(full ‖ reconstructed) per token, the tail mass spread uniformly over the other ids "
         f"({data['reference']}).",
         "",
-        "| k | codec | bytes/token | KL(full‖reconstructed) | top-1 agreement |",
-        "|---|---|---|---|---|",
     ]
-    for r in data["table"]:
-        lines.append(
-            f"| {r['k']} | `{r['codec']}` | {r['bytes_per_token']:.0f} | {r['kl_full_vs_reconstructed']:.4f} | "
-            f"{r['top1_agreement']:.4f} |"
-        )
+    rows = [
+        [
+            str(r["k"]),
+            f"`{r['codec']}`",
+            f"{r['bytes_per_token']:.0f}",
+            f"{r['kl_full_vs_reconstructed']:.4f}",
+            f"{r['top1_agreement']:.4f}",
+        ]
+        for r in data["table"]
+    ]
+    lines += table(["k", "codec", "bytes/token", "KL(full‖reconstructed)", "top-1 agreement"], rows)
     st = data["store"]
     lines += [
         "",
@@ -130,16 +139,14 @@ def shard_format_section(data: dict) -> list[str]:
         "",
         "### Shard format (`benchmarks/shard_format.py`)",
         "",
-        "| workload | format | write (ms) | read all (ms) | bytes |",
-        "|---|---|---|---|---|",
     ]
-    for workload, table in data.items():
-        if not isinstance(table, dict) or workload == "machine":
-            continue
-        for fmt, v in table.items():
-            lines.append(
-                f"| {workload} | {fmt} | {1000 * v['write_s']:.1f} | {1000 * v['read_all_s']:.1f} | {v['bytes']:,} |"
-            )
+    rows = [
+        [workload, fmt, f"{1000 * v['write_s']:.1f}", f"{1000 * v['read_all_s']:.1f}", f"{v['bytes']:,}"]
+        for workload, formats in data.items()
+        if isinstance(formats, dict) and workload != "machine"
+        for fmt, v in formats.items()
+    ]
+    lines += table(["workload", "format", "write (ms)", "read all (ms)", "bytes"], rows)
     lines += [
         "",
         "safetensors reads fastest, writes as fast as Arrow IPC, is smallest, needs no extra dependency and "
@@ -158,14 +165,21 @@ def text_section(data: dict) -> list[str]:
         f"{data['dataset']}; teacher {data['teacher']}: test accuracy {100 * data['teacher_test']['accuracy']:.2f}%. "
         f"Store (fp16) built once in {st['seconds']:.0f} s.",
         "",
-        "| student | test acc | agreement | train wall (s) | live step (ms) | store step (ms) | saved (s) |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for key, v in data["students"].items():
-        lines.append(
-            f"| {key} | {100 * v['test']['accuracy']:.2f}% | {100 * v['test']['agreement']:.2f}% | "
-            f"{v['train_wall_s']:.1f} | {v['live_step_ms']:.0f} | {v['store_step_ms']:.1f} | {v['wall_saved_s']:.0f} |"
-        )
+    rows = [
+        [
+            key,
+            f"{100 * v['test']['accuracy']:.2f}%",
+            f"{100 * v['test']['agreement']:.2f}%",
+            f"{v['train_wall_s']:.1f}",
+            f"{v['live_step_ms']:.0f}",
+            f"{v['store_step_ms']:.1f}",
+            f"{v['wall_saved_s']:.0f}",
+        ]
+        for key, v in data["students"].items()
+    ]
+    header = ["student", "test acc", "agreement", "train wall (s)", "live step (ms)", "store step (ms)", "saved (s)"]
+    lines += table(header, rows)
     lines += [
         "",
         f"Time saved = optimizer steps × (live step − store step), from per-step times measured on the same batches: "
@@ -217,15 +231,12 @@ def views_section(data: dict) -> list[str]:
         )
         + ".",
         "",
-        "| teacher signal | test accuracy, last epoch | best epoch | training wall time (s) |",
-        "|---|---|---|---|",
     ]
-    for name, r in data["settings"].items():
-        wall = r["train_wall_s"]
-        lines.append(
-            f"| {name} | {pm(r['test_last'])} | {pm(r['test_best'])} | {wall['mean']:.1f} ± {wall['std']:.1f} |"
-        )
-    return lines
+    rows = accuracy_rows(data["settings"], ("test_last", "test_best"))
+    for row, r in zip(rows, data["settings"].values(), strict=True):
+        row.append(f"{r['train_wall_s']['mean']:.1f} ± {r['train_wall_s']['std']:.1f}")
+    header = ["teacher signal", "test accuracy, last epoch", "best epoch", "training wall time (s)"]
+    return lines + table(header, rows)
 
 
 def streaming_section(data: dict) -> list[str]:
@@ -239,12 +250,12 @@ def streaming_section(data: dict) -> list[str]:
         f"{st['size_bytes'] / 1e6:.1f} MB; one epoch of KD steps (MLP[256] student, batch {data['batch']}), "
         f"LRU of {data['lru_shards']} shards.",
         "",
-        "| read mode | median step (ms) | epoch (s) | shard reads a step waited for |",
-        "|---|---|---|---|",
     ]
-    for name, m in data["modes"].items():
-        lines.append(f"| {name} | {m['median_step_ms']:.2f} | {m['epoch_s']:.1f} | {m['shard_reads_waited_for']:,} |")
-    return lines
+    rows = [
+        [name, f"{m['median_step_ms']:.2f}", f"{m['epoch_s']:.1f}", f"{m['shard_reads_waited_for']:,}"]
+        for name, m in data["modes"].items()
+    ]
+    return lines + table(["read mode", "median step (ms)", "epoch (s)", "shard reads a step waited for"], rows)
 
 
 def main() -> None:
