@@ -78,13 +78,16 @@ class LogWindow:
         self.sums: dict[str, float] = {}
         self.count = 0
 
-    def add(self, out: Any) -> None:
-        """Accumulate one optimizer step's values."""
-        values = {"loss": out.loss.item(), **{f"term/{k}": v.item() for k, v in out.terms.items()}}
-        values.update({f"weighted/{k}": v.item() for k, v in out.weighted.items()})
-        for key, value in values.items():
+    def add(self, out: Any) -> float:
+        """Accumulate one optimizer step's values; returns the step's loss."""
+        named = {"loss": out.loss, **{f"term/{k}": v for k, v in out.terms.items()}}
+        named.update({f"weighted/{k}": v for k, v in out.weighted.items()})
+        # One device-to-host copy for all of them: on a GPU each .item() would be a separate sync.
+        values = torch.stack([v.detach().float() for v in named.values()]).tolist()
+        for key, value in zip(named, values, strict=True):
             self.sums[key] = self.sums.get(key, 0.0) + value
         self.count += 1
+        return values[0]
 
     def pop(self) -> dict[str, float]:
         """The means since the last pop, then start a new window."""
@@ -207,9 +210,9 @@ class Trainer:
                         if not acc.sync_gradients:
                             continue
                         step += 1
-                        window.add(out)
+                        loss = window.add(out)
                         if bar is not None:
-                            bar.update(0, advance=1, info=f"loss {out.loss.item():.4f}")
+                            bar.update(0, advance=1, info=f"loss {loss:.4f}")
                         if step % cfg.log_every == 0 or step == total:
                             epoch_now = round(step / steps_per_epoch, 4)
                             lr = scheduler.get_last_lr()[0]
