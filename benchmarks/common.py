@@ -46,8 +46,7 @@ def run_recipe(tree: dict[str, Any], overrides: dict[str, Any] | None = None) ->
     """Validate and run one recipe (no variants) in a temporary run folder; returns the public summary."""
     recipe = resolve(apply_overrides(tree, overrides or {}))
     with tempfile.TemporaryDirectory() as tmp:
-        summary = offline(recipe, RunDir(Path(tmp) / "run"))
-    return {k: v for k, v in summary.items() if not k.startswith("_")}
+        return offline(recipe, RunDir(Path(tmp) / "run")).summary
 
 
 def curve(summary: dict[str, Any], split: str) -> list[float]:

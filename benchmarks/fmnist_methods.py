@@ -65,7 +65,7 @@ def methods(T: float, alpha: float, epochs: float) -> dict[str, dict[str, Any]]:
         "scratch": {"ce": 1.0},
         "kd": {"ce": 1 - alpha, "kd": {"weight": alpha, "T": T}},
         # DKD's 20-of-240-epoch warm-up, scaled to this budget.
-        "dkd": {"ce": 1.0, "dkd": {"alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": max(epochs / 12, 0.5)}},
+        "dkd": {"ce": 1.0, "dkd": {"alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup_epochs": max(epochs / 12, 0.5)}},
         "dist": {"ce": 1.0, "dist": {"beta": 2.0, "gamma": 2.0, "T": 4.0}},
         "lskd": {"ce": 0.1, "lskd": {"weight": 9.0, "T": 2.0}},
         "wttm": {"ce": 1.0, "wttm": {"weight": 1.0, "T": 4.0}},

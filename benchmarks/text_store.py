@@ -89,7 +89,7 @@ def main() -> None:
         live, _ = live_teacher(r, bundle, allow_training=False)
         cached = Cached(store)
         from kdforge.data import make_loader
-        from kdforge.strategies.offline import test_metrics
+        from kdforge.evaluate import test_metrics
 
         teacher_test = test_metrics(live.model, make_loader(bundle.test, 128, shuffle=False, seed=0))
         batches = [bundle.train.__getitems__(list(range(i, i + 32))) for i in range(0, 32 * args.timing_steps, 32)]

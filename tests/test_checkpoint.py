@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdforge.engine.atomic import atomic_replace_dir, atomic_write_text
 from kdforge.engine.checkpoint import load_checkpoint, read_state, save_checkpoint
 from kdforge.errors import IntegrityError
+from kdforge.files import atomic_replace_dir, atomic_write_text
 
 
 def _model() -> nn.Module:

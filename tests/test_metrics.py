@@ -173,8 +173,8 @@ def _mlp() -> nn.Module:
 
 def test_latency_positive_and_batching_amortises() -> None:
     model = _mlp().train()
-    b1 = latency_per_sample(model, (32,), batch_size=1)
-    b256 = latency_per_sample(model, (32,), batch_size=256)
+    b1 = latency_per_sample(model, torch.randn(1, 32), batch_size=1)
+    b256 = latency_per_sample(model, torch.randn(1, 32), batch_size=256)
     assert isinstance(b1, float) and b1 > 0
     assert b1 > b256 > 0
     assert model.training  # the training flag is restored
@@ -188,12 +188,12 @@ def test_latency_stops_early_but_times_three_repeats() -> None:
             calls.append(1)
             return x
 
-    latency_per_sample(Counting(), (4,), batch_size=2, warmup=1, repeats=100, max_seconds=0.0)
+    latency_per_sample(Counting(), torch.randn(2, 4), batch_size=2, warmup=1, repeats=100, max_seconds=0.0)
     assert len(calls) == 1 + 3
 
 
 def test_model_profile_keys() -> None:
-    profile = model_profile(_mlp(), (32,))
+    profile = model_profile(_mlp(), torch.randn(8, 32))
     assert set(profile) == {"params", "size_bytes", "latency_ms_b1", "latency_ms_b256"}
     assert profile["params"] == 32 * 64 + 64 + 64 * 10 + 10
     assert profile["latency_ms_b1"] > profile["latency_ms_b256"] > 0

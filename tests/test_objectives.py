@@ -69,7 +69,7 @@ def ref_kd(s, t, y, *, T=4.0, alpha=1.0):
     return (1 - alpha) * hard + alpha * soft
 
 
-def ref_dkd(s, t, y, *, alpha=1.0, beta=8.0, T=4.0, warmup=20.0, epoch=None):
+def ref_dkd(s, t, y, *, alpha=1.0, beta=8.0, T=4.0):
     N, C = s.shape
     total = 0.0
     for i in range(N):
@@ -81,8 +81,6 @@ def ref_dkd(s, t, y, *, alpha=1.0, beta=8.0, T=4.0, warmup=20.0, epoch=None):
         nckd = _kl(nt / nt.sum(), ns / ns.sum())
         total += (alpha * tckd + beta * nckd) * T * T
     loss = total / N
-    if epoch is not None and warmup > 0:
-        loss *= min(epoch / warmup, 1.0)
     return loss
 
 
@@ -169,7 +167,6 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any], Ref]] = [
     ("kd", "kd", {"T": 3.0, "alpha": 0.6}, {}, ref_kd),
     ("kd-pure", "kd", {"T": 2.0}, {}, ref_kd),
     ("dkd", "dkd", {"alpha": 1.5, "beta": 4.0, "T": 2.0}, {}, ref_dkd),
-    ("dkd-warmup", "dkd", {}, {"epoch": 10.0}, ref_dkd),
     ("ttm", "ttm", {"T": 3.0}, {}, ref_ttm),
     ("wttm", "wttm", {"T": 3.0}, {}, ref_wttm),
     ("dist", "dist", {"beta": 0.7, "gamma": 1.3, "T": 2.0}, {}, ref_dist),
@@ -302,14 +299,16 @@ def test_identical_logits_give_zero(name: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_dkd_warmup_scales_linearly_then_saturates() -> None:
+def test_dkd_warmup_is_the_terms_epoch_warmup_like_any_other_term() -> None:
+    # One warm-up mechanism for every term (the Balancer's), not one inside DKD.
+    from kdforge.engine.terms import parse_objectives
+
     s, t, y = _random((8, 10), seed=5)
-    dkd = kdforge.objective("dkd", warmup=20.0)
-    full = dkd(s, t, y).item()
-    assert dkd(s, t, y, epoch=5).item() == pytest.approx(0.25 * full, rel=1e-6)
-    assert dkd(s, t, y, epoch=0).item() == 0.0
-    assert dkd(s, t, y, epoch=40).item() == pytest.approx(full, rel=1e-6)
-    assert kdforge.objective("dkd", warmup=0.0)(s, t, y, epoch=5).item() == pytest.approx(full, rel=1e-6)
+    full = kdforge.objective("dkd")(s, t, y)
+    _, balancer = parse_objectives({"dkd": {"warmup_epochs": 20.0}})
+    assert balancer.combine({"dkd": full}, step=0, epoch=5.0)[0].item() == pytest.approx(0.25 * full.item(), rel=1e-6)
+    assert balancer.combine({"dkd": full}, step=0, epoch=0.0)[0].item() == 0.0
+    assert balancer.combine({"dkd": full}, step=0, epoch=40.0)[0].item() == pytest.approx(full.item(), rel=1e-6)
 
 
 def test_pskd_progress_scales_the_teacher_weight() -> None:
@@ -350,7 +349,7 @@ def test_unknown_objective_lists_valid_names() -> None:
 def test_unknown_parameter_lists_valid_parameters() -> None:
     with pytest.raises(ConfigError, match="no parameter 'temperature'") as info:
         kdforge.objective("dkd", temperature=2.0)
-    assert "Valid parameters: alpha=1.0, beta=8.0, T=4.0, warmup=20.0" in str(info.value)
+    assert "Valid parameters: alpha=1.0, beta=8.0, T=4.0" in str(info.value)
 
 
 @pytest.mark.parametrize(("name", "params"), [("ce", {}), ("dkd", {}), ("pskd", {}), ("kd", {"alpha": 0.5})])
@@ -375,18 +374,18 @@ def test_missing_teacher_logits_raise(name: str) -> None:
 
 @pytest.mark.parametrize("name", kdforge.OBJECTIVES.names())
 def test_describe_is_json_serialisable(name: str) -> None:
-    desc = kdforge.objective(name).spec.describe()
+    desc = kdforge.OBJECTIVES.get(name).describe()
     assert json.loads(json.dumps(desc)) == desc
     assert desc["name"] == name
     assert desc["summary"]
-    assert set(desc) == {"name", "summary", "params", "needs_teacher", "needs_labels", "context"}
+    assert set(desc) == {"name", "summary", "params", "needs_teacher", "needs_labels", "context", "inputs"}
 
 
 def test_describe_reports_needs_and_context() -> None:
     dkd = kdforge.objective("dkd").spec.describe()
-    assert dkd["context"] == ["epoch"]
+    assert dkd["context"] == []
     assert dkd["needs_labels"] is True
-    assert set(dkd["params"]) == {"alpha", "beta", "T", "warmup"}
+    assert set(dkd["params"]) == {"alpha", "beta", "T"}
     assert kdforge.objective("pskd").spec.describe()["context"] == ["progress"]
     assert kdforge.objective("kd").spec.describe()["needs_labels"] == "depends on params"
     assert kdforge.objective("ce").spec.describe()["needs_teacher"] is False

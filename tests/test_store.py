@@ -100,7 +100,7 @@ def test_topk_codecs_round_trip_large_vocab(name: str):
     sig = codec.decode(encoded, 40000)
     assert isinstance(sig, SparseSignal)
     ref = SparseSignal.from_logits(logits, 32)
-    assert torch.equal(sig.ids, ref.ids)
+    assert torch.equal(sig.ids, ref.ids)  # exact: the codec calls this same function on these same logits
     tol = {"topk": 2e-3, "topk_q8": 2e-2, "topk_poly": 0.2}[name]  # poly: a curve fit, lossy by design
     assert torch.allclose(sig.logprobs, ref.logprobs, atol=tol, rtol=1e-3)
     assert torch.allclose(sig.tail, ref.tail, atol=1e-2)
@@ -176,9 +176,13 @@ def test_named_features_are_stored_and_served_like_a_live_teacher(tmp_path: Path
     batch = bundle.train.__getitems__([9, 3, 100])
     wanted = Needs(teacher_logits=True, teacher_features=("1", "2"))
     out, ref = cached.signals(batch, wanted), live.signals(batch, wanted)
+    # The build ran the teacher on shard 0 in one batch of 128 rows: the same call gives the very bits it stored.
+    built_as = live.signals(bundle.train.__getitems__(list(range(128))), wanted)
     for name in ("1", "2"):
         assert out.features[name].shape == ref.features[name].shape == (3, 32)
-        assert torch.equal(out.features[name], ref.features[name])  # fp32 storage is exact
+        assert torch.equal(out.features[name], built_as.features[name][[9, 3, 100]])  # fp32 storage is exact
+        # Live at batch 3 vs stored from batch 128: matrix kernels round differently by batch size and CPU.
+        torch.testing.assert_close(out.features[name], ref.features[name], rtol=1e-5, atol=1e-6)
     assert torch.allclose(out.logits.logits, ref.logits.logits, atol=1e-2)
     only_features = cached.signals(batch, Needs(teacher_features=("2",)))
     assert only_features.logits is None and set(only_features.features.tensors) == {"2"}

@@ -22,7 +22,7 @@ NEEDS = Needs(teacher_logits=True)
 
 
 def dense_store(root: Path, live: Live, data: object, bundle: object, shard_size: int) -> Path:
-    """An fp32 store of ``live`` over ``data``: exact, so cached and live signals compare equal."""
+    """An fp32 store of ``live`` over ``data``: exact storage, so cached and live signals agree to float rounding."""
     plan = plan_store(live.fingerprint, data, bundle.fingerprint, "fp32", {}, shard_size, bundle.num_classes)
     build_store(root, live, data, plan, batch_size=4)
     finalize_store(root, plan)
@@ -44,7 +44,8 @@ def test_lm_dataset_has_masks_and_next_token_labels(lm):
     assert torch.equal(mask, ids != 0) and bool((~mask).any()), "some documents are shorter than max_len"
     assert torch.equal(labels[:, :-1][mask[:, 1:]], ids[:, 1:][mask[:, 1:]])
     assert bool((labels[:, -1] == -100).all()) and bool((labels[~mask] == -100).all())
-    assert next_token_labels(torch.tensor([[5, 6, 0]])).tolist() == [[6, -100, -100]]
+    ids = torch.tensor([[5, 0, 7, 0]])  # id 0 is a real token here; only the mask says where padding starts
+    assert next_token_labels(ids, torch.tensor([[1, 1, 1, 0]])).tolist() == [[0, 7, -100, -100]]
 
 
 def test_tiny_gpt_is_causal(lm):
@@ -80,7 +81,11 @@ def test_topk_sequence_store_packs_real_tokens_and_serves_masks(lm, tmp_path: Pa
         assert torch.equal(live_out.mask, mask)
         ref = SparseSignal.from_logits(live_out.logits.logits, 8)
         assert isinstance(signal, SparseSignal) and signal.ids.shape == (len(batch["index"]), 96, 8)
-        assert torch.equal(signal.ids[mask], ref.ids[mask])
+        # Stored from batches of 8, live at 12: logits differ in the last bits, so near-tied ranks may swap. The
+        # stored ids must still pick the live top-8 values (fp16 log-probs: 2e-3), not match position by position.
+        full = torch.log_softmax(live_out.logits.logits.float(), dim=-1)
+        picked = full.gather(-1, signal.ids.long())
+        assert torch.allclose(picked[mask], ref.logprobs[mask], atol=1e-4, rtol=1e-5)
         assert torch.allclose(signal.logprobs[mask], ref.logprobs[mask], atol=2e-3, rtol=1e-3)
         assert bool(torch.isfinite(signal.to_dense_logprobs()).all()), "padding decodes to a valid distribution"
 
@@ -92,7 +97,8 @@ def test_dense_sequence_store_round_trips_through_the_cached_teacher(lm, tmp_pat
     batch = small.__getitems__([5, 0, 3])
     out, ref = cached.signals(batch, NEEDS), live.signals(batch, NEEDS)
     assert isinstance(out.logits, DenseSignal) and torch.equal(out.mask, ref.mask)
-    assert torch.equal(out.logits.logits[out.mask], ref.logits.logits[ref.mask])
+    # fp32 storage is exact, but the build ran batches of 4 and this is a batch of 3: kernels round differently.
+    torch.testing.assert_close(out.logits.logits[out.mask], ref.logits.logits[ref.mask], rtol=1e-5, atol=1e-5)
 
 
 def test_mask_of_the_wrong_shape_is_refused(lm, tmp_path: Path):

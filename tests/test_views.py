@@ -96,10 +96,13 @@ def test_store_holds_each_view_and_serves_the_one_the_student_sees(tmp_path: Pat
         "epoch_reads": "view = epoch % views; draws keyed by (seed, view, id)",
     }
     assert plan.num_rows == 3 * len(bundle.train) and plan.num_shards == math.ceil(3 * len(bundle.train) / 200)
-    build_store(tmp_path / "s", live, bundle.train, plan, batch_size=64)
+    # The caller hands the build the views the store holds (as `kdforge cache` does), the student reads the same.
+    student_data = with_augment(bundle.train, "flip_crop", augment_seed=7, views=3)
+    with pytest.raises(ConfigError, match=r"augment_seed=0, views=None; the store expects augment_seed=7, views=3"):
+        build_store(tmp_path / "s", live, bundle.train, plan, batch_size=64)
+    build_store(tmp_path / "s", live, student_data, plan, batch_size=64)
     manifest = finalize_store(tmp_path / "s", plan)
     cached = Cached(tmp_path / "s")
-    student_data = with_augment(bundle.train, "flip_crop", augment_seed=7, views=3)
     loader = make_loader(student_data, 128, shuffle=True, seed=0)
     needs = Needs(teacher_logits=True)
     for epoch in range(4):
@@ -109,7 +112,7 @@ def test_store_holds_each_view_and_serves_the_one_the_student_sees(tmp_path: Pat
             assert torch.allclose(stored, live.signals(batch, needs).logits.logits, atol=1e-6)
     # The same views, written by two "ranks", give the same content: views are reproducible anywhere.
     for rank in (0, 1):
-        build_store(tmp_path / "two", live, bundle.train, plan, batch_size=64, rank=rank, world_size=2)
+        build_store(tmp_path / "two", live, student_data, plan, batch_size=64, rank=rank, world_size=2)
     assert finalize_store(tmp_path / "two", plan).content_sha256 == manifest.content_sha256
 
 

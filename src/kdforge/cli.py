@@ -1,21 +1,45 @@
-"""The kdforge command line: run, recipes, objectives, eval. Bad input exits with code 2."""
+"""The kdforge command line: run, cache, recipes, objectives, eval.
+
+Exit codes: 0 done; 1 an OS error (disk full, permission denied) or an internal error; 2 bad input (recipe,
+override, usage); 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
+"""
 
 from __future__ import annotations
 
+import errno
 import json
+import signal
 import sys
-from typing import Annotated, Any
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from kdforge.errors import KdforgeError
+from kdforge.errors import Interrupted, KdforgeError
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, help="Teacher → student distillation.")
+# Plain tracebacks, and only with --debug: typer's pretty ones print local variables, which may hold secrets.
+app = typer.Typer(
+    add_completion=False, no_args_is_help=False, help="Teacher → student distillation.", pretty_exceptions_enable=False
+)
 # A pipe or CI log gets a fixed width so the table is not squeezed to 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+_options = {"debug": False}
+# Usage errors (exit 2) derive from click's ClickException: vendored as typer._click by recent typer releases,
+# click itself by older ones; take it from a class typer exports either way.
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+@app.callback()
+def _global(
+    debug: Annotated[bool, typer.Option("--debug", help="print the full traceback of an error")] = False,
+) -> None:
+    _options["debug"] = debug
 
 
 def _table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -33,14 +57,25 @@ def _table(rows: list[dict[str, Any]], title: str) -> Table:
 def run(
     recipe: Annotated[str | None, typer.Argument(help="recipe file or built-in name (default: fmnist-demo)")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides")] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="continue a stopped or killed run from its folder")
+    ] = None,
 ) -> None:
-    """Run a recipe (no recipe: the default Fashion-MNIST demonstration)."""
+    """Run a recipe (no recipe: the default Fashion-MNIST demonstration), or continue one with --resume RUN_DIR."""
     from kdforge import recipes as builtin
     from kdforge.recipe import load_yaml
     from kdforge.runner import resolve
+    from kdforge.runner import resume as resume_run
     from kdforge.runner import run as run_recipe
 
     extra = list(overrides or [])
+    if resume is not None:
+        if recipe is not None or extra:
+            raise typer.BadParameter("--resume RUN_DIR takes no recipe or overrides: the run folder holds its recipe")
+        result = resume_run(resume)
+        out.print(_table(result["rows"], f"{Path(resume).name} — test set"))
+        out.print(f"run folder: {result['run_dir']}")
+        return
     if recipe is not None and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
         extra.insert(0, recipe)
         recipe = None
@@ -138,30 +173,73 @@ def evaluate(
     checkpoint: Annotated[str, typer.Option(help="which checkpoint: last or best")] = "last",
 ) -> None:
     """Re-evaluate the student(s) of a run folder on the test set and print the table."""
-    from kdforge.evaluate.rerun import evaluate_run
+    from kdforge.rerun import evaluate_run
 
     rows, path = evaluate_run(run_dir, checkpoint)
     out.print(_table(rows, f"{run_dir} — test set ({checkpoint} checkpoint)"))
     out.print(f"written: {path}")
 
 
-def main() -> None:
-    """Console-script entry point: user errors print one clear message and exit 2."""
-    try:
-        app(standalone_mode=False)
-    except KdforgeError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-        sys.exit(2)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code)
-    except Exception as exc:  # click usage errors
-        import click
+def _fail(label: str, message: str | None, code: int) -> NoReturn:
+    """Print one line ``label: message`` on stderr (the traceback first with --debug) and exit with ``code``."""
+    if _options["debug"] and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    line = Text(label if message is None else f"{label}:", style="bold red")
+    if message is not None:
+        line.append(f" {message}")
+    # soft_wrap: a long message stays one line in a log instead of being wrapped at the console width.
+    err.print(line, soft_wrap=True, highlight=False)
+    sys.exit(code)
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+
+def _os_error(exc: OSError) -> str:
+    """``'path': No space left on device (ENOSPC)``: what failed where, from the error's own fields."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in errno.errorcode:
+        reason = f"{reason} ({errno.errorcode[exc.errno]})"
+    paths = [repr(str(p)) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
+def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    # Raised in the main thread wherever it is, so `finally` blocks and atomic writes clean up as on Ctrl-C.
+    raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}")
+
+
+def main() -> None:
+    """Console-script entry point: every failure is one line on stderr and an exit code that says which kind."""
+    _options["debug"] = False
+    try:
+        previous, installed = signal.signal(signal.SIGTERM, _on_sigterm), True
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        previous, installed = None, False
+    try:
+        code = app(standalone_mode=False)
+    except Interrupted as exc:
+        _fail(str(exc), None, 128 + exc.signum)
+    except KeyboardInterrupt:
+        _fail("interrupted", None, 128 + signal.SIGINT)
+    except KdforgeError as exc:
+        _fail("error", str(exc), 2)
+    except typer.Abort:
+        _fail("aborted", "input ended", 1)
+    except _USAGE_ERROR as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        _fail("error", _os_error(exc), 1)
+    except Exception as exc:
+        # Library messages (torch's load_state_dict, ...) span lines; one line keeps a log greppable.
+        text = " ".join(str(exc).split())
+        _fail("internal error", f"{type(exc).__name__}: {text} (run with --debug for the traceback)", 1)
+    finally:
+        if installed:  # None: a handler not set from Python, which is the default one
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    # Without standalone mode typer returns an exit code instead of exiting, e.g. 130 for a Ctrl-C it caught.
+    if isinstance(code, int) and code:
+        if code == 128 + signal.SIGINT:
+            _fail("interrupted", None, code)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

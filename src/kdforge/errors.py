@@ -32,3 +32,15 @@ class NonFiniteLossError(KdforgeError, FloatingPointError):
 
 class IntegrityError(KdforgeError):
     """A file on disk does not match its recorded checksum."""
+
+
+class Interrupted(Exception):  # noqa: N818 (a stop, not an error; like KeyboardInterrupt)
+    """A run stopped by a signal (Ctrl-C, SIGTERM); not a user error. The CLI exits with 128 + ``signum``."""
+
+    def __init__(self, signum: int, message: str = ""):
+        self.signum = signum
+        self.message = message or f"interrupted by signal {signum}"
+        super().__init__(signum, self.message)  # both in args, so the exception survives pickling
+
+    def __str__(self) -> str:
+        return self.message

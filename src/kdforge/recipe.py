@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from kdforge.errors import ConfigError
 
@@ -56,6 +58,15 @@ class ScheduleConfig(Strict):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
 
 
+class SelectConfig(Strict):
+    """Which checkpoint a run keeps: the last one, or the best by a named metric on a named split."""
+
+    mode: Literal["best", "last"] = "last"
+    metric: str = Field("accuracy", min_length=1, description="a metric the evaluation reports, e.g. accuracy, nll")
+    split: str = Field("val", min_length=1, description="the split chosen on (never the test set)")
+    direction: Literal["max", "min"] = "max"
+
+
 class TrainConfig(Strict):
     """Budget, optimisation and bookkeeping of one training run."""
 
@@ -75,13 +86,27 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(None, gt=0)
     eval_every: int = Field(0, ge=0, description="optimizer steps between evaluations; 0 = every epoch")
     log_every: int = Field(50, ge=1)
-    select: Literal["best", "last"] = "last"
+    checkpoint_every: int = Field(0, ge=0, description="optimizer steps between resumable checkpoints; 0 = at evals")
+    select: SelectConfig = Field(default_factory=lambda: SelectConfig())
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _select_shorthand(cls, value: Any) -> Any:
+        # `select: best` is shorthand for {mode: best} on the default metric.
+        return {"mode": value} if isinstance(value, str) else value
 
 
 class TeacherConfig(Strict):
-    """Where the teacher comes from: a checkpoint, or trained once and cached."""
+    """The teacher section; ``kind`` names a registered teacher whose own section (its ``Config``) checks the rest."""
 
-    kind: Literal["live", "precomputed", "cached", "past_self"] = "live"
+    model_config = ConfigDict(extra="allow")
+    kind: str = "live"
+
+
+class NetworkTeacherConfig(TeacherConfig):
+    """A teacher network (live, precomputed, or the source of a cache): a checkpoint, or trained once and cached."""
+
+    model_config = ConfigDict(extra="forbid")
     model: ModelConfig | None = None
     checkpoint: str | None = None
     train: TrainConfig | None = None
@@ -110,12 +135,13 @@ class StoreConfig(Strict):
 class Recipe(Strict):
     """One run: data, teacher, student, objectives, training; optional variants compared side by side."""
 
-    name: str = "run"
+    name: str = Field("run", description="1-64 characters of A-Z a-z 0-9 . _ -, not starting with '.' or '-'")
     description: str = ""
-    seed: int = 0
+    # Strict: `seed: 1.5` or `seed: true` is a mistake, not a seed; 32 bits is what every RNG seeded from it takes.
+    seed: int = Field(0, ge=0, le=2**32 - 1, strict=True)
     strategy: str = "offline"
     data: DataConfig = Field(default_factory=DataConfig)
-    teacher: TeacherConfig | None = None
+    teacher: SerializeAsAny[TeacherConfig] | None = None
     student: ModelConfig
     objectives: dict[str, float | dict[str, Any]] = Field(default_factory=lambda: {"ce": 1.0})
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -123,6 +149,36 @@ class Recipe(Strict):
     output_dir: str = "runs"
     profile: bool = True
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # A name becomes a folder name (run folders, variant sub-folders): no path separators, no hidden files.
+        return check_name(value, "name")
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for key in value:
+            check_name(key, "variant name")
+        return value
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` if it is a safe folder name (1-64 of [A-Za-z0-9._-], not starting with . or -); for validators."""
+    if NAME_PATTERN.fullmatch(value):
+        return value
+    shown = repr(value if len(value) <= 60 else f"{value[:57]}...")
+    # A custom error keeps pydantic's "Value error, " out of the message; the value travels as context, not template.
+    raise PydanticCustomError(
+        "invalid_name",
+        "{what} {shown} ({length} characters): expected 1-64 characters of A-Z a-z 0-9 . _ -, "
+        "not starting with '.' or '-'",
+        {"what": what, "shown": shown, "length": len(value)},
+    )
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -143,15 +199,17 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return []
 
 
-def format_validation_error(err: ValidationError, source: str = "recipe") -> str:
+def format_validation_error(
+    err: ValidationError, source: str = "recipe", root: type[BaseModel] | None = None, prefix: tuple[str, ...] = ()
+) -> str:
     """One line per problem: the key path, what was wrong, and the allowed keys or values."""
     lines = [f"invalid {source}:"]
     for item in err.errors():
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        path = ".".join(str(p) for p in loc) or "(root)"
+        path = ".".join(str(p) for p in prefix + loc) or "(root)"
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
-            allowed = _allowed_keys(Recipe, loc[:-1])
+            allowed = _allowed_keys(root or Recipe, loc[:-1])
             msg = f"unknown key; allowed keys: {', '.join(allowed)}" if allowed else "unknown key"
         elif item["type"] == "missing":
             msg = "required key is missing"
@@ -169,7 +227,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({err.problem})") from None
+        # A ReaderError (control characters) has no `problem`; its text runs over several lines.
+        reason = getattr(err, "problem", None) or str(err).split("\n")[0]
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({reason})") from None
     return key.strip().split("."), value
 
 
@@ -212,9 +272,26 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def validate(tree: Mapping[str, Any], source: str = "recipe") -> Recipe:
     """Validate a raw mapping into a Recipe; schema errors become one ConfigError naming every key path."""
     try:
-        return Recipe.model_validate(dict(tree))
+        recipe = Recipe.model_validate(dict(tree))
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
+    if recipe.teacher is not None and type(recipe.teacher) is TeacherConfig:
+        recipe = recipe.model_copy(update={"teacher": teacher_section(recipe.teacher, source)})
+    return recipe
+
+
+def teacher_section(cfg: TeacherConfig, source: str = "recipe") -> TeacherConfig:
+    """The teacher section validated by its kind's own schema (looked up in TEACHERS)."""
+    from kdforge.registry import TEACHERS
+
+    try:
+        kind = TEACHERS.get(cfg.kind)
+    except ConfigError as err:
+        raise ConfigError(f"teacher.kind: {err}") from None
+    try:
+        return kind.Config.model_validate(cfg.model_dump())
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source, root=kind.Config, prefix=("teacher",))) from None
 
 
 def dump(recipe: Recipe) -> str:

@@ -16,6 +16,12 @@ def closest(name: str, choices: list[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(name, choices, n=n, cutoff=0.4)
 
 
+def did_you_mean(name: str, choices: list[str], n: int = 3) -> str:
+    """`` Did you mean 'x', 'y'?`` for the choices that look like ``name``; empty when none does."""
+    near = closest(name, choices, n)
+    return f" Did you mean {', '.join(map(repr, near))}?" if near else ""
+
+
 class Registry(Generic[T]):
     """A named table of builders filled by the ``register`` decorator."""
 
@@ -42,8 +48,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            hint = closest(name, self.names())
-            near = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
+            near = did_you_mean(name, self.names())
             raise ConfigError(
                 f"unknown {self.kind} {name!r}.{near} Valid {self.kind}s: {', '.join(self.names())}"
             ) from None
@@ -69,3 +74,6 @@ STRATEGIES: Registry[Any] = Registry("strategy")
 DATASETS: Registry[Any] = Registry("dataset")
 MODELS: Registry[Any] = Registry("model")
 CODECS: Registry[Any] = Registry("codec")
+CONNECTORS: Registry[Any] = Registry("connector")
+ADAPTERS: Registry[Any] = Registry("model adapter")
+CALLBACKS: Registry[Any] = Registry("callback")

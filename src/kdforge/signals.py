@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -98,6 +98,7 @@ class Needs:
     labels: bool = False
     student_features: tuple[str, ...] = ()
     teacher_features: tuple[str, ...] = ()
+    student_hidden: bool = False  # last hidden states + output head, for losses that never build full logits
 
     def __or__(self, other: Needs) -> Needs:
         return Needs(
@@ -105,7 +106,13 @@ class Needs:
             labels=self.labels or other.labels,
             student_features=tuple(dict.fromkeys(self.student_features + other.student_features)),
             teacher_features=tuple(dict.fromkeys(self.teacher_features + other.teacher_features)),
+            student_hidden=self.student_hidden or other.student_hidden,
         )
+
+    @property
+    def teacher(self) -> bool:
+        """Whether the teaching side must be asked for anything at all."""
+        return self.teacher_logits or bool(self.teacher_features)
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,24 @@ class TeacherOutput:
 
 @dataclass(frozen=True)
 class StudentOutput:
-    """The student's logits and the features the objectives asked for."""
+    """What a model adapter returns: logits, the features asked for, and (when asked) hidden states + output head."""
 
     logits: Tensor
     features: Mapping[str, Tensor] = field(default_factory=dict)
+    hidden: Tensor | None = None  # (..., H) last hidden states, the input of ``head``
+    head: Callable[[Tensor], Tensor] | None = None  # hidden → logits (e.g. the LM head), for chunked token losses
+    mask: Tensor | None = None  # (B, S) bool for sequences: True at real tokens
+
+    def as_teacher(self) -> TeacherOutput:
+        """This output, detached, as the teaching side of a pair (a student teaching another student)."""
+        feats = FeatureSignal({k: v.detach() for k, v in self.features.items()}) if self.features else None
+        return TeacherOutput(logits=DenseSignal(self.logits.detach()), features=feats, mask=self.mask)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training is: optimizer step, fractional epoch and fraction of the budget (None outside training)."""
+
+    step: int = 0
+    epoch: float | None = None
+    progress: float | None = None

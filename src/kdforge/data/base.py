@@ -16,7 +16,7 @@ from torch.utils.data import default_collate as _default_collate
 
 from kdforge.data.augment import get_augment, sample_keys
 from kdforge.errors import ConfigError
-from kdforge.registry import DATASETS, closest
+from kdforge.registry import DATASETS, did_you_mean
 
 Batch = dict[str, Tensor]
 
@@ -292,8 +292,7 @@ def load_dataset(name: str, **params: Any) -> DataBundle:
         valid = dataset_params(name)
         for key in params:
             if key not in valid:
-                hint = closest(key, list(valid))
-                near = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
+                near = did_you_mean(key, list(valid))
                 listed = ", ".join(k if v is inspect.Parameter.empty else f"{k}={v!r}" for k, v in valid.items())
                 raise ConfigError(f"dataset {name!r} has no parameter {key!r}.{near} Valid parameters: {listed}")
     try:

@@ -150,17 +150,20 @@ def _register(name: str, stem: str) -> None:
     DATASETS.register(name)(builder)
 
 
-def next_token_labels(ids: torch.Tensor) -> torch.Tensor:
-    """Targets of a causal LM: the next token at every position, -100 where there is none (last or padding)."""
+def next_token_labels(ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Targets of a causal LM: the next token at every position, -100 where there is none (last or padding).
+
+    Padding is read from the attention mask, never from a token id: id 0 is a real token in many vocabularies.
+    """
     labels = torch.full_like(ids, -100)
-    labels[:, :-1] = ids[:, 1:]
-    labels[labels == 0] = -100
+    labels[:, :-1] = torch.where(attention_mask[:, 1:].bool(), ids[:, 1:], -100)
     return labels
 
 
 def _lm_dataset(ids: torch.Tensor, split: str) -> ArrayDataset:
+    # The built-in tokenizer right-pads with id 0 ([PAD] in WordPiece), so here the mask can come from the ids.
     mask = ids != 0
-    return ArrayDataset(ids, next_token_labels(ids), split=split, fields={"attention_mask": mask})
+    return ArrayDataset(ids, next_token_labels(ids, mask), split=split, fields={"attention_mask": mask})
 
 
 def _register_lm(name: str, stem: str) -> None:

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from kdforge.engine.atomic import atomic_replace_dir, readable_dir, sha256_file
 from kdforge.errors import IntegrityError
+from kdforge.files import atomic_replace_dir, readable_dir, sha256_file
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.safetensors"
@@ -71,10 +71,28 @@ def read_state(directory: str | Path) -> dict[str, Any]:
     state_path = d / STATE_FILE
     if not state_path.is_file():
         raise IntegrityError(f"checkpoint {str(d)!r} has no {STATE_FILE}")
-    state = json.loads(state_path.read_text())
-    for name, digest in state.get("files", {}).items():
-        if not (d / name).is_file() or sha256_file(d / name) != digest:
-            raise IntegrityError(f"checkpoint file {str(d / name)!r} is missing or does not match its sha256")
+    try:
+        state = json.loads(state_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise IntegrityError(
+            f"checkpoint state {str(state_path)!r} is not valid JSON ({err}); expected a mapping"
+        ) from None
+    if not isinstance(state, dict):
+        raise IntegrityError(f"checkpoint state {str(state_path)!r} holds a {type(state).__name__}; expected a mapping")
+    files = state.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise IntegrityError(
+            f"checkpoint {str(d)!r}: {STATE_FILE} has no 'files' mapping of sha256s; it is not verifiable"
+        )
+    # Every file is verified: one the state does not record (the weights included) could be anything.
+    unrecorded = sorted(({MODEL_FILE} | {p.name for p in d.iterdir() if p.name != STATE_FILE}) - set(files))
+    if unrecorded:
+        raise IntegrityError(f"checkpoint {str(d)!r}: {unrecorded[0]!r} is not recorded in {STATE_FILE} 'files'")
+    for name, digest in files.items():
+        path = d / name
+        # A recorded name must be a plain file of this folder, never a path leading out of it.
+        if Path(name).name != name or not path.is_file() or sha256_file(path) != digest:
+            raise IntegrityError(f"checkpoint file {str(path)!r} is missing or does not match its sha256")
     return state
 
 

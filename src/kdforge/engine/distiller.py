@@ -1,4 +1,4 @@
-"""Distiller: wrap a student and a teacher once, then one call per batch gives the loss and its terms."""
+"""Distiller: named students, teachers and connectors, and the objective terms between them; one call per batch."""
 
 from __future__ import annotations
 
@@ -9,120 +9,228 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdforge.batch import as_batch, extract_logits
-from kdforge.capture import Recorder
-from kdforge.engine.balancer import Balancer
+from kdforge.adapters import ModelAdapter, adapter_for
+from kdforge.batch import as_batch
+from kdforge.connectors import build_connector
+from kdforge.engine.terms import ObjectiveConfig, Term, parse_objectives
 from kdforge.errors import ConfigError, ShapeMismatchError
-from kdforge.objectives.base import Objective, objective
-from kdforge.signals import DenseSignal, Needs, SparseSignal, StudentOutput, TeacherOutput
+from kdforge.objectives.base import PairContext
+from kdforge.signals import DenseSignal, FeatureSignal, Needs, Progress, SparseSignal, StudentOutput, TeacherOutput
 from kdforge.teachers.base import Teacher
 from kdforge.teachers.live import Live
 
-ObjectiveConfig = float | int | Mapping[str, Any]
+IGNORE = -100  # label of positions without a target, as in F.cross_entropy
 
 
 @dataclass
 class DistillOutput:
-    """One batch's result: the total loss, each term before weighting, and the student's logits."""
+    """One batch's result: the total loss, each term before and after weighting, and every student's output."""
 
     loss: Tensor
     terms: dict[str, Tensor]
     weighted: dict[str, Tensor]
     student_logits: Tensor
     teacher: TeacherOutput = field(default_factory=TeacherOutput)
+    outputs: dict[str, StudentOutput] = field(default_factory=dict)
 
 
-def parse_objectives(config: Mapping[str, ObjectiveConfig]) -> tuple[dict[str, Objective], Balancer]:
-    """Turn ``{"ce": 0.1, "kd": {"weight": 0.9, "T": 4}}`` into bound objectives and a Balancer."""
-    if not config:
-        raise ConfigError("objectives: at least one objective is required, e.g. {'ce': 1.0}")
-    terms: dict[str, Objective] = {}
-    weights: dict[str, float] = {}
-    warmups: dict[str, int] = {}
-    for name, spec in config.items():
-        if isinstance(spec, bool) or not isinstance(spec, (int, float, Mapping)):
-            raise ConfigError(f"objectives.{name}: expected a weight or a mapping, got {spec!r}")
-        params = dict(spec) if isinstance(spec, Mapping) else {"weight": spec}
-        try:
-            weights[name] = float(params.pop("weight", 1.0))
-            warmups[name] = int(params.pop("warmup_steps", 0))
-        except (TypeError, ValueError):
-            raise ConfigError(f"objectives.{name}: weight must be a number and warmup_steps an integer") from None
-        kind = params.pop("objective", name)
-        try:
-            terms[name] = objective(kind, **params)
-        except ConfigError as err:
-            raise ConfigError(f"objectives.{name}: {err}") from None
-    return terms, Balancer(weights, warmups)
+def _named(value: Any, default: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    return dict(value) if isinstance(value, Mapping) else {default: value}
+
+
+def _to(out: TeacherOutput, device: torch.device) -> TeacherOutput:
+    """A teacher's output on the student's device (a GPU teacher with a CPU student, or the reverse)."""
+    feats = None
+    if out.features is not None:
+        feats = FeatureSignal({k: v.to(device) for k, v in out.features.tensors.items()})
+    return TeacherOutput(
+        logits=None if out.logits is None else out.logits.to(device),
+        features=feats,
+        mask=None if out.mask is None else out.mask.to(device),
+    )
 
 
 class Distiller(nn.Module):
-    """Student + teacher + objectives; ``distiller(batch)`` returns a DistillOutput."""
+    """Students (trained), teachers (frozen or updated by hooks), connectors, and terms naming the pair they compare.
+
+    ``Distiller(student, teacher, {"ce": 0.1, "kd": {"weight": 0.9, "T": 4}})`` is the one-student case;
+    ``Distiller({"a": m1, "b": m2}, None, {"ce_a": {"objective": "ce", "pair": "a <- b"}, ...})`` trains two at once.
+    """
 
     def __init__(
         self,
-        student: nn.Module,
-        teacher: Teacher | nn.Module | None = None,
+        student: nn.Module | Mapping[str, nn.Module],
+        teacher: Teacher | nn.Module | Mapping[str, Teacher | nn.Module] | None = None,
         objectives: Mapping[str, ObjectiveConfig] | None = None,
+        *,
+        connectors: Mapping[str, nn.Module] | None = None,
+        adapters: Mapping[str, str] | None = None,
     ):
         super().__init__()
-        self.student = student
-        self.teacher = Live(teacher) if isinstance(teacher, nn.Module) else teacher
-        self.objectives, self.balancer = parse_objectives(objectives or {"ce": 1.0})
+        self.students = nn.ModuleDict(_named(student, "student"))
+        if not self.students:
+            raise ConfigError("Distiller: at least one student is required")
+        teachers = _named(teacher, "teacher")
+        self.teachers: dict[str, Teacher] = {k: Live(t) if isinstance(t, nn.Module) else t for k, t in teachers.items()}
+        clash = set(self.teachers) & set(self.students)
+        if clash:
+            raise ConfigError(f"Distiller: {sorted(clash)} name both a student and a teacher")
+        self.terms, self.balancer = parse_objectives(objectives or {"ce": 1.0}, list(self.students), list(teachers))
+        self.connectors = nn.ModuleDict(dict(connectors or {}))
+        self.adapters: dict[str, ModelAdapter] = {
+            k: adapter_for(m, (adapters or {}).get(k)) for k, m in self.students.items()
+        }
         self.needs = Needs()
-        for obj in self.objectives.values():
-            self.needs = self.needs | obj.needs
-        if self.needs.teacher_logits and self.teacher is None:
-            users = [n for n, o in self.objectives.items() if o.needs.teacher_logits]
-            raise ConfigError(f"objectives {users} need a teacher, but none was given")
-        self._runner: nn.Module = student
-        self._recorder: Recorder | None = None
-        self._checked = False
+        self.student_needs = {k: Needs() for k in self.students}
+        self.teacher_needs: dict[str, Needs] = {}
+        self.taught_by: dict[str, str] = {}  # teacher → the first student it teaches (what PS-KD observes)
+        for term in self.terms.values():
+            self._add_needs(term)
+        for t in self.teachers.values():
+            t.setup(dict(self.students))
+        self._prepared = False
+        self._num_outputs: dict[str, int] = {}
         self._step = 0
 
+    def _add_needs(self, term: Term) -> None:
+        needs = term.objective.needs
+        self.needs = self.needs | needs
+        own = Needs(labels=needs.labels, student_features=needs.student_features, student_hidden=needs.student_hidden)
+        self.student_needs[term.student] = self.student_needs[term.student] | own
+        if term.source in self.teachers:
+            asked = Needs(teacher_logits=needs.teacher_logits, teacher_features=needs.teacher_features)
+            self.teacher_needs[term.source] = self.teacher_needs.get(term.source, Needs()) | asked
+            self.taught_by.setdefault(term.source, term.student)
+        elif term.source is not None:
+            # A student teaching another records the features its pupil's term asks of the teaching side.
+            self.student_needs[term.source] |= Needs(student_features=needs.teacher_features)
+
+    # -- the modules ------------------------------------------------------------------------------------------------
+
+    @property
+    def student(self) -> nn.Module:
+        """The first (often only) student."""
+        return next(iter(self.students.values()))
+
+    @property
+    def teacher(self) -> Teacher | None:
+        """The teacher named ``teacher`` (or the first one), None when there is none."""
+        return self.teachers.get("teacher", next(iter(self.teachers.values()), None))
+
+    def trainable(self) -> dict[str, nn.Module]:
+        """Every module the optimizer updates, by name: the students, then ``connector.<term>``."""
+        out = dict(self.students.items())
+        out.update({f"connector.{k}": m for k, m in self.connectors.items()})
+        return out
+
+    @torch.no_grad()
+    def parameters_to_train(self) -> list[nn.Parameter]:
+        """Parameters the optimizer updates: every student's and every connector's."""
+        return [p for m in self.trainable().values() for p in m.parameters() if p.requires_grad]
+
+    def wrap(self, name: str, runner: nn.Module) -> None:
+        """Run student ``name`` through ``runner`` (e.g. a DDP wrapper) while exporting the raw module."""
+        if name in self.adapters:
+            self.adapters[name].runner = runner
+
     def wrap_student(self, runner: nn.Module) -> None:
-        """Run the student through ``runner`` (e.g. a DDP wrapper) while exporting the raw module."""
-        self._runner = runner
+        """Run the first student through ``runner``."""
+        self.wrap(next(iter(self.students)), runner)
 
-    def _student_forward(self, x: Tensor) -> StudentOutput:
-        if self.needs.student_features and self._recorder is None:
-            self._recorder = Recorder(self.student, self.needs.student_features)
-        if self._recorder is not None:
-            self._recorder.clear()
-        logits = extract_logits(self._runner(x))
-        feats = dict(self._recorder.tensors) if self._recorder is not None else {}
-        return StudentOutput(logits=logits, features=feats)
+    def export(self, name: str | None = None) -> nn.Module:
+        """A plain student: no hooks, no teacher, no connector or wrapper attached."""
+        for adapter in self.adapters.values():
+            adapter.release()
+        self._prepared = False
+        return self.students[name] if name is not None else self.student
 
-    def check(self, batch: dict[str, Any], student: StudentOutput, teacher: TeacherOutput) -> None:
-        """Fail before the first step when labels are missing or teacher/student outputs cannot be compared."""
-        if self.needs.labels:
-            if batch.get("label") is None:
-                users = [n for n, o in self.objectives.items() if o.needs.labels]
-                raise ConfigError(f"objectives {users} need labels, but the batch has none")
-            labels, logits = batch["label"], student.logits
-            if labels.numel() != logits[..., 0].numel():
-                raise ShapeMismatchError(
-                    f"labels of shape {tuple(labels.shape)} do not fit student logits of shape {tuple(logits.shape)}: "
-                    "expected one label per output position (a classifier's data for a classifier, "
-                    "next-token labels for a sequence model)"
+    # -- set-up -----------------------------------------------------------------------------------------------------
+
+    def prepare(self, batch: Any) -> None:
+        """Attach recorders (a wrong path fails here) and build connectors from this batch's shapes."""
+        if self._prepared:
+            return
+        batch = as_batch(batch)
+        for name, adapter in self.adapters.items():
+            adapter.record(self.student_needs[name].student_features)
+        missing = [t for t in self.terms.values() if t.connector and t.name not in self.connectors]
+        if missing:
+            self._build_connectors(batch, missing)
+        self._prepared = True
+
+    @torch.no_grad()
+    def _build_connectors(self, batch: dict[str, Any], terms: list[Term]) -> None:
+        # One look at the shapes, in eval mode so no BatchNorm statistic or dropout draw differs from a run without it.
+        modes = {k: m.training for k, m in self.students.items()}
+        self.students.eval()
+        try:
+            outs = {k: self.adapters[k](batch, self.student_needs[k]) for k in self.students}
+            for term in terms:
+                s_name, t_name = term.objective.needs.student_features[0], term.objective.needs.teacher_features[0]
+                teaching = self._teaching_side(term.source, batch, outs)
+                if teaching.features is None or t_name not in teaching.features.tensors:
+                    raise ConfigError(f"objectives.{term.name}: the teaching side returned no feature {t_name!r}")
+                connector = build_connector(
+                    term.connector or "linear", outs[term.student].features[s_name], teaching.features[t_name]
                 )
-            top = int(batch["label"].max())
-            if top >= student.logits.shape[-1]:
+                self.connectors[term.name] = connector
+        finally:
+            for k, m in self.students.items():
+                m.train(modes[k])
+
+    def _teaching_side(
+        self, source: str | None, batch: dict[str, Any], outs: dict[str, StudentOutput]
+    ) -> TeacherOutput:
+        if source is None:
+            return TeacherOutput()
+        if source in self.teachers:
+            return self.teachers[source].signals(batch, self.teacher_needs.get(source, Needs()))
+        return outs[source].as_teacher()
+
+    # -- checks -----------------------------------------------------------------------------------------------------
+
+    def check(self, batch: dict[str, Any], outs: dict[str, StudentOutput], teachers: dict[str, TeacherOutput]) -> None:
+        """Fail before the first step when labels are missing or a pair's outputs cannot be compared."""
+        if self.needs.labels and batch.get("label") is None:
+            users = [n for n, t in self.terms.items() if t.objective.needs.labels]
+            raise ConfigError(f"objectives {users} need labels, but the batch has none")
+        for term in self.terms.values():
+            logits = outs[term.student].logits
+            if term.objective.needs.labels:
+                labels = batch["label"]
+                if labels.numel() != logits[..., 0].numel():
+                    raise ShapeMismatchError(
+                        f"labels of shape {tuple(labels.shape)} do not fit student logits of shape "
+                        f"{tuple(logits.shape)} (student {term.student!r}): expected one label per output position "
+                        "(a classifier's data for a classifier, next-token labels for a sequence model)"
+                    )
+            if not term.objective.needs.teacher_logits or term.source is None:
+                continue
+            signal = teachers[term.source].logits if term.source in teachers else DenseSignal(outs[term.source].logits)
+            t_shape = None
+            if isinstance(signal, DenseSignal):
+                t_shape = tuple(signal.logits.shape)
+            elif isinstance(signal, SparseSignal):
+                t_shape = (*signal.ids.shape[:-1], signal.vocab_size)
+            if t_shape is not None and t_shape != tuple(logits.shape):
                 raise ShapeMismatchError(
-                    f"label {top} is out of range for student logits of shape {tuple(student.logits.shape)}"
+                    f"objectives.{term.name}: teacher logits shape {t_shape} (from {term.source!r}) and student "
+                    f"logits shape {tuple(logits.shape)} (of {term.student!r}) cannot be compared: the objective "
+                    "needs the same shape (same number of classes and positions)"
                 )
-        t_shape = None
-        if isinstance(teacher.logits, DenseSignal):
-            t_shape = tuple(teacher.logits.logits.shape)
-        elif isinstance(teacher.logits, SparseSignal):
-            t_shape = (*teacher.logits.ids.shape[:-1], teacher.logits.vocab_size)
-        if t_shape is not None:
-            s_shape = tuple(student.logits.shape)
-            if t_shape != s_shape:
-                raise ShapeMismatchError(
-                    f"teacher logits shape {t_shape} and student logits shape {s_shape} cannot be compared: "
-                    "the objectives need the same shape (same number of classes and positions)"
-                )
+
+    def _check_labels(self, labels: Tensor, num_outputs: int) -> None:
+        # Every batch, not just the first: a label out of range later would index out of bounds inside a loss.
+        bad = labels[(labels >= num_outputs) | ((labels < 0) & (labels != IGNORE))]
+        if bad.numel():
+            raise ShapeMismatchError(
+                f"label {int(bad[0])} is out of range for a model with {num_outputs} outputs: labels must be in "
+                f"[0, {num_outputs - 1}] ({IGNORE} marks positions without a target)"
+            )
+
+    # -- one batch --------------------------------------------------------------------------------------------------
 
     def forward(
         self,
@@ -132,46 +240,71 @@ class Distiller(nn.Module):
         epoch: float | None = None,
         progress: float | None = None,
     ) -> DistillOutput:
-        """Teacher signals (only those needed), student forward, every objective, the weighted total."""
+        """Teacher signals (only those needed), every student's forward, every term, the weighted total."""
         batch = as_batch(batch)
+        first = batch["input"]
+        if torch.is_tensor(first) and (first.dim() == 0 or first.shape[0] == 0):
+            raise ShapeMismatchError(f"empty batch: input of shape {tuple(first.shape)}; expected at least one sample")
         if step is None:
             step = self._step
             self._step += int(self.training)
-        teacher = TeacherOutput()
-        if self.teacher is not None and (self.needs.teacher_logits or self.needs.teacher_features):
-            teacher = self.teacher.signals(batch, self.needs)
-            if teacher.logits is not None:
-                # A teacher on another device (a GPU teacher, a CPU student) hands its signal to the student's.
-                device = batch["input"].device
-                mask = None if teacher.mask is None else teacher.mask.to(device)
-                teacher = replace(teacher, logits=teacher.logits.to(device), mask=mask)
-        student = self._student_forward(batch["input"])
-        if not self._checked:
-            self.check(batch, student, teacher)
-            self._checked = True
+        self.prepare(batch)
+        device = first.device if torch.is_tensor(first) else torch.device("cpu")
+        teachers = {k: _to(self.teachers[k].signals(batch, needs), device) for k, needs in self.teacher_needs.items()}
+        outs = {k: self.adapters[k](batch, self.student_needs[k]) for k in self.students}
+        if not self._num_outputs:
+            self.check(batch, outs, teachers)
+            self._num_outputs = {k: o.logits.shape[-1] for k, o in outs.items()}
         labels = batch.get("label")
-        ctx = {"epoch": epoch, "progress": progress, "step": step}
-        terms = {name: obj.compute(student, teacher, labels, ctx) for name, obj in self.objectives.items()}
-        total, weighted = self.balancer.combine(terms, step)
-        observe = getattr(self.teacher, "observe", None)
-        if observe is not None and self.training:
-            observe(batch, student.logits)
+        if labels is not None and self.needs.labels:
+            self._check_labels(labels, min(self._num_outputs.values()))
+        when = Progress(step=step, epoch=epoch, progress=progress)
+        pairs: dict[tuple[str, str | None], PairContext] = {}
+        values: dict[str, Tensor] = {}
+        for term in self.terms.values():
+            if term.pair not in pairs:
+                pairs[term.pair] = self._pair(term, labels, outs, teachers, when)
+            ctx = pairs[term.pair]
+            if term.name in self.connectors:
+                ctx = replace(ctx, connector=self.connectors[term.name])
+            values[term.name] = term.objective.compute(ctx)
+        total, weighted = self.balancer.combine(values, step, epoch)
+        if self.training:
+            for name, student in self.taught_by.items():
+                self.teachers[name].observe(batch, outs[student])
+        main = next(iter(self.students))
         return DistillOutput(
             loss=total,
-            terms={k: v.detach() for k, v in terms.items()},
-            weighted={k: w.detach() if w is not terms[k] else terms[k].detach() for k, w in weighted.items()},
-            student_logits=student.logits,
-            teacher=teacher,
+            terms={k: v.detach() for k, v in values.items()},
+            weighted={k: w.detach() for k, w in weighted.items()},
+            student_logits=outs[main].logits,
+            teacher=teachers.get("teacher", next(iter(teachers.values()), TeacherOutput())),
+            outputs=outs,
         )
 
-    def export(self) -> nn.Module:
-        """The plain student: no hooks, no teacher, no wrapper attached."""
-        if self._recorder is not None:
-            self._recorder.remove()
-            self._recorder = None
-        return self.student
-
-    @torch.no_grad()
-    def parameters_to_train(self) -> list[nn.Parameter]:
-        """Parameters the optimizer updates (the student's; connectors will join here)."""
-        return [p for p in self.student.parameters() if p.requires_grad]
+    def _pair(
+        self,
+        term: Term,
+        labels: Tensor | None,
+        outs: dict[str, StudentOutput],
+        teachers: dict[str, TeacherOutput],
+        when: Progress,
+    ) -> PairContext:
+        """The masked view of one (student, source) pair, built once per batch and shared by its terms."""
+        student = outs[term.student]
+        if term.source is None:
+            teaching = TeacherOutput()
+        elif term.source in teachers:
+            teaching = teachers[term.source]
+        else:
+            teaching = outs[term.source].as_teacher()
+        mask = teaching.mask if teaching.mask is not None else student.mask
+        logits = student.logits
+        if mask is None or logits.dim() != 3 or tuple(mask.shape) != tuple(logits.shape[:2]):
+            return PairContext(student, teaching, labels, when)
+        # Sequences: every term sees real tokens only, whatever the teacher put at padding.
+        hidden = None if student.hidden is None else student.hidden[mask]
+        student = replace(student, logits=logits[mask], hidden=hidden)
+        signal = teaching.logits.select(mask) if teaching.logits is not None else None
+        teaching = replace(teaching, logits=signal)
+        return PairContext(student, teaching, None if labels is None else labels[mask], when)

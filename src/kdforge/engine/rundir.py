@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdforge.engine.atomic import atomic_write_text
+from kdforge.files import atomic_write_text
 
 
 def _jsonable(value: Any) -> Any:
@@ -21,6 +21,7 @@ class RunDir:
 
     def __init__(self, path: str | Path, main: bool = True):
         self.path = Path(path)
+        self.root = self.path  # the folder a user names to resume (the parent of every variant's folder)
         self.main = main
         if main:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -41,7 +42,9 @@ class RunDir:
 
     def child(self, name: str) -> RunDir:
         """A sub-run folder (one per variant)."""
-        return RunDir(self.path / name, self.main)
+        child = RunDir(self.path / name, self.main)
+        child.root = self.root
+        return child
 
     @property
     def checkpoints(self) -> Path:

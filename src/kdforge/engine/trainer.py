@@ -1,11 +1,17 @@
-"""Trainer: the one training loop, on Hugging Face Accelerate (AMP, accumulation, DDP via accelerate launch)."""
+"""Trainer: the one training loop, on Hugging Face Accelerate, for every trainable module of a Distiller.
+
+It prepares (DDP-wraps) every student and connector, optimizes, clips, evaluates, selects by a named metric,
+checkpoints resumably, stops cleanly on SIGINT/SIGTERM, and calls callbacks at step / optimizer-step / evaluation /
+epoch boundaries so strategies never copy it.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,25 +20,36 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from kdforge import progress
-from kdforge.engine.checkpoint import load_checkpoint, save_checkpoint
+from kdforge.data.base import EpochSampler
+from kdforge.engine.callbacks import Callback, CallbackList, StopRequest, TeacherHooks, stop_on_signals
 from kdforge.engine.distiller import Distiller
 from kdforge.engine.optim import build_optimizer, build_scheduler
+from kdforge.engine.resume import (
+    load_training_state,
+    optimizer_state,
+    restore_modules,
+    rng_state,
+    save_training_state,
+    set_rng_state,
+    teacher_groups,
+)
 from kdforge.engine.rundir import RunDir
-from kdforge.errors import ConfigError, NonFiniteLossError
+from kdforge.errors import ConfigError, Interrupted, NonFiniteLossError
 from kdforge.evaluate.metrics import classification_metrics
 from kdforge.evaluate.predict import predict
-from kdforge.recipe import TrainConfig
+from kdforge.recipe import SelectConfig, TrainConfig
 from kdforge.teachers.base import evaluation_model
-from kdforge.teachers.live import Live
 
 
 def resolve_precision(name: str) -> str:
-    """'auto' → bf16 on a GPU that has it, fp16 on other GPUs, 'no' on CPU."""
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
+    """'auto' → bf16 on a GPU that has it, fp16 on other GPUs, 'no' on CPU; fp16 on CPU is refused."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "no"
+    if name == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU; on CPU use bf16 or no")
+    return name
 
 
 _ACCELERATOR: Accelerator | None = None
@@ -56,15 +73,15 @@ def get_accelerator(mixed_precision: str | None = None, grad_accum: int | None =
     return _ACCELERATOR
 
 
-def with_lookahead(loader: Any, prefetch: Any) -> Iterator[Any]:
-    """Iterate ``loader`` one batch ahead, handing each next batch to ``prefetch`` before the current one is used."""
+def with_lookahead(batches: Iterable[Any], prefetch: Any) -> Iterator[Any]:
+    """Iterate one batch ahead, handing each next batch to ``prefetch`` before the current one is used."""
     if prefetch is None:
-        yield from loader
+        yield from batches
         return
-    batches = iter(loader)
-    current = next(batches, None)
+    it = iter(batches)
+    current = next(it, None)
     while current is not None:
-        upcoming = next(batches, None)
+        upcoming = next(it, None)
         if upcoming is not None:
             prefetch(upcoming)
         yield current
@@ -72,22 +89,32 @@ def with_lookahead(loader: Any, prefetch: Any) -> Iterator[Any]:
 
 
 class LogWindow:
-    """Running means of the loss and every term between two log lines (not just the last micro-batch)."""
+    """Means of the loss and every term over the micro-batches since the last log line (not the last one alone)."""
 
     def __init__(self) -> None:
+        self.pending: list[dict[str, torch.Tensor]] = []
         self.sums: dict[str, float] = {}
         self.count = 0
 
-    def add(self, out: Any) -> float:
-        """Accumulate one optimizer step's values; returns the step's loss."""
+    def add(self, out: Any) -> None:
+        """Keep one micro-batch's values (no host copy yet)."""
         named = {"loss": out.loss, **{f"term/{k}": v for k, v in out.terms.items()}}
         named.update({f"weighted/{k}": v for k, v in out.weighted.items()})
-        # One device-to-host copy for all of them: on a GPU each .item() would be a separate sync.
-        values = torch.stack([v.detach().float() for v in named.values()]).tolist()
-        for key, value in zip(named, values, strict=True):
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.count += 1
-        return values[0]
+        self.pending.append({k: v.detach().float() for k, v in named.items()})
+
+    def step(self) -> float:
+        """Fold the optimizer step's micro-batches in (one host copy for all of them); returns the step's mean loss."""
+        if not self.pending:
+            return math.nan
+        keys = list(self.pending[0])
+        values = torch.stack([torch.stack([p[k] for k in keys]) for p in self.pending]).tolist()
+        for row in values:
+            for key, value in zip(keys, row, strict=True):
+                self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += len(values)
+        step_loss = sum(row[0] for row in values) / len(values)
+        self.pending = []
+        return step_loss
 
     def pop(self) -> dict[str, float]:
         """The means since the last pop, then start a new window."""
@@ -107,19 +134,67 @@ class TrainResult:
     last: dict[str, Any] | None = None
     wall_s: float = 0.0
     world_size: int = 1
+    resumed_from: int | None = None
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; all of it is saved in a resumable checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    micro: int = 0  # micro-batches of the current epoch already consumed
+    best_score: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    epoch_rng: list[int] | None = None  # the data order generator's state at the start of the current epoch
+
+
+def metric_of(record: dict[str, Any], select: SelectConfig) -> float | None:
+    """The selection metric of an evaluation record (None when its split was not evaluated)."""
+    split = record.get(select.split)
+    if split is None:
+        return None
+    if select.metric not in split:
+        raise ConfigError(
+            f"train.select.metric={select.metric!r} is not reported on split {select.split!r}; "
+            f"available: {', '.join(sorted(k for k in split if k != 'n'))}"
+        )
+    return float(split[select.metric])
+
+
+def _better(score: float, best: float | None, direction: str) -> bool:
+    if best is None:
+        return True
+    return score > best if direction == "max" else score < best
 
 
 class Trainer:
-    """Train ``distiller.student`` with its objectives; evaluate, log and checkpoint as it goes."""
+    """Train every trainable module of ``distiller``; evaluate, log, checkpoint and resume as it goes."""
 
-    def __init__(self, distiller: Distiller, config: TrainConfig, run_dir: RunDir | None = None, seed: int = 0):
+    def __init__(
+        self,
+        distiller: Distiller,
+        config: TrainConfig,
+        run_dir: RunDir | None = None,
+        seed: int = 0,
+        callbacks: Sequence[Callback] = (),
+        resume: bool = False,
+    ):
         self.distiller = distiller
         self.config = config
         self.seed = seed
         self.accelerator = get_accelerator(config.mixed_precision, config.grad_accum)
         self.run_dir = run_dir
+        self.callbacks = CallbackList([TeacherHooks(), *callbacks])
+        self.resume = resume
+        self.stop = StopRequest()
+        self.state = LoopState()
         if run_dir is not None:
             run_dir.main = run_dir.main and self.accelerator.is_main_process
+
+    # -- evaluation -------------------------------------------------------------------------------------------------
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.run_dir is not None:
@@ -132,122 +207,17 @@ class Trainer:
     def evaluate(
         self, loaders: dict[str, DataLoader], teacher_logits: dict[str, torch.Tensor]
     ) -> dict[str, dict[str, float]]:
-        """Metrics of the student on every evaluation loader (gathered across processes)."""
+        """Metrics of every student on every evaluation loader; the first student's under the split's own name."""
         out: dict[str, dict[str, float]] = {}
-        for name, loader in loaders.items():
-            logits, labels = self._predict(loader, self.distiller.student)
-            if labels is None:
-                continue
-            out[name] = {**classification_metrics(logits, labels, teacher_logits.get(name)), "n": int(labels.numel())}
+        for i, (name, student) in enumerate(self.distiller.students.items()):
+            for split, loader in loaders.items():
+                logits, labels = self._predict(loader, student)
+                if labels is None:
+                    continue
+                key = split if i == 0 else f"{split}@{name}"
+                metrics = classification_metrics(logits, labels, teacher_logits.get(split))
+                out[key] = {**metrics, "n": int(labels.numel())}
         return out
-
-    def fit(
-        self,
-        train_loader: DataLoader,
-        eval_loaders: dict[str, DataLoader] | None = None,
-        select_on: str = "val",
-    ) -> TrainResult:
-        """Run the configured budget; returns the evaluation history and the best/last records."""
-        cfg, acc, distiller = self.config, self.accelerator, self.distiller
-        set_seed(self.seed)
-        eval_loaders = dict(eval_loaders or {})
-        optimizer = build_optimizer(distiller.parameters_to_train(), cfg.optimizer)
-        student, optimizer, train_loader = acc.prepare(distiller.student, optimizer, train_loader)
-        # Counted after prepare: under N processes each one sees 1/N of the batches.
-        steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum))
-        total = math.ceil(cfg.epochs * steps_per_epoch)
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
-        # Not passed through prepare: Accelerate would step it once per process per step.
-        scheduler = build_scheduler(optimizer, total, steps_per_epoch, cfg.schedule)
-        eval_loaders = {k: acc.prepare(v) for k, v in eval_loaders.items()}
-        distiller.wrap_student(student)
-        if isinstance(distiller.teacher, Live):
-            distiller.teacher.to(acc.device)
-        teacher_logits = self._teacher_eval_logits(eval_loaders)
-        if cfg.select == "best" and select_on not in eval_loaders:
-            raise ConfigError(
-                f"train.select=best needs a {select_on!r} split to choose on (never the test set); "
-                "set data.params.val_fraction > 0 or train.select=last"
-            )
-
-        try:
-            result = TrainResult(steps=0, epochs=0.0, world_size=acc.num_processes)
-            best_score = -math.inf
-            step, started = 0, time.perf_counter()
-            window = LogWindow()
-            distiller.train()
-            show = progress.enabled(acc.is_main_process)
-            with progress.bar(f"train {self.run_dir.path.name if self.run_dir else ''}", total, show) as bar:
-                # A teacher streaming its store from disk reads the next batch's shards while this step runs.
-                # Not with accumulation: fetching a batch early moves Accelerate's end-of-loader flag, and with it
-                # the last gradient sync of the epoch (shards are then read on demand, still shard-local).
-                streams = getattr(distiller.teacher, "streams", False) and cfg.grad_accum == 1
-                prefetch = distiller.teacher.prefetch if streams else None
-                while step < total:
-                    for batch in with_lookahead(train_loader, prefetch):
-                        with acc.accumulate(student):
-                            epoch_f = step / steps_per_epoch
-                            out = distiller(batch, step=step, epoch=epoch_f, progress=step / total)
-                            if acc.num_processes == 1:
-                                self._check_finite(out.loss, out.terms, step)
-                            # Under N processes a rank must not leave alone: the others would wait for it in the
-                            # gradient all-reduce forever. A NaN loss reaches every rank through that all-reduce,
-                            # and all of them stop together at the gradient-norm check below.
-                            acc.backward(out.loss)
-                            if acc.sync_gradients:
-                                if acc.num_processes > 1:
-                                    self._check_finite_everywhere(out, step)
-                                # A finite loss can still give inf gradients; stop before they reach the weights.
-                                norm = acc.clip_grad_norm_(student.parameters(), cfg.grad_clip or math.inf)
-                                if not torch.isfinite(torch.as_tensor(norm)):
-                                    self._check_finite(out.loss, out.terms, step)  # names the term on its rank
-                                    raise NonFiniteLossError(step, "gradient norm", float(norm))
-                            optimizer.step()  # Accelerate's wrapper skips it between accumulation boundaries
-                            if acc.sync_gradients:
-                                scheduler.step()
-                            optimizer.zero_grad(set_to_none=True)
-                        if not acc.sync_gradients:
-                            continue
-                        step += 1
-                        loss = window.add(out)
-                        if bar is not None:
-                            bar.update(0, advance=1, info=f"loss {loss:.4f}")
-                        if step % cfg.log_every == 0 or step == total:
-                            epoch_now = round(step / steps_per_epoch, 4)
-                            lr = scheduler.get_last_lr()[0]
-                            self._log({"split": "train", "step": step, "epoch": epoch_now, "lr": lr, **window.pop()})
-                        due = step % cfg.eval_every == 0 if cfg.eval_every else step % steps_per_epoch == 0
-                        if due or step == total:
-                            record = self._eval_and_checkpoint(
-                                step,
-                                steps_per_epoch,
-                                eval_loaders,
-                                teacher_logits,
-                                select_on,
-                                best_score,
-                                optimizer,
-                            )
-                            result.history.append(record)
-                            score = record.get(select_on, {}).get("accuracy", -math.inf)
-                            if score > best_score:
-                                best_score, result.best = score, record
-                            result.last = record
-                            distiller.train()
-                        if step >= total:
-                            break
-            result.steps, result.epochs = step, step / steps_per_epoch
-            result.wall_s = time.perf_counter() - started
-            acc.wait_for_everyone()
-        finally:
-            # Accelerate may have patched forward with autocast; the exported student must be the plain module.
-            acc.unwrap_model(student, keep_fp32_wrapper=False)
-            distiller.wrap_student(distiller.student)
-            # The Accelerator outlives this fit: drop its references to our model, optimizer and loaders.
-            acc.free_memory()
-        if cfg.select == "best" and self.run_dir is not None and (self.run_dir.checkpoints / "best").exists():
-            load_checkpoint(self.run_dir.checkpoints / "best", distiller.student)
-        return result
 
     def _teacher_eval_logits(self, loaders: dict[str, DataLoader]) -> dict[str, torch.Tensor]:
         model = evaluation_model(self.distiller.teacher)
@@ -255,6 +225,269 @@ class Trainer:
             return {}
         model.to(self.accelerator.device)
         return {name: self._predict(loader, model)[0] for name, loader in loaders.items()}
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+
+    def fit(self, train_loader: DataLoader, eval_loaders: dict[str, DataLoader] | None = None) -> TrainResult:
+        """Run the configured budget (continuing a saved state when resuming); returns the evaluation history."""
+        cfg, acc, distiller = self.config, self.accelerator, self.distiller
+        set_seed(self.seed)
+        select = cfg.select
+        eval_loaders = dict(eval_loaders or {})
+        if select.mode == "best" and select.split not in eval_loaders:
+            raise ConfigError(
+                f"train.select.mode=best needs a {select.split!r} split to choose on (never the test set); "
+                "set data.params.val_fraction > 0 or train.select=last"
+            )
+        sampler, generator = getattr(train_loader, "sampler", None), getattr(train_loader, "generator", None)
+        first = next(iter(train_loader), None)
+        if first is None:
+            raise ConfigError("the training data yielded no batch: the training split is empty")
+        if generator is not None:
+            # Peeking at the first batch drew from the order generator; start epoch 0 from a state that depends on
+            # the seed alone, as a resumed run will.
+            generator.manual_seed(self.seed)
+        if isinstance(sampler, EpochSampler):
+            sampler.epoch = -1
+        distiller.prepare(first)  # recorders and connectors exist before the optimizer sees the parameters
+        modules = distiller.trainable()
+        optimizer = build_optimizer(distiller.parameters_to_train(), cfg.optimizer)
+        prepared = acc.prepare(*modules.values(), optimizer, train_loader)
+        wrapped, optimizer, train_loader = dict(zip(modules, prepared[:-2], strict=True)), prepared[-2], prepared[-1]
+        for name, runner in wrapped.items():
+            distiller.wrap(name, runner)
+        # Counted after prepare: under N processes each one sees 1/N of the batches.
+        micro_per_epoch = len(train_loader)
+        steps_per_epoch = max(1, math.ceil(micro_per_epoch / cfg.grad_accum))
+        total = math.ceil(cfg.epochs * steps_per_epoch)
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps)
+        # Not passed through prepare: Accelerate would step it once per process per step.
+        scheduler = build_scheduler(optimizer, total, steps_per_epoch, cfg.schedule)
+        eval_loaders = {k: acc.prepare(v) for k, v in eval_loaders.items()}
+        for teacher in distiller.teachers.values():
+            teacher.to(acc.device)
+        teacher_logits = self._teacher_eval_logits(eval_loaders)
+        result = TrainResult(steps=0, epochs=0.0, world_size=acc.num_processes)
+        if self.resume:
+            result.resumed_from = self._restore(modules, optimizer, scheduler, generator)
+        self.callbacks.on_fit_start(self)
+        started = time.perf_counter()
+        try:
+            with stop_on_signals(self.stop):
+                self._loop(
+                    train_loader,
+                    eval_loaders,
+                    teacher_logits,
+                    optimizer,
+                    scheduler,
+                    wrapped,
+                    (sampler, generator),
+                    total,
+                    steps_per_epoch,
+                )
+            acc.wait_for_everyone()
+        finally:
+            # Accelerate may have patched forward with autocast; the exported students must be the plain modules.
+            for name, runner in wrapped.items():
+                acc.unwrap_model(runner, keep_fp32_wrapper=False)
+                distiller.wrap(name, modules[name])
+            # The Accelerator outlives this fit: drop its references to our models, optimizer and loaders.
+            acc.free_memory()
+        st = self.state
+        result.steps, result.epochs = st.step, st.step / steps_per_epoch
+        result.history, result.best, result.last = st.history, st.best, st.last
+        result.wall_s = time.perf_counter() - started
+        if select.mode == "best" and self.run_dir is not None and (self.run_dir.checkpoints / "best").exists():
+            _, tensors = load_training_state(self.run_dir.checkpoints / "best")
+            restore_modules(modules, tensors["modules.safetensors"])
+        self.callbacks.on_fit_end(self, result)
+        return result
+
+    def _loop(
+        self,
+        loader: Any,
+        eval_loaders: dict[str, Any],
+        teacher_logits: dict[str, torch.Tensor],
+        optimizer: Any,
+        scheduler: Any,
+        wrapped: dict[str, torch.nn.Module],
+        order: tuple[Any, torch.Generator | None],
+        total: int,
+        steps_per_epoch: int,
+    ) -> None:
+        cfg, acc, distiller, st = self.config, self.accelerator, self.distiller, self.state
+        sampler, generator = order
+        window = LogWindow()
+        distiller.train()
+        show = progress.enabled(acc.is_main_process)
+        # A teacher streaming its store from disk reads the next batch's shards while this step runs. Not with
+        # accumulation: fetching a batch early moves Accelerate's end-of-loader flag, and with it the epoch's last
+        # gradient sync (shards are then read on demand, still shard-local).
+        teacher = distiller.teacher
+        prefetch = teacher.prefetch if teacher is not None and teacher.streams and cfg.grad_accum == 1 else None
+        params = [p for m in wrapped.values() for p in m.parameters()]
+        with progress.bar(f"train {self.run_dir.path.name if self.run_dir else ''}", total, show) as bar:
+            if bar is not None and st.step:
+                bar.update(0, advance=st.step)
+            while st.step < total:
+                if generator is not None:
+                    if st.epoch_rng is not None:
+                        generator.set_state(torch.tensor(st.epoch_rng, dtype=torch.uint8))
+                    st.epoch_rng = generator.get_state().tolist()
+                if isinstance(sampler, EpochSampler):
+                    sampler.epoch = st.epoch - 1
+                batches = iter(loader)
+                for _ in range(st.micro):  # resuming inside an epoch: the same order, past the batches already seen
+                    next(batches)
+                for batch in with_lookahead(batches, prefetch):
+                    with acc.accumulate(*wrapped.values()):
+                        epoch_f = st.step / steps_per_epoch
+                        out = distiller(batch, step=st.step, epoch=epoch_f, progress=st.step / total)
+                        if acc.num_processes == 1:
+                            self._check_finite(out.loss, out.terms, st.step)
+                        # Under N processes a rank must not leave alone: the others would wait for it in the
+                        # gradient all-reduce forever; every rank stops together at the checks below.
+                        acc.backward(out.loss)
+                        window.add(out)
+                        st.micro += 1
+                        self.callbacks.on_batch_end(self, out)
+                        skipped = False
+                        if acc.sync_gradients:
+                            if acc.num_processes > 1:
+                                self._check_finite_everywhere(out, st.step)
+                            norm = acc.clip_grad_norm_(params, cfg.grad_clip or math.inf)
+                            if not torch.isfinite(torch.as_tensor(norm)):
+                                if acc.scaler is None:
+                                    # A finite loss can still give inf gradients; stop before they reach the weights.
+                                    self._check_finite(out.loss, out.terms, st.step)
+                                    raise NonFiniteLossError(st.step, "gradient norm", float(norm))
+                                skipped = True  # fp16: the GradScaler skips this step and lowers its scale
+                        optimizer.step()  # Accelerate's wrapper skips it between accumulation boundaries
+                        if acc.sync_gradients and not skipped:
+                            scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    if not acc.sync_gradients:
+                        continue
+                    st.step += 1
+                    loss = window.step()
+                    self.callbacks.on_optimizer_step(self, st.step)
+                    if bar is not None:
+                        bar.update(0, advance=1, info=f"loss {loss:.4f}")
+                    epoch_now = round(st.step / steps_per_epoch, 4)
+                    if st.step % cfg.log_every == 0 or st.step == total:
+                        lr = scheduler.get_last_lr()[0]
+                        self._log({"split": "train", "step": st.step, "epoch": epoch_now, "lr": lr, **window.pop()})
+                    epoch_done = st.micro >= len(loader)
+                    if epoch_done:
+                        st.epoch, st.micro, st.epoch_rng = st.epoch + 1, 0, None
+                        self.callbacks.on_epoch_end(self, st.epoch)
+                    due = st.step % cfg.eval_every == 0 if cfg.eval_every else st.step % steps_per_epoch == 0
+                    if due or st.step == total:
+                        self._evaluate_and_select(eval_loaders, teacher_logits, epoch_now)
+                        distiller.train()
+                    if due or st.step == total or self._checkpoint_due(st.step) or self.stop:
+                        self._save(optimizer, scheduler, finished=st.step >= total)
+                    if self.stop:
+                        raise Interrupted(self.stop.signum or 2, self._stop_message())
+                    if st.step >= total or epoch_done:
+                        break
+                else:
+                    # The loader ran out without a final sync (nothing left to accumulate): the epoch is over.
+                    st.epoch, st.micro, st.epoch_rng = st.epoch + 1, 0, None
+
+    def _checkpoint_due(self, step: int) -> bool:
+        every = self.config.checkpoint_every
+        return bool(every) and step % every == 0
+
+    def _stop_message(self) -> str:
+        where = f" in {self.run_dir.checkpoints / 'last'}" if self.run_dir is not None else ""
+        resume = f"; continue with: kdforge run --resume {self.run_dir.root}" if self.run_dir is not None else ""
+        return f"interrupted at step {self.state.step}; checkpoint saved{where}{resume}"
+
+    def _evaluate_and_select(
+        self, loaders: dict[str, Any], teacher_logits: dict[str, torch.Tensor], epoch: float
+    ) -> None:
+        st, select = self.state, self.config.select
+        metrics = self.evaluate(loaders, teacher_logits)
+        record: dict[str, Any] = {"step": st.step, "epoch": epoch, **metrics}
+        for split, values in metrics.items():
+            self._log({"split": split, "step": st.step, "epoch": epoch, **values})
+        st.history.append(record)
+        st.last = record
+        score = metric_of(record, select)
+        improved = score is not None and _better(score, st.best_score, select.direction)
+        if improved:
+            st.best_score, st.best = score, record
+        elif st.best is None and score is None:
+            st.best = record
+        if improved and self.run_dir is not None and self.run_dir.main:
+            # Kept whatever train.select says: `kdforge eval --checkpoint best` can always look at it.
+            save_training_state(self.run_dir.checkpoints / "best", self.distiller.trainable(), self._json_state(True))
+        self.callbacks.on_evaluate(self, record)
+
+    def _json_state(self, finished: bool) -> dict[str, Any]:
+        st = self.state
+        return {
+            "step": st.step,
+            "epoch": st.epoch,
+            "micro": st.micro,
+            "best_score": st.best_score,
+            "history": st.history,
+            "best": st.best,
+            "last": st.last,
+            "epoch_rng": st.epoch_rng,
+            "metrics": {k: v for k, v in (st.last or {}).items() if k not in ("step", "epoch")},
+            "seed": self.seed,
+            "finished": finished,
+            "accelerate_step": self.accelerator.step,
+        }
+
+    def _save(self, optimizer: Any, scheduler: Any, finished: bool) -> None:
+        if self.run_dir is None or not self.run_dir.main:
+            return
+        state = {**self._json_state(finished), "scheduler": scheduler.state_dict()}
+        teachers = {k: t.state_dict() for k, t in self.distiller.teachers.items()}
+        save_training_state(
+            self.run_dir.checkpoints / "last",
+            self.distiller.trainable(),
+            state,
+            optimizer,
+            teachers={k: v for k, v in teachers.items() if v},
+            rng=rng_state(),
+        )
+
+    def _restore(self, modules: dict[str, Any], optimizer: Any, scheduler: Any, generator: Any) -> int | None:
+        """Load the last checkpoint of the run folder, if any; returns the step it continues from."""
+        if self.run_dir is None:
+            raise ConfigError("resume needs a run folder")
+        last = self.run_dir.checkpoints / "last"
+        if not (last.exists() or last.with_name(".last.old").exists()):
+            return None  # killed before its first checkpoint: start over, as the same seed would
+        state, tensors = load_training_state(last)
+        if state.get("finished"):
+            raise ConfigError(f"run {str(self.run_dir.path)!r} already finished; it is never overwritten")
+        restore_modules(modules, tensors["modules.safetensors"])
+        if "optimizer.safetensors" in tensors:
+            optimizer.load_state_dict(optimizer_state(tensors["optimizer.safetensors"], state["optimizer"]))
+        scheduler.load_state_dict(state["scheduler"])
+        groups = teacher_groups(tensors.get("teachers.safetensors", {}))
+        for name, teacher in self.distiller.teachers.items():
+            if name in groups:
+                teacher.load_state_dict(groups[name])
+        st = self.state
+        st.step, st.epoch, st.micro = state["step"], state["epoch"], state["micro"]
+        st.best_score, st.history, st.best, st.last = (
+            state["best_score"],
+            state["history"],
+            state["best"],
+            state["last"],
+        )
+        st.epoch_rng = state.get("epoch_rng")
+        self.accelerator.step = state.get("accelerate_step", 0)
+        if "rng.safetensors" in tensors:
+            set_rng_state(tensors["rng.safetensors"], state["rng"])
+        return st.step
 
     def _check_finite_everywhere(self, out: Any, step: int) -> None:
         """One small all-reduce per optimizer step: if any process has a non-finite loss, every process stops.
@@ -277,24 +510,7 @@ class Trainer:
                 raise NonFiniteLossError(step, name, float(value))
         raise NonFiniteLossError(step, "total", float(loss))
 
-    def _eval_and_checkpoint(
-        self,
-        step: int,
-        steps_per_epoch: int,
-        loaders: dict[str, DataLoader],
-        teacher_logits: dict[str, torch.Tensor],
-        select_on: str,
-        best_score: float,
-        optimizer: torch.optim.Optimizer,
-    ) -> dict[str, Any]:
-        metrics = self.evaluate(loaders, teacher_logits)
-        record: dict[str, Any] = {"step": step, "epoch": round(step / steps_per_epoch, 4), **metrics}
-        for split, values in metrics.items():
-            self._log({"split": split, "step": step, "epoch": record["epoch"], **values})
-        if self.run_dir is not None and self.run_dir.main:
-            state = {"step": step, "epoch": record["epoch"], "metrics": metrics, "seed": self.seed}
-            student = self.distiller.student
-            save_checkpoint(self.run_dir.checkpoints / "last", student, state, optimizer)
-            if metrics.get(select_on, {}).get("accuracy", -math.inf) > best_score:
-                save_checkpoint(self.run_dir.checkpoints / "best", student, state)
-        return record
+
+def checkpoint_path(run_dir: RunDir, which: str = "last") -> Path:
+    """Where a run keeps its ``last`` (resumable) or ``best`` checkpoint."""
+    return run_dir.checkpoints / which

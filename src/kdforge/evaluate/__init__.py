@@ -10,6 +10,7 @@ from kdforge.evaluate.metrics import (
 )
 from kdforge.evaluate.model_stats import latency_per_sample, model_profile, parameter_count, size_on_disk
 from kdforge.evaluate.predict import predict
+from kdforge.evaluate.split_metrics import test_metrics
 
 __all__ = [
     "accuracy",
@@ -23,4 +24,5 @@ __all__ = [
     "parameter_count",
     "predict",
     "size_on_disk",
+    "test_metrics",
 ]

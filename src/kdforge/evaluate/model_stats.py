@@ -54,19 +54,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _as_batch(model: nn.Module, example: Tensor, batch_size: int) -> Tensor:
+    """``batch_size`` rows of ``example`` (cycled when it has fewer) on the model's device and float dtype."""
+    if example.ndim < 1 or len(example) == 0:
+        raise ValueError(f"example must be a non-empty batch of inputs, got shape {tuple(example.shape)}")
+    device, dtype = _model_device_dtype(model)
+    rows = torch.arange(batch_size) % len(example)
+    # Token ids and other integer inputs keep their dtype; only float inputs follow the model's precision.
+    return example[rows].to(device, dtype=dtype if example.is_floating_point() else example.dtype)
+
+
 def latency_per_sample(
     model: nn.Module,
-    input_shape: tuple[int, ...],
+    example: Tensor,
     batch_size: int,
     warmup: int = 3,
     repeats: int = 10,
     max_seconds: float = 5.0,
 ) -> float:
-    """Median wall-clock seconds per sample of one eval-mode forward at ``batch_size``."""
+    """Median wall-clock seconds per sample of one eval-mode forward on ``batch_size`` rows of ``example``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device, dtype = _model_device_dtype(model)
-    x = torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
+    # Real inputs, not random floats: token-id models need valid integer ids (an embedding rejects floats).
+    x = _as_batch(model, example, batch_size)
+    device = x.device
     was_training = model.training
     model.eval()
     times: list[float] = []
@@ -89,11 +100,15 @@ def latency_per_sample(
     return statistics.median(times) / batch_size
 
 
-def model_profile(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float | int]:
-    """Parameter count, safetensors size and per-sample latency in ms at batch 1 and 256."""
+def model_profile(model: nn.Module, example: Tensor) -> dict[str, float | int]:
+    """Parameter count, safetensors size and per-sample latency in ms at batch 1 and 256, timed on ``example``.
+
+    ``example`` is a batch of real inputs from the run's data (e.g. ``bundle.test.inputs[:256]``); its rows are
+    cycled to fill the 256-row batch.
+    """
     return {
         "params": parameter_count(model),
         "size_bytes": size_on_disk(model),
-        "latency_ms_b1": 1e3 * latency_per_sample(model, input_shape, batch_size=1),
-        "latency_ms_b256": 1e3 * latency_per_sample(model, input_shape, batch_size=256),
+        "latency_ms_b1": 1e3 * latency_per_sample(model, example, batch_size=1),
+        "latency_ms_b256": 1e3 * latency_per_sample(model, example, batch_size=256),
     }

@@ -9,7 +9,7 @@ from torch import nn
 
 from kdforge.errors import ConfigError
 from kdforge.models import cifar, cnn, gpt, mlp, text  # noqa: F401  (fill the registry)
-from kdforge.registry import MODELS, closest
+from kdforge.registry import MODELS, did_you_mean
 
 __all__ = ["build_model", "cifar", "cnn", "count_parameters", "mlp", "model_params"]
 
@@ -34,8 +34,7 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, ...], **par
     unknown = [key for key in params if key not in valid]
     if unknown:
         listing = ", ".join(f"{k}={v!r}" for k, v in valid.items()) or "none"
-        hints = {near for key in unknown for near in closest(key, list(valid))}
-        near = f" Did you mean {', '.join(map(repr, sorted(hints)))}?" if hints else ""
+        near = did_you_mean(unknown[0], list(valid))
         raise ConfigError(f"model {name!r} has no param {', '.join(map(repr, unknown))}.{near} Valid params: {listing}")
     if int(num_classes) < 1:
         raise ConfigError(f"model {name!r}: num_classes must be >= 1, got {num_classes!r}")

@@ -42,11 +42,14 @@ class TinyGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
         self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, vocab_size, bias=False)
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, return_hidden: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits (B, S, V); with ``return_hidden`` also the final-norm hidden states (B, S, W) that ``head`` maps."""
         x = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x))
+        hidden = self.norm(x)
+        logits = self.head(hidden)
+        return (logits, hidden) if return_hidden else logits
 
 
 @MODELS.register("tiny_gpt")

@@ -11,10 +11,15 @@ from kdforge.registry import MODELS
 BERT_VOCAB = TOKENIZERS["minilm"]  # WordPiece vocabulary of all-MiniLM-L6-v2 (and BERT-base uncased)
 
 
-def masked_mean(hidden: Tensor, ids: Tensor) -> Tensor:
-    """Mean over the non-padding positions of (B, L, H) states."""
-    mask = (ids != 0).unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+def padding_mask(ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """The batch's attention mask when it has one; else the positions that are not pad id 0 (built-in data)."""
+    return (ids != 0) if attention_mask is None else attention_mask.bool()
+
+
+def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the real positions (``mask`` True) of (B, L, H) states."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
 def _length(input_shape: tuple[int, ...], name: str) -> int:
@@ -38,10 +43,11 @@ class MiniLMClassifier(nn.Module):
             self.encoder.requires_grad_(False)
         self.head = nn.Linear(self.encoder.config.hidden_size, num_classes)
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits (B, C) from token ids (B, L)."""
-        hidden = self.encoder(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state
-        return self.head(masked_mean(hidden, ids))
+        mask = padding_mask(ids, attention_mask)
+        hidden = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        return self.head(masked_mean(hidden, mask))
 
 
 class TextBag(nn.Module):
@@ -52,9 +58,9 @@ class TextBag(nn.Module):
         self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits (B, C) from token ids (B, L)."""
-        return self.mlp(masked_mean(self.embed(ids), ids))
+        return self.mlp(masked_mean(self.embed(ids), padding_mask(ids, attention_mask)))
 
 
 class TextBiLSTM(nn.Module):
@@ -66,10 +72,10 @@ class TextBiLSTM(nn.Module):
         self.lstm = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
         self.head = nn.Linear(2 * hidden, num_classes)
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits (B, C) from token ids (B, L)."""
         states, _ = self.lstm(self.embed(ids))
-        return self.head(masked_mean(states, ids))
+        return self.head(masked_mean(states, padding_mask(ids, attention_mask)))
 
 
 class TinyBert(nn.Module):
@@ -90,10 +96,11 @@ class TinyBert(nn.Module):
         self.encoder = BertModel(config, add_pooling_layer=False)
         self.head = nn.Linear(hidden, num_classes)
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits (B, C) from token ids (B, L)."""
-        hidden = self.encoder(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state
-        return self.head(masked_mean(hidden, ids))
+        mask = padding_mask(ids, attention_mask)
+        hidden = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        return self.head(masked_mean(hidden, mask))
 
 
 @MODELS.register("minilm_classifier")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
 from kdforge.errors import ConfigError
-from kdforge.registry import OBJECTIVES, closest
-from kdforge.signals import DenseSignal, Needs, SparseSignal, StudentOutput, TeacherOutput
+from kdforge.registry import OBJECTIVES, did_you_mean
+from kdforge.signals import DenseSignal, Needs, Progress, SparseSignal, StudentOutput, TeacherOutput
 
 # Names a logit function may declare to receive training progress from the engine instead of from the recipe.
 CONTEXT_NAMES = ("epoch", "progress", "step")
@@ -29,6 +29,8 @@ class ObjectiveSpec:
     teacher: bool
     labels: LabelRule
     summary: str
+    needs_rule: Callable[[Mapping[str, Any]], Needs] | None = None
+    inputs: str = "logits"
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description: name, summary, parameters with defaults, needs."""
@@ -38,6 +40,7 @@ class ObjectiveSpec:
             "params": {k: {"default": p.default, "type": _type_name(p.annotation)} for k, p in self.params.items()},
             "needs_teacher": self.teacher,
             "needs_labels": self.labels if isinstance(self.labels, bool) else "depends on params",
+            "inputs": self.inputs,
             "context": list(self.context),
         }
 
@@ -47,9 +50,21 @@ def _type_name(annotation: Any) -> str:
 
 
 def register_objective(
-    name: str, *, teacher: bool = True, labels: LabelRule = False
+    name: str,
+    *,
+    teacher: bool = True,
+    labels: LabelRule = False,
+    needs: Callable[[Mapping[str, Any]], Needs] | None = None,
+    inputs: str = "logits",
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    """Register ``fn(student_logits, teacher_logits, labels, *, params..., [epoch|progress|step])``."""
+    """Register a loss term.
+
+    ``inputs="logits"``: ``fn(student_logits, teacher_logits, labels, *, params..., [epoch|progress|step])``.
+    ``inputs="pair"``: ``fn(pair: PairContext, *, params...)`` for terms that need more than logits (features via a
+    connector, hidden states + head, masks); ``needs(params)`` then says what they consume.
+    """
+    if inputs not in ("logits", "pair"):
+        raise ValueError(f"objective {name!r}: inputs must be 'logits' or 'pair', got {inputs!r}")
 
     def add(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         sig = inspect.signature(fn)
@@ -60,10 +75,45 @@ def register_objective(
             raise TypeError(f"objective {name!r}: hyper-parameters need defaults: {missing}")
         context = tuple(k for k in kw if k in CONTEXT_NAMES)
         summary = (inspect.getdoc(fn) or "").splitlines()[0] if fn.__doc__ else ""
-        OBJECTIVES.register(name)(ObjectiveSpec(name, fn, params, context, teacher, labels, summary))
+        spec = ObjectiveSpec(name, fn, params, context, teacher, labels, summary, needs, inputs)
+        OBJECTIVES.register(name)(spec)
         return fn
 
     return add
+
+
+# Kernels that compute a logit objective directly from a top-k SparseSignal, never expanding it to the vocabulary.
+SPARSE_KERNELS: dict[str, Callable[..., Tensor]] = {}
+
+
+def register_sparse(name: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Register ``fn(student_logits, signal: SparseSignal, labels, *, same params...)`` for objective ``name``."""
+
+    def add(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        SPARSE_KERNELS[name] = fn
+        return fn
+
+    return add
+
+
+@dataclass(frozen=True)
+class PairContext:
+    """What one term sees: the trained side, the teaching side, labels and mask already applied, and progress.
+
+    For sequences the real tokens are selected once per pair and batch: ``student.logits`` is then (T, V), the teacher
+    signal holds the same T rows and ``labels`` is (T,).
+    """
+
+    student: StudentOutput
+    teacher: TeacherOutput
+    labels: Tensor | None = None
+    progress: Progress = field(default_factory=Progress)
+    connector: Callable[[Tensor], Tensor] | None = None  # this term's student → teacher projector, when it has one
+
+    def context(self, names: tuple[str, ...]) -> dict[str, Any]:
+        """The training-progress values a function declared (epoch, progress, step), when known."""
+        values = {"epoch": self.progress.epoch, "progress": self.progress.progress, "step": self.progress.step}
+        return {k: values[k] for k in names if values.get(k) is not None}
 
 
 def _coerce(objective: str, key: str, value: Any, default: Any) -> Any:
@@ -76,6 +126,8 @@ def _coerce(objective: str, key: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"objective {objective!r}: parameter {key}={value!r} must be a number")
         return float(value) if isinstance(default, float) else value
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"objective {objective!r}: parameter {key}={value!r} must be a string")
     return value
 
 
@@ -86,8 +138,7 @@ class Objective:
         unknown = [k for k in params if k not in spec.params]
         if unknown:
             valid = ", ".join(f"{k}={p.default!r}" for k, p in spec.params.items()) or "none"
-            near = closest(unknown[0], list(spec.params))
-            hint = f" Did you mean {near[0]!r}?" if near else ""
+            hint = did_you_mean(unknown[0], list(spec.params), n=1)
             raise ConfigError(
                 f"objective {spec.name!r} has no parameter {unknown[0]!r}.{hint} Valid parameters: {valid}"
             )
@@ -98,52 +149,46 @@ class Objective:
         self.name = spec.name
         # Fixed once the parameters are bound; read on every call, so computed once here.
         labels = spec.labels(self.params) if callable(spec.labels) else spec.labels
-        self.needs = Needs(teacher_logits=spec.teacher, labels=labels)
+        needs = Needs(teacher_logits=spec.teacher, labels=labels)
+        self.needs = needs | spec.needs_rule(self.params) if spec.needs_rule is not None else needs
 
     def __call__(
         self,
         student_logits: Tensor,
-        teacher_logits: Tensor | None = None,
+        teacher_logits: Tensor | SparseSignal | None = None,
         labels: Tensor | None = None,
         **ctx: Any,
     ) -> Tensor:
-        """Compute the term from plain tensors; context (epoch, progress, step) is optional."""
+        """Compute the term from plain tensors (or a SparseSignal); context (epoch, progress, step) is optional."""
+        if self.spec.inputs == "pair":
+            raise ConfigError(f"objective {self.name!r} needs more than logits; call it through a Distiller")
         if self.spec.teacher and teacher_logits is None:
             raise ConfigError(f"objective {self.name!r} needs teacher logits; none were given")
         if self.needs.labels and labels is None:
             raise ConfigError(f"objective {self.name!r} needs labels; the batch has none")
         extra = {k: ctx[k] for k in self.spec.context if ctx.get(k) is not None}
+        if isinstance(teacher_logits, SparseSignal):
+            kernel = SPARSE_KERNELS.get(self.name)
+            if kernel is not None:
+                return kernel(student_logits, teacher_logits, labels, **self.params, **extra)
+            # Objectives over a few classes have no sparse kernel; their dense reconstruction is small.
+            teacher_logits = teacher_logits.to_dense_logits()
         return self.spec.fn(student_logits, teacher_logits, labels, **self.params, **extra)
 
-    def compute(
-        self,
-        student: StudentOutput,
-        teacher: TeacherOutput,
-        labels: Tensor | None,
-        ctx: Mapping[str, Any],
-    ) -> Tensor:
-        """Compute the term from the student's output and the teacher's signals."""
-        s_logits, mask = student.logits, teacher.mask
-        if mask is not None and s_logits.dim() == 3 and tuple(mask.shape) == tuple(s_logits.shape[:2]):
-            # Sequences: every term is computed over real tokens only, whatever the teacher put at padding.
-            s_logits = s_logits[mask]
-            labels = labels[mask] if labels is not None else None
-        else:
-            mask = None
-        t_logits = None
+    def compute(self, pair: PairContext) -> Tensor:
+        """Compute the term for one pair (masks already applied by the Distiller)."""
+        if self.spec.inputs == "pair":
+            return self.spec.fn(pair, **self.params, **pair.context(self.spec.context))
+        signal: Tensor | SparseSignal | None = None
         if self.spec.teacher:
-            signal = teacher.logits
-            if mask is not None and isinstance(signal, (DenseSignal, SparseSignal)):
-                signal = signal.select(mask)
-            if isinstance(signal, DenseSignal):
-                t_logits = signal.logits
-            elif isinstance(signal, SparseSignal):
-                # A top-k store feeds logit objectives through its dense reconstruction (tail spread uniformly);
-                # the store's measured fidelity says what that approximation costs.
-                t_logits = signal.to_dense_logits()
+            got = pair.teacher.logits
+            if isinstance(got, DenseSignal):
+                signal = got.logits
+            elif isinstance(got, SparseSignal):
+                signal = got
             else:
-                raise ConfigError(f"objective {self.name!r} needs teacher logits, got {type(signal).__name__}")
-        return self(s_logits, t_logits, labels, **ctx)
+                raise ConfigError(f"objective {self.name!r} needs teacher logits, got {type(got).__name__}")
+        return self(pair.student.logits, signal, pair.labels, **pair.context(self.spec.context))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdforge.objectives.base import register_objective
-from kdforge.objectives.functional import flatten_logits
+from kdforge.objectives.functional import rows
 
 
 @register_objective("ce", teacher=False, labels=True)
@@ -20,7 +20,7 @@ def cross_entropy(
 ) -> Tensor:
     """Cross-entropy with the ground-truth labels, optionally label-smoothed."""
     return F.cross_entropy(
-        flatten_logits(student_logits).float(),
+        rows(student_logits),
         labels.reshape(-1).long(),
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,

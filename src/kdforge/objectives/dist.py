@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from kdforge.objectives.base import register_objective
-from kdforge.objectives.functional import flatten_logits
+from kdforge.objectives.functional import rows
 
 
 def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
@@ -25,8 +25,8 @@ def dist(
     T: float = 1.0,
 ) -> Tensor:
     """T²·(β·(1 − Pearson across classes) + γ·(1 − Pearson across the batch)) of the softmax outputs."""
-    y_s = (flatten_logits(student_logits).float() / T).softmax(-1)
-    y_t = (flatten_logits(teacher_logits).float() / T).softmax(-1)
+    y_s = (rows(student_logits) / T).softmax(-1)
+    y_t = (rows(teacher_logits) / T).softmax(-1)
     inter = 1.0 - _pearson_rows(y_s, y_t).mean()
     intra = 1.0 - _pearson_rows(y_s.T, y_t.T).mean()
     return T * T * (beta * inter + gamma * intra)

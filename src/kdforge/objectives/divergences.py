@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdforge.objectives.base import register_objective
-from kdforge.objectives.functional import flatten_logits, kl_rows
+from kdforge.objectives.functional import kl_rows, rows
 
 
 def _log_probs(student_logits: Tensor, teacher_logits: Tensor, T: float) -> tuple[Tensor, Tensor]:
-    s = F.log_softmax(flatten_logits(student_logits).float() / T, dim=-1)
-    t = F.log_softmax(flatten_logits(teacher_logits).float() / T, dim=-1)
+    s = F.log_softmax(rows(student_logits) / T, dim=-1)
+    t = F.log_softmax(rows(teacher_logits) / T, dim=-1)
     return s, t
 
 

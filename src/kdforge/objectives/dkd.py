@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdforge.objectives.base import register_objective
-from kdforge.objectives.functional import flatten_logits, kl_rows, one_hot
+from kdforge.objectives.functional import kl_rows, one_hot, rows
 
 # As in mdistiller: subtracting this from the target logit removes the target class from the softmax.
 _MASK = 1000.0
@@ -38,14 +38,9 @@ def dkd(
     alpha: float = 1.0,
     beta: float = 8.0,
     T: float = 4.0,
-    warmup: float = 20.0,
-    epoch: float | None = None,
 ) -> Tensor:
-    """(α·TCKD + β·NCKD)·T², batch-mean, ramped up linearly over the first ``warmup`` epochs."""
-    s = flatten_logits(student_logits).float() / T
-    t = flatten_logits(teacher_logits).float() / T
+    """(α·TCKD + β·NCKD)·T², batch-mean; DKD's warm-up is the term's ``warmup_epochs`` (e.g. 20), as for any term."""
+    s = rows(student_logits) / T
+    t = rows(teacher_logits) / T
     gt = one_hot(labels, s.shape[-1], s.dtype)
-    loss = (alpha * _tckd(s, t, gt) + beta * _nckd(s, t, gt)).mean() * T * T
-    if epoch is not None and warmup > 0:
-        loss = loss * min(epoch / warmup, 1.0)
-    return loss
+    return (alpha * _tckd(s, t, gt) + beta * _nckd(s, t, gt)).mean() * T * T

@@ -12,6 +12,11 @@ def flatten_logits(logits: Tensor) -> Tensor:
     return logits if logits.dim() == 2 else logits.reshape(-1, logits.shape[-1])
 
 
+def rows(logits: Tensor) -> Tensor:
+    """(..., C) logits as float32 (N, C) rows: what every logit objective computes on (bf16/fp16 inputs included)."""
+    return flatten_logits(logits).float()
+
+
 # PyTorch's CPU (log_)softmax over a last dimension below 16 falls back to a scalar loop; over dim 0 of the transposed
 # view the same values vectorize across rows (2× faster at 128 × 10: benchmarks/softmax_rows.py).
 _SCALAR_FALLBACK_BELOW = 16

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdforge.objectives.base import register_objective
-from kdforge.objectives.functional import flatten_logits, log_softmax_rows, softmax_rows
+from kdforge.objectives.functional import log_softmax_rows, rows, softmax_rows
 
 IGNORE = -100  # label of positions without a target (padding), as in F.cross_entropy
 
@@ -61,7 +61,7 @@ def kd(
     alpha: float = 1.0,
 ) -> Tensor:
     """(1-α)·CE(y, s) + α·T²·KL(softmax(t/T) ‖ softmax(s/T)), batch-mean; α=1 gives the pure KD term."""
-    s = flatten_logits(student_logits).float()
-    t = flatten_logits(teacher_logits).float().detach()
+    s = rows(student_logits)
+    t = rows(teacher_logits).detach()
     y = labels.reshape(-1).long() if labels is not None and alpha < 1.0 else None
     return FusedKD.apply(s, t, y, float(T), float(alpha))

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdforge.objectives.base import register_objective
-from kdforge.objectives.functional import flatten_logits, kl_rows
+from kdforge.objectives.functional import kl_rows, rows
 
 
 def _standardize(z: Tensor) -> Tensor:
@@ -22,6 +22,6 @@ def lskd(
     T: float = 2.0,
 ) -> Tensor:
     """T²·KL(softmax(ẑ_t/T) ‖ softmax(ẑ_s/T)) on row-standardized logits ẑ = (z − mean)/std, batch-mean."""
-    s = _standardize(flatten_logits(student_logits).float())
-    t = _standardize(flatten_logits(teacher_logits).float())
+    s = _standardize(rows(student_logits))
+    t = _standardize(rows(teacher_logits))
     return kl_rows(F.log_softmax(t / T, dim=-1), F.log_softmax(s / T, dim=-1)).mean() * T * T

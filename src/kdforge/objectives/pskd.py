@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from kdforge.objectives.base import register_objective
-from kdforge.objectives.functional import flatten_logits, one_hot, soft_cross_entropy
+from kdforge.objectives.functional import one_hot, rows, soft_cross_entropy
 
 
 @register_objective("pskd", labels=True)
@@ -18,8 +18,8 @@ def pskd(
     progress: float | None = None,
 ) -> Tensor:
     """CE(s, (1−α_t)·onehot(y) + α_t·softmax(previous-epoch logits)), α_t = alpha_T·progress, batch-mean."""
-    s = flatten_logits(student_logits).float()
-    t = flatten_logits(teacher_logits).float()
+    s = rows(student_logits)
+    t = rows(teacher_logits)
     # Without progress the schedule is unknown; the final (largest) weight is the documented default.
     alpha = alpha_T if progress is None else alpha_T * progress
     target = (1.0 - alpha) * one_hot(labels, s.shape[-1], s.dtype) + alpha * t.softmax(-1)

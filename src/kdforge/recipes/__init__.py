@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdforge.errors import ConfigError
-from kdforge.registry import closest
+from kdforge.registry import did_you_mean
 
 FOLDER = Path(__file__).parent
 DEFAULT = "fmnist-demo"
@@ -24,8 +24,7 @@ def find(name_or_path: str) -> Path:
     table = builtin()
     if name_or_path in table:
         return table[name_or_path]
-    near = closest(name_or_path, list(table))
-    hint = f" Did you mean {near[0]!r}?" if near else ""
+    hint = did_you_mean(name_or_path, list(table), n=1)
     raise ConfigError(
         f"recipe {name_or_path!r} is neither a file nor a built-in recipe.{hint} Built-in: {', '.join(table)}"
     )

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdforge.engine.atomic import atomic_write_text
 from kdforge.errors import ConfigError, IntegrityError
+from kdforge.files import atomic_write_text
 
 FORMAT = 1
 MANIFEST = "manifest.json"

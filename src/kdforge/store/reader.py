@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from kdforge.engine.atomic import sha256_file
 from kdforge.errors import ConfigError, IntegrityError
+from kdforge.files import sha256_file
 from kdforge.signals import DenseSignal, FeatureSignal, SparseSignal, TeacherOutput
 from kdforge.store.codecs import build_codec
 from kdforge.store.manifest import Manifest, shard_name

@@ -14,9 +14,8 @@ from safetensors.torch import save_file
 
 import kdforge
 from kdforge.capture import Recorder
-from kdforge.data.base import with_augment
-from kdforge.engine.atomic import atomic_write, atomic_write_text, sha256_file
 from kdforge.errors import ConfigError, ShapeMismatchError
+from kdforge.files import atomic_write, atomic_write_text, sha256_file
 from kdforge.signals import Needs
 from kdforge.store.codecs import build_codec
 from kdforge.store.manifest import Manifest, shard_name
@@ -117,6 +116,17 @@ def plan_store(
     )
 
 
+def _check_views(dataset: Any, plan: Manifest) -> None:
+    """Refuse an augmented data set whose draws are not the store's: row v * n + p must be view v of sample p."""
+    seed, views = getattr(dataset, "augment_seed", None), getattr(dataset, "views", None)
+    if seed != plan.view["seed"] or views not in (None, plan.num_views):
+        raise ConfigError(
+            f"build_store: the data set draws views with augment_seed={seed}, views={views}; the store expects "
+            f"augment_seed={plan.view['seed']}, views={plan.num_views} (pass the data set through "
+            "with_augment(dataset, augment, augment_seed=..., views=...) first)"
+        )
+
+
 def build_store(
     root: str | Path,
     teacher: Any,
@@ -127,7 +137,10 @@ def build_store(
     world_size: int = 1,
     on_shard: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Compute this process's missing shards (shard i belongs to rank i % world_size); returns the names written."""
+    """Compute this process's missing shards (shard i belongs to rank i % world_size); returns the names written.
+
+    An augmented ``dataset`` must already draw the store's views (``augment_seed`` = the plan's view seed).
+    """
     root = Path(root)
     model = getattr(teacher, "model", None)
     if plan.feature_names and isinstance(model, torch.nn.Module):
@@ -149,8 +162,7 @@ def build_store(
     needs = Needs(teacher_logits=True, teacher_features=plan.feature_names)
     feature_dtype = FEATURE_DTYPES[plan.features.get("dtype", "fp16")]
     if getattr(dataset, "augmented", False):
-        # The build's rows are (view, sample) pairs; the data set draws view v of a sample from the store's seed.
-        dataset = with_augment(dataset, dataset.augment, augment_seed=plan.view["seed"], views=plan.num_views)
+        _check_views(dataset, plan)
     written = []
     for i in range(rank, plan.num_shards, world_size):
         name = shard_name(i)

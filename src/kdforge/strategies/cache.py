@@ -9,6 +9,7 @@ from typing import Any
 from accelerate.utils import gather_object
 
 from kdforge import progress
+from kdforge.data.base import with_augment
 from kdforge.engine.trainer import get_accelerator
 from kdforge.errors import ConfigError
 from kdforge.recipe import Recipe
@@ -46,6 +47,10 @@ def build_from_recipe(recipe: Recipe) -> dict[str, Any]:
         features=cfg.features,
         feature_dtype=cfg.feature_dtype,
     )
+    data = bundle.train
+    if data.augmented:
+        # The build's rows are (view, sample) pairs; the data set draws view v of a sample from the store's seed.
+        data = with_augment(data, data.augment, augment_seed=plan.view["seed"], views=plan.num_views)
     root = Path(cfg.path).expanduser()
     mine = len(range(acc.process_index, plan.num_shards, acc.num_processes))
     started = time.perf_counter()
@@ -53,7 +58,7 @@ def build_from_recipe(recipe: Recipe) -> dict[str, Any]:
         written = build_store(
             root,
             teacher,
-            bundle.train,
+            data,
             plan,
             batch_size=cfg.batch_size,
             rank=acc.process_index,

@@ -1,52 +1,76 @@
-"""The offline strategy: a frozen teacher (or none) teaches one student on the recipe's budget."""
+"""The offline strategy: a frozen teacher (or none) teaches one student on the recipe's budget — one stage."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from accelerate.utils import set_seed
+from torch import nn
 
-from kdforge.engine.distiller import Distiller, parse_objectives
 from kdforge.engine.rundir import RunDir
-from kdforge.engine.trainer import Trainer, get_accelerator
-from kdforge.evaluate import classification_metrics, model_profile, predict
+from kdforge.engine.terms import parse_objectives
+from kdforge.engine.trainer import get_accelerator
+from kdforge.evaluate import model_profile
 from kdforge.recipe import Recipe, dump
 from kdforge.registry import STRATEGIES
 from kdforge.strategies.provision import build, load_data, loaders, provide_teacher, require_classification
-from kdforge.teachers import evaluation_model
+from kdforge.strategies.stage import Stage, run_stage
+
+SUMMARY = "summary.json"
 
 
-def test_metrics(model: torch.nn.Module, loader: Any, teacher: Any = None) -> dict[str, float]:
-    """Test-set metrics of ``model`` (agreement and KL against a live teacher when there is one)."""
-    device = next(model.parameters()).device
-    logits, labels, _ = predict(model, loader, device)
-    t_logits = None
-    t_model = evaluation_model(teacher)
-    if t_model is not None:
-        t_logits, _, _ = predict(t_model, loader, next(t_model.parameters()).device)
-    return classification_metrics(logits, labels, t_logits)
+@dataclass
+class RunOutcome:
+    """A strategy's result: the public summary (written to summary.json) and the objects the report needs."""
+
+    summary: dict[str, Any]
+    student: nn.Module | None = None
+    teacher: Any = None
+    bundle: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def finished(run_dir: RunDir) -> dict[str, Any] | None:
+    """The summary of a run folder whose strategy already finished (None when it has not)."""
+    path = run_dir.path / SUMMARY
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
 
 
 @STRATEGIES.register("offline")
-def offline(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
+def offline(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome:
     """Train the student against a frozen teacher; evaluate and profile it; write the run folder."""
     acc = get_accelerator(recipe.train.mixed_precision, recipe.train.grad_accum)
     run_dir.main = run_dir.main and acc.is_main_process
-    run_dir.write_text("recipe.yaml", dump(recipe))
+    if resume and (done := finished(run_dir)) is not None:
+        return RunOutcome(done)  # a finished variant of a resumed run is kept as it is, never retrained
+    if not resume:
+        run_dir.write_text("recipe.yaml", dump(recipe))
     set_seed(recipe.seed)
     bundle = load_data(recipe)
     require_classification(bundle, "`kdforge run`")
     terms, _ = parse_objectives(recipe.objectives)
-    needed = any(o.needs.teacher_logits for o in terms.values())
+    needed = any(t.objective.needs.teacher for t in terms.values())
     teacher, teacher_info = provide_teacher(recipe, bundle, signals_needed=needed)
     set_seed(recipe.seed)  # the student's initial weights depend on the seed alone, not on what ran before
     student = build(recipe.student, bundle, "student")
-    distiller = Distiller(student, teacher, recipe.objectives)
     train_loader, evals = loaders(recipe, bundle, teacher)
-    trainer = Trainer(distiller, recipe.train, run_dir=run_dir, seed=recipe.seed)
-    result = trainer.fit(train_loader, evals, select_on="val")
-    student = distiller.export()
+    stage = Stage(
+        students={"student": student},
+        teachers={"teacher": teacher} if teacher is not None else {},
+        objectives=recipe.objectives,
+        train=recipe.train,
+        train_loader=train_loader,
+        eval_loaders=evals,
+        run_dir=run_dir,
+        seed=recipe.seed,
+    )
+    done = run_stage(stage, resume=resume)
+    result, student = done.train, done.student
+    kept = result.best if recipe.train.select.mode == "best" and result.best else result.last
     summary: dict[str, Any] = {
         "name": recipe.name,
         "objectives": recipe.objectives,
@@ -55,23 +79,15 @@ def offline(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
         "steps": result.steps,
         "epochs": result.epochs,
         "train_wall_s": round(result.wall_s, 3),
+        "resumed_from_step": result.resumed_from,
         "best": result.best,
         "last": result.last,
         "history": result.history,
-        "test": _selected(result, recipe.train.select).get("test"),
+        "test": (kept or {}).get("test"),
         "teacher": teacher_info,
     }
     if acc.is_main_process and recipe.profile:
-        summary["profile"] = model_profile(student.to("cpu"), bundle.input_shape)
-    run_dir.write_json("summary.json", summary)
+        summary["profile"] = model_profile(student.to("cpu"), bundle.test.inputs[:256])
+    run_dir.write_json(SUMMARY, summary)
     acc.wait_for_everyone()
-    summary["_student"] = student
-    summary["_teacher"] = teacher
-    summary["_bundle"] = bundle
-    return summary
-
-
-def _selected(result: Any, select: str) -> dict[str, Any]:
-    """The evaluation record of the checkpoint the run keeps (best on validation, or last)."""
-    record = result.best if select == "best" and result.best else result.last
-    return record or {}
+    return RunOutcome(summary, student=student, teacher=teacher, bundle=bundle)

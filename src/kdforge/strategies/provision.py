@@ -7,21 +7,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from torch import nn
 
 from kdforge.data import DataBundle, load_dataset, make_loader
 from kdforge.data.base import with_augment
-from kdforge.engine.atomic import atomic_replace_dir, readable_dir, sha256_file
 from kdforge.engine.checkpoint import save_model
 from kdforge.engine.distiller import Distiller
 from kdforge.engine.trainer import Trainer, get_accelerator
 from kdforge.errors import ConfigError, IntegrityError
+from kdforge.files import atomic_replace_dir, readable_dir, sha256_file
 from kdforge.models import build_model
-from kdforge.recipe import ModelConfig, Recipe, TrainConfig
-from kdforge.teachers import Cached, Live, PastSelf, Precomputed
+from kdforge.recipe import ModelConfig, NetworkTeacherConfig, Recipe, TrainConfig
+from kdforge.registry import TEACHERS
+from kdforge.teachers import Live, Teacher
 
 
 def load_data(recipe: Recipe, augment_seed: int | None = None, **override: Any) -> DataBundle:
@@ -91,12 +91,13 @@ STUDENT_ONLY_DATA: dict[str, Any] = {"label_fraction": 1.0, "train_limit": None}
 def teacher_seed(recipe: Recipe) -> int:
     """The seed the teacher is trained with (students of several seeds share one teacher)."""
     t = recipe.teacher
-    return t.seed if t is not None and t.seed is not None else recipe.seed
+    seed = getattr(t, "seed", None)
+    return seed if seed is not None else recipe.seed
 
 
 def _teacher_key(recipe: Recipe, train_cfg: TrainConfig) -> str:
     t = recipe.teacher
-    assert t is not None and t.model is not None
+    assert isinstance(t, NetworkTeacherConfig) and t.model is not None
     data_params = {k: v for k, v in recipe.data.params.items() if k not in STUDENT_ONLY_DATA}
     ident = {
         "model": t.model.model_dump(mode="json"),
@@ -114,6 +115,14 @@ def _load_weights(model: nn.Module, path: Path, where: str) -> None:
         weights = load_file(str(path))
     except Exception as err:  # safetensors raises several error types for a damaged file
         raise ConfigError(f"{where}: {str(path)!r} is not a readable safetensors file ({err})") from None
+    own = model.state_dict()
+    for key, value in weights.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            # A checkpoint for another class count (or width) would end in a state_dict traceback.
+            raise ConfigError(
+                f"{where}: {str(path)!r} does not fit the model: {key} has shape {tuple(value.shape)} in the file "
+                f"but {tuple(own[key].shape)} in the model (another number of classes or another size?)"
+            )
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ConfigError(
@@ -124,7 +133,7 @@ def _load_weights(model: nn.Module, path: Path, where: str) -> None:
 def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Module | None, dict[str, Any]]:
     """Train the recipe's teacher with CE on full labels, or reuse it from the cache folder."""
     t = recipe.teacher
-    assert t is not None and t.model is not None
+    assert isinstance(t, NetworkTeacherConfig) and t.model is not None
     train_cfg = t.train or TrainConfig(epochs=2, optimizer={"name": "adamw", "lr": 2e-3})
     # One Accelerator per process: the teacher trains with the run's precision.
     train_cfg = train_cfg.model_copy(update={"mixed_precision": recipe.train.mixed_precision})
@@ -136,8 +145,16 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     found = readable_dir(cache)
     meta_path = found / "meta.json"
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if sha256_file(found / "model.safetensors") != meta["sha256"]:
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            meta = None
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+            raise IntegrityError(
+                f"cached teacher file {str(meta_path)!r} is not a JSON mapping with a 'sha256'; delete the folder "
+                f"{str(cache)!r} to retrain the teacher"
+            )
+        if not (found / "model.safetensors").is_file() or sha256_file(found / "model.safetensors") != meta["sha256"]:
             raise IntegrityError(f"cached teacher {str(cache)!r} does not match its sha256; delete the folder")
         _load_weights(model, found / "model.safetensors", "teacher cache")
         return model.eval(), {**meta, "cache": str(cache), "reused": True}
@@ -166,89 +183,42 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     return model.eval(), {**meta, "cache": str(cache), "reused": False}
 
 
-_PRECOMPUTED: dict[tuple[str, str, int], Precomputed] = {}
+class Provision:
+    """What teacher kinds may ask of the run being built (the ``TeacherBuild`` seam): recipe, data, a network."""
 
+    def __init__(self, recipe: Recipe, bundle: DataBundle, signals_needed: bool = True, allow_training: bool = True):
+        self.recipe, self.bundle = recipe, bundle
+        self.signals_needed, self.allow_training = signals_needed, allow_training
+        self.num_processes = get_accelerator().num_processes
 
-def precompute(live: Live, bundle: DataBundle) -> Precomputed:
-    """Teacher logits over the training split, computed once per process for the same teacher and data."""
-    key = (live.fingerprint, bundle.fingerprint, hash(bundle.train.indices.numpy().tobytes()))
-    if key not in _PRECOMPUTED:
-        _PRECOMPUTED.clear()  # one table at a time: they are as large as the data set's logits
-        _PRECOMPUTED[key] = Precomputed.from_live(live, bundle.train)
-    return _PRECOMPUTED[key]
-
-
-def live_teacher(recipe: Recipe, bundle: DataBundle, allow_training: bool = True) -> tuple[Live | None, dict[str, Any]]:
-    """The recipe's teacher network, from its checkpoint or the teacher cache (trained there when allowed)."""
-    t = recipe.teacher
-    if t is None or t.model is None:
-        raise ConfigError("teacher.model: required for this teacher kind (e.g. {name: cnn})")
-    if t.checkpoint:
-        model = build(t.model, bundle, "teacher.model")
-        _load_weights(model, Path(t.checkpoint).expanduser(), "teacher.checkpoint")
-        info: dict[str, Any] = {"checkpoint": t.checkpoint}
-    else:
-        model, info = train_teacher(recipe, allow_training)
-        if model is None:
-            return None, info
-    dtype = torch.bfloat16 if t.dtype == "bfloat16" else None
-    if dtype is not None:
-        model = model.to(dtype)
-    return Live(model, dtype=dtype), info
+    def network(self, allow_training: bool = True) -> tuple[nn.Module | None, dict[str, Any]]:
+        """The recipe's teacher network, from ``teacher.checkpoint`` or the teacher cache (trained there if allowed)."""
+        t = self.recipe.teacher
+        if t is None or getattr(t, "model", None) is None:
+            raise ConfigError("teacher.model: required for this teacher kind (e.g. {name: cnn})")
+        if t.checkpoint:
+            model = build(t.model, self.bundle, "teacher.model")
+            _load_weights(model, Path(t.checkpoint).expanduser(), "teacher.checkpoint")
+            return model, {"checkpoint": t.checkpoint}
+        return train_teacher(self.recipe, allow_training and self.allow_training)
 
 
 def provide_teacher(
     recipe: Recipe, bundle: DataBundle, allow_training: bool = True, signals_needed: bool = True
-) -> tuple[Any, dict[str, Any]]:
-    """The teacher the recipe asks for (live when only evaluation needs it), plus a description."""
-    t = recipe.teacher
-    if t is None:
+) -> tuple[Teacher | None, dict[str, Any]]:
+    """The teacher the recipe's ``teacher.kind`` names, built by its registered class; plus a description."""
+    if recipe.teacher is None:
         return None, {}
-    if t.kind == "past_self":
-        if get_accelerator().num_processes > 1:
-            raise ConfigError("teacher.kind=past_self keeps per-process predictions; run it in one process")
-        size = int(bundle.train.indices.max()) + 1
-        return PastSelf(size, bundle.num_classes), {"kind": "past_self"}
-    if t.kind == "cached":
-        return cached_teacher(recipe, bundle)
-    live, info = live_teacher(recipe, bundle, allow_training)
-    if live is None:
-        return None, info
-    if t.kind == "precomputed" and signals_needed:
-        if bundle.train.augment != "none":
-            raise ConfigError(
-                f"teacher.kind=precomputed needs the same view every epoch, but data.params.augment="
-                f"{bundle.train.augment!r}; use augment=none or a live teacher"
-            )
-        return precompute(live, bundle), {"kind": "precomputed", **info}
-    return live, {"kind": "live", **info}
+    kind = TEACHERS.get(recipe.teacher.kind)
+    return kind.from_recipe(recipe.teacher, Provision(recipe, bundle, signals_needed, allow_training))
 
 
-def cached_teacher(recipe: Recipe, bundle: DataBundle) -> tuple[Cached, dict[str, Any]]:
-    """A store-backed teacher, checked against the recipe's data (and teacher, when its weights are at hand)."""
-    if recipe.store is None:
-        raise ConfigError("teacher.kind=cached needs store.path: the folder written by `kdforge cache RECIPE`")
-    source = None
-    if recipe.teacher is not None and recipe.teacher.model is not None:
-        source, _ = live_teacher(recipe, bundle, allow_training=False)
-    expect = {
-        "data_fingerprint": bundle.fingerprint,
-        "split": bundle.train.split,
-        "teacher_fingerprint": source.fingerprint if source is not None else None,
-    }
-    teacher = Cached(Path(recipe.store.path).expanduser(), expect, source=source, memory_mb=recipe.store.memory_mb)
-    view = teacher.reader.manifest.view
-    if view["augment"] != bundle.train.augment:
-        raise ConfigError(
-            f"data.params.augment is {bundle.train.augment!r} but store {recipe.store.path!r} was built with "
-            f"augment={view['augment']!r}; train with the augmentation the store holds"
-        )
-    if bundle.train.augmented:
-        # Epoch e reads stored view e % views: the student must draw exactly those views, from the store's seed.
-        bundle.train = with_augment(bundle.train, view["augment"], augment_seed=view["seed"], views=view["views"])
-    return teacher, {
-        "kind": "cached",
-        "store": recipe.store.path,
-        "streamed": teacher.streams,
-        "content_sha256": teacher.reader.manifest.content_sha256,
-    }
+def live_teacher(recipe: Recipe, bundle: DataBundle, allow_training: bool = True) -> tuple[Live | None, dict[str, Any]]:
+    """The recipe's teacher network run live, whatever ``teacher.kind`` says (stores are built from it)."""
+    if recipe.teacher is None:
+        raise ConfigError("teacher: this command needs a teacher with a model")
+    cfg = recipe.teacher if isinstance(recipe.teacher, NetworkTeacherConfig) else None
+    if cfg is None:
+        raise ConfigError(f"teacher.kind={recipe.teacher.kind!r} has no network; this command needs a teacher model")
+    teacher, info = Live.from_recipe(cfg, Provision(recipe, bundle, allow_training=allow_training))
+    return teacher, info  # type: ignore[return-value]

@@ -1,9 +1,20 @@
 """Teachers: every kind is one file registered in TEACHERS."""
 
-from kdforge.teachers.base import Teacher, evaluation_model, module_fingerprint
+from kdforge.teachers.base import Teacher, TeacherBuild, evaluation_model, module_fingerprint
 from kdforge.teachers.cached import Cached
+from kdforge.teachers.ema import Ema
 from kdforge.teachers.live import Live
 from kdforge.teachers.past_self import PastSelf
 from kdforge.teachers.precomputed import Precomputed
 
-__all__ = ["Cached", "Live", "PastSelf", "Precomputed", "Teacher", "evaluation_model", "module_fingerprint"]
+__all__ = [
+    "Cached",
+    "Ema",
+    "Live",
+    "PastSelf",
+    "Precomputed",
+    "Teacher",
+    "TeacherBuild",
+    "evaluation_model",
+    "module_fingerprint",
+]

@@ -1,26 +1,81 @@
-"""The Teacher seam: anything that turns a batch into signals, identified by a fingerprint."""
+"""The Teacher base class: anything that turns a batch into signals, identified by a fingerprint.
+
+A teacher kind is one file: a subclass with its recipe section (``Config``), a ``from_recipe`` builder and the
+``@TEACHERS.register(kind)`` decorator. Every hook has a do-nothing default, so a kind overrides only what it uses.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from kdforge.errors import ConfigError
-from kdforge.signals import Needs, TeacherOutput
+from kdforge.recipe import TeacherConfig
+from kdforge.signals import Needs, StudentOutput, TeacherOutput
 
 
-@runtime_checkable
-class Teacher(Protocol):
-    """A source of knowledge about inputs: live, cached, served, ensemble or EMA."""
+class TeacherBuild(Protocol):
+    """What a teacher kind may ask of the strategy building it (implemented above this layer)."""
 
-    fingerprint: str
+    recipe: Any
+    bundle: Any
+    signals_needed: bool
+
+    def network(self, allow_training: bool = True) -> tuple[nn.Module | None, dict[str, Any]]:
+        """The recipe's teacher network: from its checkpoint, or trained once and cached."""
+        ...
+
+
+class Teacher:
+    """A source of knowledge about inputs: live, cached, precomputed, past_self, ema — one registered class each."""
+
+    Config: ClassVar[type[TeacherConfig]] = TeacherConfig
+    fingerprint: str = ""
+    streams: bool = False  # True when signals are read from disk shard by shard (the Trainer then prefetches)
+
+    @classmethod
+    def from_recipe(cls, cfg: TeacherConfig, build: TeacherBuild) -> tuple[Teacher | None, dict[str, Any]]:
+        """Build this kind from its recipe section; returns the teacher and a description for the run summary."""
+        raise ConfigError(f"teacher.kind={cfg.kind!r} cannot be built from a recipe")
+
+    def setup(self, students: Mapping[str, nn.Module]) -> None:
+        """Called once by the Distiller with the named students (an EMA teacher copies its student here)."""
 
     def signals(self, batch: dict[str, Any], needs: Needs) -> TeacherOutput:
         """Return only what ``needs`` asks for, for this batch."""
-        ...
+        raise NotImplementedError
+
+    def prefetch(self, batch: dict[str, Any]) -> None:
+        """Start fetching what ``batch`` will need while the current step runs."""
+
+    def observe(self, batch: dict[str, Any], student: StudentOutput) -> None:
+        """See the taught student's output on a training batch (PS-KD keeps it as next epoch's target)."""
+
+    def on_optimizer_step(self, step: int) -> None:
+        """Called after every optimizer step (not every micro-batch): EMA updates live here."""
+
+    def to(self, device: torch.device | str) -> Teacher:
+        """Move whatever the teacher computes with to ``device``."""
+        return self
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The network to run on evaluation data (agreement, KL), when there is one."""
+        return None
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Tensors that must survive a resume (PS-KD's past predictions, EMA weights); empty when stateless."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    def close(self) -> None:
+        """Release hooks, threads or files."""
 
 
 def module_fingerprint(model: nn.Module, extra: str = "") -> str:
@@ -36,11 +91,10 @@ def module_fingerprint(model: nn.Module, extra: str = "") -> str:
 
 def evaluation_model(teacher: object) -> nn.Module | None:
     """The network behind a teacher, when there is one to run on evaluation data."""
+    if teacher is None:
+        return None
     model = getattr(teacher, "model", None)
-    if isinstance(model, nn.Module):
-        return model
-    source = getattr(teacher, "source", None)
-    return evaluation_model(source) if source is not None else None
+    return model if isinstance(model, nn.Module) else None
 
 
 def sample_ids(batch: dict[str, Any]) -> Tensor:

@@ -1,4 +1,4 @@
-"""A live teacher: an nn.Module run under torch.inference_mode, never holding gradients."""
+"""A live teacher: an nn.Module run under torch.inference_mode through its model adapter, never holding gradients."""
 
 from __future__ import annotations
 
@@ -7,68 +7,80 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdforge.batch import extract_logits
-from kdforge.capture import Recorder
+from kdforge.adapters import ModelAdapter, adapter_for
+from kdforge.recipe import NetworkTeacherConfig
 from kdforge.registry import TEACHERS
 from kdforge.signals import DenseSignal, FeatureSignal, Needs, TeacherOutput
-from kdforge.teachers.base import module_fingerprint
+from kdforge.teachers.base import Teacher, TeacherBuild, module_fingerprint
+
+
+def run_frozen(adapter: ModelAdapter, batch: dict[str, Any], needs: Needs, device: torch.device) -> TeacherOutput:
+    """Run a frozen model on ``batch`` (moved to ``device``) and return the logits/features asked for."""
+    adapter.record(needs.teacher_features)
+    if not needs.teacher:
+        return TeacherOutput()
+    moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    with torch.inference_mode():
+        out = adapter(moved, Needs())
+    # Inference tensors cannot be saved for backward; a clone outside inference mode makes them plain
+    # constants the student's loss may use. The copy is of outputs only, never of the graph.
+    logits = DenseSignal(out.logits.float().clone()) if needs.teacher_logits else None
+    feats = FeatureSignal({k: v.clone() for k, v in out.features.items()}) if out.features else None
+    mask = None if out.mask is None else out.mask.clone()
+    return TeacherOutput(logits=logits, features=feats, mask=mask)
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with every parameter excluded from autograd."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 @TEACHERS.register("live")
-class Live:
-    """Wrap a frozen model; ``signals`` runs it without building an autograd graph."""
+class Live(Teacher):
+    """Wrap a frozen model; ``signals`` runs it without building an autograd graph, passing the attention mask."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None):
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+    Config = NetworkTeacherConfig
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None, adapter: str | None = None):
+        self.network = frozen(model)
         self.dtype = dtype
+        self.adapter = adapter_for(self.network, adapter)
         self.fingerprint = module_fingerprint(model)
-        self._recorder: Recorder | None = None
+
+    @classmethod
+    def from_recipe(cls, cfg: NetworkTeacherConfig, build: TeacherBuild) -> tuple[Teacher | None, dict[str, Any]]:
+        """The recipe's teacher network (checkpoint or trained once and cached), run live."""
+        model, info = build.network()
+        if model is None:
+            return None, info
+        dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+        return cls(model.to(dtype) if dtype is not None else model, dtype=dtype), {"kind": "live", **info}
+
+    @property
+    def model(self) -> nn.Module:
+        """The frozen network (also what evaluation runs)."""
+        return self.network
 
     def to(self, device: torch.device | str) -> Live:
         """Move the teacher's weights to ``device``."""
-        self.model.to(device)
+        self.network.to(device)
         return self
 
     @property
     def device(self) -> torch.device:
         """Where the teacher's weights live."""
-        first = next(self.model.parameters(), None)
+        first = next(self.network.parameters(), None)
         return first.device if first is not None else torch.device("cpu")
 
-    def _ensure_recorder(self, paths: tuple[str, ...]) -> Recorder | None:
-        if not paths:
-            return None
-        if self._recorder is None or self._recorder.paths != paths:
-            if self._recorder is not None:
-                self._recorder.remove()
-            self._recorder = Recorder(self.model, paths)
-        return self._recorder
-
     def signals(self, batch: dict[str, Any], needs: Needs) -> TeacherOutput:
-        """Run the teacher on ``batch['input']`` and return the logits/features asked for."""
-        recorder = self._ensure_recorder(needs.teacher_features)
-        if not needs.teacher_logits and recorder is None:
-            return TeacherOutput()
-        x = batch["input"].to(self.device, non_blocking=True)
-        if self.dtype is not None and x.is_floating_point():
-            x = x.to(self.dtype)
-        with torch.inference_mode():
-            if recorder is not None:
-                recorder.clear()
-            logits = extract_logits(self.model(x))
-            feats = dict(recorder.tensors) if recorder is not None else {}
-        # Inference tensors cannot be saved for backward; a clone outside inference mode makes them plain
-        # constants the student's loss may use. The copy is of outputs only, never of the graph.
-        logits_out = DenseSignal(logits.float().clone()) if needs.teacher_logits else None
-        feats_out = FeatureSignal({k: v.clone() for k, v in feats.items()}) if feats else None
-        mask = batch.get("attention_mask") if logits.dim() == 3 else None
-        mask = None if mask is None else torch.as_tensor(mask).to(logits.device).bool()
-        return TeacherOutput(logits=logits_out, features=feats_out, mask=mask)
+        """Run the teacher on the batch (inputs and attention mask) and return the logits/features asked for."""
+        if self.dtype is not None and torch.is_tensor(batch["input"]) and batch["input"].is_floating_point():
+            batch = {**batch, "input": batch["input"].to(self.dtype)}
+        return run_frozen(self.adapter, batch, needs, self.device)
 
     def close(self) -> None:
         """Remove any hooks this teacher added to its model."""
-        if self._recorder is not None:
-            self._recorder.remove()
-            self._recorder = None
+        self.adapter.release()

@@ -8,15 +8,21 @@ import torch
 from torch import Tensor
 
 from kdforge.errors import ConfigError
+from kdforge.recipe import NetworkTeacherConfig
 from kdforge.registry import TEACHERS
 from kdforge.signals import DenseSignal, Needs, TeacherOutput
-from kdforge.teachers.base import sample_ids
+from kdforge.teachers.base import Teacher, TeacherBuild, sample_ids
 from kdforge.teachers.live import Live
+
+# One table per process for the same teacher and data: benchmarks run many students against one teacher.
+_TABLES: dict[tuple[str, str, int], Precomputed] = {}
 
 
 @TEACHERS.register("precomputed")
-class Precomputed:
+class Precomputed(Teacher):
     """An in-memory table of teacher logits indexed by sample id (valid only when every epoch sees the same view)."""
+
+    Config = NetworkTeacherConfig
 
     def __init__(self, logits: Tensor, known: Tensor, fingerprint: str, source: Live | None = None):
         self.logits = logits
@@ -24,6 +30,29 @@ class Precomputed:
         self.fingerprint = fingerprint
         # Kept so evaluation can still measure agreement on data that was not precomputed (val, test).
         self.source = source
+
+    @classmethod
+    def from_recipe(cls, cfg: NetworkTeacherConfig, build: TeacherBuild) -> tuple[Teacher | None, dict[str, Any]]:
+        """The live teacher's logits over the training split, computed once per process (live if only evaluating)."""
+        live, info = Live.from_recipe(cfg, build)
+        if live is None or not build.signals_needed:
+            return live, info
+        bundle = build.bundle
+        if bundle.train.augment != "none":
+            raise ConfigError(
+                f"teacher.kind=precomputed needs the same view every epoch, but data.params.augment="
+                f"{bundle.train.augment!r}; use augment=none or a live teacher"
+            )
+        key = (live.fingerprint, bundle.fingerprint, hash(bundle.train.indices.numpy().tobytes()))
+        if key not in _TABLES:
+            _TABLES.clear()  # one table at a time: they are as large as the data set's logits
+            _TABLES[key] = cls.from_live(live, bundle.train)  # type: ignore[arg-type]
+        return _TABLES[key], {**info, "kind": "precomputed"}
+
+    @property
+    def model(self) -> Any:
+        """The network the table came from, for evaluation data."""
+        return None if self.source is None else self.source.model
 
     @classmethod
     def from_live(cls, live: Live, dataset: Any, batch_size: int = 256) -> Precomputed:

@@ -9,35 +9,35 @@ from kdforge.data import make_loader
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.rundir import RunDir
 from kdforge.errors import ConfigError
-from kdforge.evaluate.model_stats import model_profile
+from kdforge.evaluate import model_profile, test_metrics
+from kdforge.files import readable_dir
 from kdforge.recipe import load_yaml, validate
 from kdforge.report import row
+from kdforge.strategies.provision import build, load_data, provide_teacher
+from kdforge.teachers import evaluation_model
+
+PROFILE_ROWS = 256  # real test inputs the speed profile is timed on (one full batch-256 forward)
 
 
 def _evaluate_one(folder: Path, checkpoint: str) -> tuple[dict[str, Any], Any]:
-    from kdforge.strategies.offline import test_metrics
-    from kdforge.strategies.provision import build, load_data, provide_teacher
-
     recipe = validate(load_yaml(folder / "recipe.yaml"), source=str(folder / "recipe.yaml"))
     ckpt = folder / "checkpoints" / checkpoint
-    if not ckpt.is_dir():
+    # A kill between a checkpoint swap's two renames leaves only `.NAME.old`; readers use it as it is.
+    if not readable_dir(ckpt).is_dir():
         raise ConfigError(f"{str(ckpt)!r} does not exist; choose --checkpoint last or best")
     bundle = load_data(recipe)
     student = build(recipe.student, bundle, "student")
     state = load_checkpoint(ckpt, student)
     teacher, _ = provide_teacher(recipe, bundle, allow_training=False, signals_needed=False)
     test = make_loader(bundle.test, recipe.data.eval_batch_size, shuffle=False, seed=0)
-    metrics = test_metrics(student.eval(), test, teacher)
-    result = row(recipe.name, metrics, model_profile(student, bundle.input_shape))
+    metrics = test_metrics(student.eval(), test, evaluation_model(teacher))
+    result = row(recipe.name, metrics, model_profile(student, bundle.test.inputs[:PROFILE_ROWS]))
     result["step"] = state.get("step")
     return result, (teacher, bundle, test)
 
 
 def evaluate_run(run_dir: str | Path, checkpoint: str = "last") -> tuple[list[dict[str, Any]], Path]:
     """Evaluate every student in ``run_dir`` (one folder, or one per variant); writes eval.json."""
-    from kdforge.strategies.offline import test_metrics
-    from kdforge.teachers import evaluation_model
-
     root = Path(run_dir)
     if not (root / "recipe.yaml").is_file():
         raise ConfigError(f"{str(root)!r} is not a run folder (no recipe.yaml)")
@@ -51,6 +51,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "last") -> tuple[list[di
     teacher, bundle, test = context
     model = evaluation_model(teacher)
     if model is not None:
-        rows.insert(0, row("teacher", test_metrics(model, test), model_profile(model, bundle.input_shape)))
+        profile = model_profile(model, bundle.test.inputs[:PROFILE_ROWS])
+        rows.insert(0, row("teacher", test_metrics(model, test), profile))
     RunDir(root).write_json(f"eval-{checkpoint}.json", {"checkpoint": checkpoint, "rows": rows})
     return rows, root / f"eval-{checkpoint}.json"

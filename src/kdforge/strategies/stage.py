@@ -1,0 +1,58 @@
+"""A training stage: data, modules, objectives and the loop, returning a typed result. Strategies compose stages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from kdforge.engine.callbacks import Callback
+from kdforge.engine.distiller import Distiller
+from kdforge.engine.rundir import RunDir
+from kdforge.engine.terms import ObjectiveConfig
+from kdforge.engine.trainer import Trainer, TrainResult
+from kdforge.recipe import TrainConfig
+from kdforge.teachers.base import Teacher
+
+
+@dataclass
+class Stage:
+    """Everything one training stage needs; ``run_stage`` trains it with the one Trainer."""
+
+    students: Mapping[str, nn.Module]
+    objectives: Mapping[str, ObjectiveConfig]
+    train: TrainConfig
+    train_loader: Any
+    eval_loaders: Mapping[str, Any] = field(default_factory=dict)
+    teachers: Mapping[str, Teacher] = field(default_factory=dict)
+    connectors: Mapping[str, nn.Module] = field(default_factory=dict)
+    callbacks: Sequence[Callback] = ()
+    run_dir: RunDir | None = None
+    seed: int = 0
+
+
+@dataclass
+class StageResult:
+    """What a stage hands to the next one: the trained students (plain modules), its history and records."""
+
+    students: dict[str, nn.Module]
+    train: TrainResult
+    distiller: Distiller
+
+    @property
+    def student(self) -> nn.Module:
+        """The first trained student."""
+        return next(iter(self.students.values()))
+
+
+def run_stage(stage: Stage, resume: bool = False) -> StageResult:
+    """Train the stage's students against its teachers; ``resume`` continues the run folder's last checkpoint."""
+    distiller = Distiller(dict(stage.students), dict(stage.teachers), stage.objectives, connectors=stage.connectors)
+    trainer = Trainer(
+        distiller, stage.train, run_dir=stage.run_dir, seed=stage.seed, callbacks=stage.callbacks, resume=resume
+    )
+    result = trainer.fit(stage.train_loader, dict(stage.eval_loaders))
+    students = {name: distiller.export(name) for name in distiller.students}
+    return StageResult(students=students, train=result, distiller=distiller)

@@ -1,0 +1,162 @@
+"""Kill and resume through the CLI, as a user does: SIGKILL at a random step, Ctrl-C, and finished runs kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+# PS-KD's per-sample buffer (teacher state), a warm-up (Balancer schedule), dropout (RNG), shuffled data (order),
+# AdamW (optimizer state) and a cosine schedule: everything a resume must restore.
+RECIPES = {
+    "past_self": {
+        "teacher": {"kind": "past_self"},
+        "objectives": {"pskd": {"alpha_T": 0.8}, "ce": {"weight": 0.5, "warmup_steps": 20}},
+    },
+    "ema": {
+        "teacher": {"kind": "ema", "decay": 0.9},
+        "objectives": {"ce": 1.0, "kd": {"weight": 0.5, "T": 2.0, "warmup_steps": 10}},
+    },
+}
+
+
+def _recipe(tmp: Path, kind: str, out: str) -> Path:
+    tree = {
+        "name": f"resume-{kind}",
+        "seed": 3,
+        "data": {"name": "digits", "params": {"val_fraction": 0.1}, "batch_size": 32},
+        "student": {"name": "mlp", "params": {"hidden": [256, 256], "dropout": 0.1}},
+        "train": {
+            "epochs": 4,
+            "grad_accum": 1,
+            "optimizer": {"name": "adamw", "lr": 0.003},
+            "log_every": 1,
+            "checkpoint_every": 3,
+        },
+        "output_dir": str(tmp / f"{out}-{kind}"),
+        "profile": False,
+        **RECIPES[kind],
+    }
+    path = tmp / f"{kind}-{out}.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def _start(recipe: Path) -> subprocess.Popen[str]:
+    exe = Path(sys.executable).with_name("kdforge")
+    return subprocess.Popen(
+        [str(exe), "run", str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ}
+    )
+
+
+def _run_dir(root: Path) -> Path:
+    (run_dir,) = list(root.iterdir())
+    return run_dir
+
+
+def _train_step(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if '"train"' in line]
+    return max(steps, default=0)
+
+
+def _wait_for_step(proc: subprocess.Popen[str], root: Path, step: int, limit: float = 240.0) -> Path:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before step {step}: {proc.stderr.read()[-2000:]}")
+        if root.is_dir() and any(root.iterdir()):
+            run_dir = _run_dir(root)
+            if _train_step(run_dir) >= step:
+                return run_dir
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"step {step} not reached in {limit} s")
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    last = run_dir / "checkpoints" / "last"
+    tensors = load_file(str(last / "modules.safetensors"))
+    if (last / "teachers.safetensors").is_file():
+        tensors.update({f"teacher:{k}": v for k, v in load_file(str(last / "teachers.safetensors")).items()})
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, torch.Tensor]]:
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    out = {}
+    for kind in RECIPES:
+        res = run_cli("run", str(_recipe(tmp, kind, "full")))
+        assert res.returncode == 0, res.stderr
+        out[kind] = _weights(_run_dir(tmp / f"full-{kind}"))
+    return out
+
+
+def _assert_identical(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert set(got) == set(want)
+    for key, value in want.items():
+        # Same CPU, same threads, same batches: resuming is promised to change no bit.
+        assert torch.equal(got[key], value), key
+
+
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path: Path, uninterrupted) -> None:
+    recipe = _recipe(tmp_path, "past_self", "killed")
+    step = random.Random().randint(4, 150)  # 4 epochs of 38 steps; checkpoints every 3
+    proc = _start(recipe)
+    run_dir = _wait_for_step(proc, tmp_path / "killed-past_self", step)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    res = run_cli("run", "--resume", str(run_dir))
+    assert res.returncode == 0, f"killed at step {step}: {res.stderr}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from_step"] is None or summary["resumed_from_step"] <= _train_step(run_dir)
+    _assert_identical(_weights(run_dir), uninterrupted["past_self"])
+    # A finished run is never overwritten.
+    again = run_cli("run", "--resume", str(run_dir))
+    assert again.returncode == 2 and "already finished" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_ctrl_c_saves_says_how_to_continue_and_resumes_bit_identical(tmp_path: Path, uninterrupted) -> None:
+    recipe = _recipe(tmp_path, "ema", "stopped")
+    proc = _start(recipe)
+    run_dir = _wait_for_step(proc, tmp_path / "stopped-ema", 10)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "continue with: kdforge run --resume" in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    state = json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())
+    assert not state["finished"] and state["step"] >= 10
+    assert not (run_dir / "summary.json").exists()
+    res = run_cli("run", "--resume", str(run_dir))
+    assert res.returncode == 0, res.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["resumed_from_step"] == state["step"]
+    _assert_identical(_weights(run_dir), uninterrupted["ema"])
+
+
+def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, "ema", "term")
+    proc = _start(recipe)
+    run_dir = _wait_for_step(proc, tmp_path / "term-ema", 5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "checkpoint saved" in stderr, stderr
+    assert (run_dir / "checkpoints" / "last" / "state.json").is_file()
