@@ -96,12 +96,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--students", nargs="+", default=list(STUDENTS))
     ap.add_argument("--quick", action="store_true", help="tiny budget to check the script runs")
+    ap.add_argument("--name", default=None, help="results file name (default fmnist_methods); a recheck writes apart")
     args = ap.parse_args()
     grid = list(itertools.product([4.0, 8.0], [0.5, 0.9]))
     if args.quick:
         args.epochs, args.seeds, grid = 0.05, [0], grid[:1]
     # Several invocations (one per setting, possibly in parallel) merge into one results file.
-    name = "fmnist_methods_quick" if args.quick else "fmnist_methods"
+    name = args.name or ("fmnist_methods_quick" if args.quick else "fmnist_methods")
     out: dict[str, Any] = load_previous(name) or {"seeds": args.seeds, "teacher": TEACHER, "students": {}}
     for key in args.students:
         student = STUDENTS[key]
@@ -133,7 +134,7 @@ def main() -> None:
             "kd_beats_scratch_beyond_spread": gain > max(kd["std"], scratch["std"]),
         }
         save(name, out)
-    print("written benchmarks/results/fmnist_methods.json")
+    print(f"written benchmarks/results/{name}.json")
 
 
 if __name__ == "__main__":

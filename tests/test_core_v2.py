@@ -246,6 +246,6 @@ def test_fp16_on_cpu_is_refused_not_silently_fp32():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU machine runs fp16")
-    with pytest.raises(ConfigError, match="train.mixed_precision=fp16 needs a GPU"):
+    with pytest.raises(ConfigError, match=r"train\.mixed_precision=fp16 needs a GPU"):
         resolve_precision("fp16")
     assert resolve_precision("bf16") == "bf16" and resolve_precision("auto") == "no"

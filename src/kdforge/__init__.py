@@ -9,8 +9,7 @@ from kdforge.engine.distiller import Distiller, DistillOutput
 from kdforge.objectives import Objective, objective
 from kdforge.registry import DATASETS, MODELS, OBJECTIVES, STRATEGIES, TEACHERS
 from kdforge.signals import DenseSignal, FeatureSignal, Needs, SparseSignal, StudentOutput, TeacherOutput
-
-__version__ = "0.1.0"
+from kdforge.version import __version__
 
 
 def __getattr__(name: str) -> Any:

@@ -202,19 +202,20 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 def format_validation_error(
     err: ValidationError, source: str = "recipe", root: type[BaseModel] | None = None, prefix: tuple[str, ...] = ()
 ) -> str:
-    """One line per problem: the key path, what was wrong, and the allowed keys or values."""
-    lines = [f"invalid {source}:"]
+    """One line: every problem's key path, what was wrong, and the allowed keys or values, separated by '; '."""
+    lines = []
     for item in err.errors():
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        path = ".".join(str(p) for p in prefix + loc) or "(root)"
+        # A key that is not printable as it is (a newline, a tab) is quoted, so the message stays one line.
+        path = ".".join(str(p) if str(p).isprintable() else repr(p) for p in prefix + loc) or "(root)"
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
             allowed = _allowed_keys(root or Recipe, loc[:-1])
             msg = f"unknown key; allowed keys: {', '.join(allowed)}" if allowed else "unknown key"
         elif item["type"] == "missing":
             msg = "required key is missing"
-        lines.append(f"  {path}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{path}: {' '.join(str(msg).split())}")
+    return f"invalid {source}: " + "; ".join(lines)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

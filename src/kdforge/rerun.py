@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from kdforge.data import make_loader
+from kdforge.data.base import example_inputs
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.rundir import RunDir
 from kdforge.errors import ConfigError
@@ -31,7 +32,7 @@ def _evaluate_one(folder: Path, checkpoint: str) -> tuple[dict[str, Any], Any]:
     teacher, _ = provide_teacher(recipe, bundle, allow_training=False, signals_needed=False)
     test = make_loader(bundle.test, recipe.data.eval_batch_size, shuffle=False, seed=0)
     metrics = test_metrics(student.eval(), test, evaluation_model(teacher))
-    result = row(recipe.name, metrics, model_profile(student, bundle.test.inputs[:PROFILE_ROWS]))
+    result = row(recipe.name, metrics, model_profile(student, example_inputs(bundle.test, PROFILE_ROWS)))
     result["step"] = state.get("step")
     return result, (teacher, bundle, test)
 
@@ -51,7 +52,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "last") -> tuple[list[di
     teacher, bundle, test = context
     model = evaluation_model(teacher)
     if model is not None:
-        profile = model_profile(model, bundle.test.inputs[:PROFILE_ROWS])
+        profile = model_profile(model, example_inputs(bundle.test, PROFILE_ROWS))
         rows.insert(0, row("teacher", test_metrics(model, test), profile))
     RunDir(root).write_json(f"eval-{checkpoint}.json", {"checkpoint": checkpoint, "rows": rows})
     return rows, root / f"eval-{checkpoint}.json"

@@ -10,6 +10,7 @@ from accelerate.utils import broadcast_object_list
 
 import kdforge.strategies  # noqa: F401  (fills the registry)
 from kdforge.data import make_loader
+from kdforge.data.base import example_inputs
 from kdforge.engine.rundir import RunDir
 from kdforge.engine.trainer import get_accelerator
 from kdforge.errors import ConfigError
@@ -25,7 +26,11 @@ from kdforge.teachers import evaluation_model
 def resolve(tree: Mapping[str, Any], overrides: Iterable[str] = ()) -> Recipe:
     """Apply key=value overrides to a raw recipe and validate it (and every variant) before anything runs."""
     recipe = validate(apply_overrides(dict(tree), list(overrides)))
-    STRATEGIES.get(recipe.strategy)
+    try:
+        STRATEGIES.get(recipe.strategy)
+    except ConfigError as err:
+        raise ConfigError(f"strategy: {err}") from None
+    preflight(recipe)  # the base first: a mistake there is not a variant's
     base = recipe.model_dump(mode="json")
     for name, changes in recipe.variants.items():
         variant = validate(apply_overrides({**base, "variants": {}}, changes), source=f"variant {name!r}")
@@ -33,7 +38,6 @@ def resolve(tree: Mapping[str, Any], overrides: Iterable[str] = ()) -> Recipe:
             preflight(variant)
         except ConfigError as err:
             raise ConfigError(f"variant {name!r}: {err}") from None
-    preflight(recipe)
     return recipe
 
 
@@ -85,6 +89,6 @@ def _teacher_row(results: dict[str, RunOutcome]) -> dict[str, Any] | None:
             return {
                 "name": "teacher",
                 "test": test_metrics(model, test),
-                "profile": model_profile(model.to("cpu"), bundle.test.inputs[:256]),
+                "profile": model_profile(model.to("cpu"), example_inputs(bundle.test, 256)),
             }
     return None

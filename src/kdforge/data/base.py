@@ -143,6 +143,11 @@ class EpochSampler(Sampler[int]):
         yield from (order + self.epoch * self.size if self.tag else order).tolist()
 
 
+def example_inputs(ds: Dataset, n: int) -> Tensor:
+    """The model inputs of the first ``n`` samples of ``ds``, batched as training batches are (for profiling)."""
+    return ds.__getitems__(list(range(min(n, len(ds)))))["input"]  # type: ignore[attr-defined]
+
+
 def collate_batch(batch: Batch | list[Batch]) -> Batch:
     """Pass an already-batched dict through; stack a list of per-sample dicts."""
     if isinstance(batch, dict):

@@ -10,10 +10,10 @@ import signal
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from kdforge.engine.trainer import Trainer
+# The Trainer calls these hooks with itself; typed loosely so this file does not import the Trainer back.
+Trainer = Any
 
 
 class Callback:

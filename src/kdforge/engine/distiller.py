@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -74,6 +75,12 @@ class Distiller(nn.Module):
             raise ConfigError("Distiller: at least one student is required")
         teachers = _named(teacher, "teacher")
         self.teachers: dict[str, Teacher] = {k: Live(t) if isinstance(t, nn.Module) else t for k, t in teachers.items()}
+        for k, t in self.teachers.items():
+            if not isinstance(t, Teacher):
+                raise ConfigError(
+                    f"Distiller: teacher {k!r} is a {type(t).__name__}; expected an nn.Module or a subclass of "
+                    "kdforge.teachers.Teacher (its hooks have defaults: override signals() only)"
+                )
         clash = set(self.teachers) & set(self.students)
         if clash:
             raise ConfigError(f"Distiller: {sorted(clash)} name both a student and a teacher")
@@ -122,7 +129,8 @@ class Distiller(nn.Module):
     def trainable(self) -> dict[str, nn.Module]:
         """Every module the optimizer updates, by name: the students, then ``connector.<term>``."""
         out = dict(self.students.items())
-        out.update({f"connector.{k}": m for k, m in self.connectors.items()})
+        # A connector without parameters (identity) has nothing to train or save, and DDP refuses such a module.
+        out.update({f"connector.{k}": m for k, m in self.connectors.items() if any(True for _ in m.parameters())})
         return out
 
     @torch.no_grad()
@@ -148,7 +156,7 @@ class Distiller(nn.Module):
 
     # -- set-up -----------------------------------------------------------------------------------------------------
 
-    def prepare(self, batch: Any) -> None:
+    def prepare(self, batch: Any, explicit: bool = True) -> None:
         """Attach recorders (a wrong path fails here) and build connectors from this batch's shapes."""
         if self._prepared:
             return
@@ -158,6 +166,13 @@ class Distiller(nn.Module):
         missing = [t for t in self.terms.values() if t.connector and t.name not in self.connectors]
         if missing:
             self._build_connectors(batch, missing)
+            if not explicit:
+                warnings.warn(
+                    f"connectors {[t.name for t in missing]} were built on the first batch; an optimizer created "
+                    "before it does not update them: call distiller.prepare(first_batch) before creating it "
+                    "(the Trainer does)",
+                    stacklevel=3,
+                )
         self._prepared = True
 
     @torch.no_grad()
@@ -248,7 +263,7 @@ class Distiller(nn.Module):
         if step is None:
             step = self._step
             self._step += int(self.training)
-        self.prepare(batch)
+        self.prepare(batch, explicit=False)
         device = first.device if torch.is_tensor(first) else torch.device("cpu")
         teachers = {k: _to(self.teachers[k].signals(batch, needs), device) for k, needs in self.teacher_needs.items()}
         outs = {k: self.adapters[k](batch, self.student_needs[k]) for k in self.students}

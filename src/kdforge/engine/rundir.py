@@ -67,6 +67,14 @@ class RunDir:
         """Atomically write a JSON file in the run folder."""
         self.write_text(name, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
+    def truncate_metrics(self, step: int) -> None:
+        """Drop metric lines past ``step``: a resumed run logs those steps again, once."""
+        path = self.path / "metrics.jsonl"
+        if not self.main or not path.exists():
+            return
+        kept = [r for r in self.read_metrics() if int(r.get("step", 0)) <= step]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
     def read_metrics(self) -> list[dict[str, Any]]:
         """All records of metrics.jsonl."""
         path = self.path / "metrics.jsonl"

@@ -8,6 +8,7 @@ epoch boundaries so strategies never copy it.
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from kdforge import progress
+import kdforge.progress as progress
 from kdforge.data.base import EpochSampler
 from kdforge.engine.callbacks import Callback, CallbackList, StopRequest, TeacherHooks, stop_on_signals
 from kdforge.engine.distiller import Distiller
@@ -151,6 +152,23 @@ class LoopState:
     epoch_rng: list[int] | None = None  # the data order generator's state at the start of the current epoch
 
 
+@dataclass
+class Prepared:
+    """What ``fit`` prepared for the loop: loaders, optimizer and schedule, wrapped modules, budget."""
+
+    loader: Any
+    eval_loaders: dict[str, Any]
+    teacher_logits: dict[str, torch.Tensor]
+    optimizer: Any
+    scheduler: Any
+    wrapped: dict[str, torch.nn.Module]
+    params: list[torch.nn.Parameter]
+    sampler: Any
+    generator: torch.Generator | None
+    total: int
+    steps_per_epoch: int
+
+
 def metric_of(record: dict[str, Any], select: SelectConfig) -> float | None:
     """The selection metric of an evaluation record (None when its split was not evaluated)."""
     split = record.get(select.split)
@@ -275,16 +293,21 @@ class Trainer:
         started = time.perf_counter()
         try:
             with stop_on_signals(self.stop):
+                params = [p for m in wrapped.values() for p in m.parameters()]
                 self._loop(
-                    train_loader,
-                    eval_loaders,
-                    teacher_logits,
-                    optimizer,
-                    scheduler,
-                    wrapped,
-                    (sampler, generator),
-                    total,
-                    steps_per_epoch,
+                    Prepared(
+                        train_loader,
+                        eval_loaders,
+                        teacher_logits,
+                        optimizer,
+                        scheduler,
+                        wrapped,
+                        params,
+                        sampler,
+                        generator,
+                        total,
+                        steps_per_epoch,
+                    )
                 )
             acc.wait_for_everyone()
         finally:
@@ -294,6 +317,10 @@ class Trainer:
                 distiller.wrap(name, modules[name])
             # The Accelerator outlives this fit: drop its references to our models, optimizer and loaders.
             acc.free_memory()
+        if self.stop:
+            # A signal that arrived after the last step (evaluation, saving): training is complete and saved, but
+            # the command was interrupted and must not exit 0; a resume finishes the summary.
+            raise Interrupted(self.stop.signum or signal.SIGINT, self._stop_message())
         st = self.state
         result.steps, result.epochs = st.step, st.step / steps_per_epoch
         result.history, result.best, result.last = st.history, st.best, st.last
@@ -304,97 +331,97 @@ class Trainer:
         self.callbacks.on_fit_end(self, result)
         return result
 
-    def _loop(
-        self,
-        loader: Any,
-        eval_loaders: dict[str, Any],
-        teacher_logits: dict[str, torch.Tensor],
-        optimizer: Any,
-        scheduler: Any,
-        wrapped: dict[str, torch.nn.Module],
-        order: tuple[Any, torch.Generator | None],
-        total: int,
-        steps_per_epoch: int,
-    ) -> None:
-        cfg, acc, distiller, st = self.config, self.accelerator, self.distiller, self.state
-        sampler, generator = order
+    def _loop(self, run: Prepared) -> None:
+        cfg, acc, st = self.config, self.accelerator, self.state
         window = LogWindow()
-        distiller.train()
+        self.distiller.train()
         show = progress.enabled(acc.is_main_process)
         # A teacher streaming its store from disk reads the next batch's shards while this step runs. Not with
         # accumulation: fetching a batch early moves Accelerate's end-of-loader flag, and with it the epoch's last
         # gradient sync (shards are then read on demand, still shard-local).
-        teacher = distiller.teacher
+        teacher = self.distiller.teacher
         prefetch = teacher.prefetch if teacher is not None and teacher.streams and cfg.grad_accum == 1 else None
-        params = [p for m in wrapped.values() for p in m.parameters()]
-        with progress.bar(f"train {self.run_dir.path.name if self.run_dir else ''}", total, show) as bar:
+        with progress.bar(f"train {self.run_dir.path.name if self.run_dir else ''}", run.total, show) as bar:
             if bar is not None and st.step:
                 bar.update(0, advance=st.step)
-            while st.step < total:
-                if generator is not None:
-                    if st.epoch_rng is not None:
-                        generator.set_state(torch.tensor(st.epoch_rng, dtype=torch.uint8))
-                    st.epoch_rng = generator.get_state().tolist()
-                if isinstance(sampler, EpochSampler):
-                    sampler.epoch = st.epoch - 1
-                batches = iter(loader)
-                for _ in range(st.micro):  # resuming inside an epoch: the same order, past the batches already seen
-                    next(batches)
-                for batch in with_lookahead(batches, prefetch):
-                    with acc.accumulate(*wrapped.values()):
-                        epoch_f = st.step / steps_per_epoch
-                        out = distiller(batch, step=st.step, epoch=epoch_f, progress=st.step / total)
-                        if acc.num_processes == 1:
-                            self._check_finite(out.loss, out.terms, st.step)
-                        # Under N processes a rank must not leave alone: the others would wait for it in the
-                        # gradient all-reduce forever; every rank stops together at the checks below.
-                        acc.backward(out.loss)
-                        window.add(out)
-                        st.micro += 1
-                        self.callbacks.on_batch_end(self, out)
-                        skipped = False
-                        if acc.sync_gradients:
-                            if acc.num_processes > 1:
-                                self._check_finite_everywhere(out, st.step)
-                            norm = acc.clip_grad_norm_(params, cfg.grad_clip or math.inf)
-                            if not torch.isfinite(torch.as_tensor(norm)):
-                                if acc.scaler is None:
-                                    # A finite loss can still give inf gradients; stop before they reach the weights.
-                                    self._check_finite(out.loss, out.terms, st.step)
-                                    raise NonFiniteLossError(st.step, "gradient norm", float(norm))
-                                skipped = True  # fp16: the GradScaler skips this step and lowers its scale
-                        optimizer.step()  # Accelerate's wrapper skips it between accumulation boundaries
-                        if acc.sync_gradients and not skipped:
-                            scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    if not acc.sync_gradients:
-                        continue
-                    st.step += 1
-                    loss = window.step()
-                    self.callbacks.on_optimizer_step(self, st.step)
-                    if bar is not None:
-                        bar.update(0, advance=1, info=f"loss {loss:.4f}")
-                    epoch_now = round(st.step / steps_per_epoch, 4)
-                    if st.step % cfg.log_every == 0 or st.step == total:
-                        lr = scheduler.get_last_lr()[0]
-                        self._log({"split": "train", "step": st.step, "epoch": epoch_now, "lr": lr, **window.pop()})
-                    epoch_done = st.micro >= len(loader)
-                    if epoch_done:
-                        st.epoch, st.micro, st.epoch_rng = st.epoch + 1, 0, None
-                        self.callbacks.on_epoch_end(self, st.epoch)
-                    due = st.step % cfg.eval_every == 0 if cfg.eval_every else st.step % steps_per_epoch == 0
-                    if due or st.step == total:
-                        self._evaluate_and_select(eval_loaders, teacher_logits, epoch_now)
-                        distiller.train()
-                    if due or st.step == total or self._checkpoint_due(st.step) or self.stop:
-                        self._save(optimizer, scheduler, finished=st.step >= total)
-                    if self.stop:
-                        raise Interrupted(self.stop.signum or 2, self._stop_message())
-                    if st.step >= total or epoch_done:
+            while st.step < run.total:
+                for batch in with_lookahead(self._epoch_batches(run), prefetch):
+                    with acc.accumulate(*run.wrapped.values()):
+                        self._micro_step(run, batch, window)
+                    if acc.sync_gradients and self._after_optimizer_step(run, window, bar):
                         break
                 else:
                     # The loader ran out without a final sync (nothing left to accumulate): the epoch is over.
                     st.epoch, st.micro, st.epoch_rng = st.epoch + 1, 0, None
+
+    def _epoch_batches(self, run: Prepared) -> Iterator[Any]:
+        """The current epoch's batches in an order fixed by the seed and epoch, past those already consumed."""
+        st, generator = self.state, run.generator
+        if generator is not None:
+            if st.epoch_rng is not None:  # resuming: the order this epoch started with
+                generator.set_state(torch.tensor(st.epoch_rng, dtype=torch.uint8))
+            st.epoch_rng = generator.get_state().tolist()
+        if isinstance(run.sampler, EpochSampler):
+            run.sampler.epoch = st.epoch - 1
+        batches = iter(run.loader)
+        for _ in range(st.micro):
+            next(batches)
+        return batches
+
+    def _micro_step(self, run: Prepared, batch: Any, window: LogWindow) -> None:
+        """Forward and backward of one micro-batch; clip and step at accumulation boundaries."""
+        cfg, acc, st = self.config, self.accelerator, self.state
+        out = self.distiller(batch, step=st.step, epoch=st.step / run.steps_per_epoch, progress=st.step / run.total)
+        if acc.num_processes == 1:
+            self._check_finite(out.loss, out.terms, st.step)
+        # Under N processes a rank must not leave alone: the others would wait for it in the gradient all-reduce
+        # forever; every rank stops together at the checks below.
+        acc.backward(out.loss)
+        window.add(out)
+        st.micro += 1
+        self.callbacks.on_batch_end(self, out)
+        skipped = False
+        if acc.sync_gradients:
+            if acc.num_processes > 1:
+                self._check_finite_everywhere(out, st.step)
+            norm = acc.clip_grad_norm_(run.params, cfg.grad_clip or math.inf)
+            if not torch.isfinite(torch.as_tensor(norm)):
+                if acc.scaler is None:
+                    # A finite loss can still give inf gradients; stop before they reach the weights.
+                    self._check_finite(out.loss, out.terms, st.step)
+                    raise NonFiniteLossError(st.step, "gradient norm", float(norm))
+                skipped = True  # fp16: the GradScaler skips this step and lowers its scale
+        run.optimizer.step()  # Accelerate's wrapper skips it between accumulation boundaries
+        if acc.sync_gradients and not skipped:
+            run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+
+    def _after_optimizer_step(self, run: Prepared, window: LogWindow, bar: Any) -> bool:
+        """Log, end the epoch, evaluate, checkpoint, honour a stop request; True when the epoch's loop must end."""
+        cfg, st = self.config, self.state
+        st.step += 1
+        loss = window.step()
+        self.callbacks.on_optimizer_step(self, st.step)
+        if bar is not None:
+            bar.update(0, advance=1, info=f"loss {loss:.4f}")
+        epoch_now = round(st.step / run.steps_per_epoch, 4)
+        last = st.step >= run.total
+        if st.step % cfg.log_every == 0 or last:
+            lr = run.scheduler.get_last_lr()[0]
+            self._log({"split": "train", "step": st.step, "epoch": epoch_now, "lr": lr, **window.pop()})
+        epoch_done = st.micro >= len(run.loader)
+        if epoch_done:
+            st.epoch, st.micro, st.epoch_rng = st.epoch + 1, 0, None
+            self.callbacks.on_epoch_end(self, st.epoch)
+        due = st.step % cfg.eval_every == 0 if cfg.eval_every else st.step % run.steps_per_epoch == 0
+        if due or last:
+            self._evaluate_and_select(run.eval_loaders, run.teacher_logits, epoch_now)
+            self.distiller.train()
+        if due or last or self._checkpoint_due(st.step) or self.stop:
+            self._save(run.optimizer, run.scheduler, finished=last)
+        if self.stop:
+            raise Interrupted(self.stop.signum or signal.SIGINT, self._stop_message())
+        return last or epoch_done
 
     def _checkpoint_due(self, step: int) -> bool:
         every = self.config.checkpoint_every
@@ -463,10 +490,11 @@ class Trainer:
             raise ConfigError("resume needs a run folder")
         last = self.run_dir.checkpoints / "last"
         if not (last.exists() or last.with_name(".last.old").exists()):
+            self.run_dir.truncate_metrics(0)
             return None  # killed before its first checkpoint: start over, as the same seed would
+        # A finished state is restored too: training is over, and the run goes on to write what it had not yet
+        # (its summary); a run whose summary exists is refused before it gets here, so nothing is overwritten.
         state, tensors = load_training_state(last)
-        if state.get("finished"):
-            raise ConfigError(f"run {str(self.run_dir.path)!r} already finished; it is never overwritten")
         restore_modules(modules, tensors["modules.safetensors"])
         if "optimizer.safetensors" in tensors:
             optimizer.load_state_dict(optimizer_state(tensors["optimizer.safetensors"], state["optimizer"]))
@@ -487,6 +515,7 @@ class Trainer:
         self.accelerator.step = state.get("accelerate_step", 0)
         if "rng.safetensors" in tensors:
             set_rng_state(tensors["rng.safetensors"], state["rng"])
+        self.run_dir.truncate_metrics(st.step)
         return st.step
 
     def _check_finite_everywhere(self, out: Any, step: int) -> None:

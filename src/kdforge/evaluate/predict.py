@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from kdforge.adapters import adapter_for
 from kdforge.batch import extract_logits
 
 
@@ -31,13 +32,21 @@ def predict(
     """
     was_training = model.training
     model.eval()
+    # Through the model's adapter: a text model gets the batch's attention mask, a Hugging Face model keywords.
+    adapter = adapter_for(model)
+    param = next(model.parameters(), None)
     logits: list[Tensor] = []
     labels: list[Tensor] = []
     indices: list[Tensor] = []
     try:
         with torch.inference_mode():
             for batch in loader:
-                parts = [forward_logits(model, batch["input"].to(device)).float(), torch.as_tensor(batch["index"])]
+                moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                x = moved["input"]
+                if param is not None and torch.is_tensor(x) and x.is_floating_point():
+                    moved["input"] = x.to(param.dtype)  # a bf16 teacher takes bf16 images
+                out = adapter(moved).logits
+                parts = [out.float(), torch.as_tensor(batch["index"])]
                 if "label" in batch:
                     parts.append(torch.as_tensor(batch["label"]))
                 if gather is not None:

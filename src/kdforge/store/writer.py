@@ -12,13 +12,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import kdforge
 from kdforge.capture import Recorder
 from kdforge.errors import ConfigError, ShapeMismatchError
 from kdforge.files import atomic_write, atomic_write_text, sha256_file
 from kdforge.signals import Needs
 from kdforge.store.codecs import build_codec
 from kdforge.store.manifest import Manifest, shard_name
+from kdforge.version import __version__
 
 FEATURE_PREFIX = "feature/"
 FEATURE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -112,7 +112,7 @@ def plan_store(
         features=stored_features,
         teacher=teacher or {},
         data=data or {},
-        kdforge_version=kdforge.__version__,
+        kdforge_version=__version__,
     )
 
 

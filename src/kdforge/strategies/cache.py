@@ -8,7 +8,7 @@ from typing import Any
 
 from accelerate.utils import gather_object
 
-from kdforge import progress
+import kdforge.progress as progress
 from kdforge.data.base import with_augment
 from kdforge.engine.trainer import get_accelerator
 from kdforge.errors import ConfigError

@@ -9,6 +9,7 @@ from typing import Any
 from accelerate.utils import set_seed
 from torch import nn
 
+from kdforge.data.base import example_inputs
 from kdforge.engine.rundir import RunDir
 from kdforge.engine.terms import parse_objectives
 from kdforge.engine.trainer import get_accelerator
@@ -87,7 +88,7 @@ def offline(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome
         "teacher": teacher_info,
     }
     if acc.is_main_process and recipe.profile:
-        summary["profile"] = model_profile(student.to("cpu"), bundle.test.inputs[:256])
+        summary["profile"] = model_profile(student.to("cpu"), example_inputs(bundle.test, 256))
     run_dir.write_json(SUMMARY, summary)
     acc.wait_for_everyone()
     return RunOutcome(summary, student=student, teacher=teacher, bundle=bundle)
