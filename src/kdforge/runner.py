@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from kdforge.data import make_loader
 from kdforge.data.base import example_inputs
 from kdforge.engine.rundir import RunDir
 from kdforge.engine.trainer import get_accelerator
-from kdforge.errors import ConfigError
+from kdforge.errors import ConfigError, KdforgeError
 from kdforge.evaluate import model_profile, test_metrics
 from kdforge.preflight import preflight
 from kdforge.recipe import Recipe, apply_overrides, dump, load_yaml, validate
@@ -54,19 +55,33 @@ def run(recipe: Recipe, run_dir: RunDir | None = None, resume: bool = False) -> 
         run_dir.write_text("recipe.yaml", dump(recipe))
     strategy = STRATEGIES.get(recipe.strategy)
     results: dict[str, RunOutcome] = {}
-    if not recipe.variants:
-        results[recipe.name] = strategy(recipe, run_dir, resume=resume)
-    else:
-        base = recipe.model_dump(mode="json")
-        for name, changes in recipe.variants.items():
-            variant = validate(apply_overrides({**base, "variants": {}, "name": name}, changes))
-            results[name] = strategy(variant, run_dir.child(name), resume=resume)
+    try:
+        if not recipe.variants:
+            results[recipe.name] = strategy(recipe, run_dir, resume=resume)
+        else:
+            base = recipe.model_dump(mode="json")
+            for name, changes in recipe.variants.items():
+                variant = validate(apply_overrides({**base, "variants": {}, "name": name}, changes))
+                results[name] = strategy(variant, run_dir.child(name), resume=resume)
+    except KdforgeError:
+        if not resume:
+            _remove_if_untouched(run_dir)
+        raise
     rows = comparison_rows({k: v.summary for k, v in results.items()}, _teacher_row(results))
     public = {k: v.summary for k, v in results.items()}
     run_dir.write_text("report.md", render_markdown(recipe, rows))
     if recipe.variants:
         run_dir.write_json(SUMMARY, {"rows": rows, "runs": public})
     return {"run_dir": str(run_dir.path), "rows": rows, "runs": public}
+
+
+def _remove_if_untouched(run_dir: RunDir) -> None:
+    """A run refused before it trained anything (bad data, a missing column) leaves no folder behind."""
+    if not run_dir.main or not run_dir.path.is_dir():
+        return
+    written = [p for p in run_dir.path.rglob("*") if p.is_file() and p.name not in ("recipe.yaml", "labels.json")]
+    if not written:
+        shutil.rmtree(run_dir.path, ignore_errors=True)
 
 
 def resume(path: str | Path) -> dict[str, Any]:

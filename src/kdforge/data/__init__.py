@@ -1,6 +1,6 @@
 """Data sets as in-memory tensors with stable sample ids; importing this registers the built-in ones."""
 
-from kdforge.data import digits, fashion_mnist, text
+from kdforge.data import digits, fashion_mnist, files, text
 from kdforge.data.base import (
     ArrayDataset,
     DataBundle,
@@ -18,6 +18,7 @@ __all__ = [
     "collate_batch",
     "digits",
     "fashion_mnist",
+    "files",
     "load_dataset",
     "make_loader",
     "stratified_fraction",

@@ -117,7 +117,8 @@ def _bundle(
 ) -> DataBundle:
     _check_params(tokenizer, max_len)
     t = _tokenized(stem, tokenizer, max_len)
-    full = ArrayDataset(t.train_ids, t.train_labels, split="train")
+    # The batch carries its attention mask, so every model (and a Hugging Face one) is told where padding is.
+    full = ArrayDataset(t.train_ids, t.train_labels, split="train", fields={"attention_mask": t.train_ids != 0})
     train, val = train_val_split(full, val_fraction, seed)
     train = stratified_fraction(train, label_fraction, seed)
     if train_limit is not None:
@@ -125,7 +126,7 @@ def _bundle(
     return DataBundle(
         train=train,
         val=val,
-        test=ArrayDataset(t.test_ids, t.test_labels, split="test"),
+        test=ArrayDataset(t.test_ids, t.test_labels, split="test", fields={"attention_mask": t.test_ids != 0}),
         num_classes=len(t.classes),
         input_shape=(max_len,),
         class_names=t.classes,

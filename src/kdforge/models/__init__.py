@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from kdforge.errors import ConfigError
-from kdforge.models import cifar, cnn, gpt, mlp, text  # noqa: F401  (fill the registry)
+from kdforge.models import cifar, cnn, gpt, hf, mlp, text  # noqa: F401  (fill the registry)
 from kdforge.registry import MODELS, did_you_mean
 
 __all__ = ["build_model", "cifar", "cnn", "count_parameters", "mlp", "model_params"]

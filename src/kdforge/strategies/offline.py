@@ -52,6 +52,7 @@ def offline(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome
         run_dir.write_text("recipe.yaml", dump(recipe))
     set_seed(recipe.seed)
     bundle = load_data(recipe)
+    run_dir.write_json("labels.json", {"labels": bundle.class_names})
     require_classification(bundle, "`kdforge run`")
     terms, _ = parse_objectives(recipe.objectives)
     needed = any(t.objective.needs.teacher for t in terms.values())

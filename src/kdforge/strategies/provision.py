@@ -95,7 +95,7 @@ def teacher_seed(recipe: Recipe) -> int:
     return seed if seed is not None else recipe.seed
 
 
-def _teacher_key(recipe: Recipe, train_cfg: TrainConfig) -> str:
+def _teacher_key(recipe: Recipe, train_cfg: TrainConfig, data_fingerprint: str | None = None) -> str:
     t = recipe.teacher
     assert isinstance(t, NetworkTeacherConfig) and t.model is not None
     data_params = {k: v for k, v in recipe.data.params.items() if k not in STUDENT_ONLY_DATA}
@@ -105,6 +105,9 @@ def _teacher_key(recipe: Recipe, train_cfg: TrainConfig) -> str:
         "train": train_cfg.model_dump(mode="json"),
         "seed": teacher_seed(recipe),
     }
+    if recipe.data.name == "files":
+        # The user's files can change in place under the same path: the content decides, not the recipe text.
+        ident["data_fingerprint"] = data_fingerprint
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -141,7 +144,7 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     bundle = load_data(recipe, augment_seed=teacher_seed(recipe), **full)
     set_seed(teacher_seed(recipe))
     model = build(t.model, bundle, "teacher.model")
-    cache = Path(t.cache_dir).expanduser() / f"{t.model.name}-{_teacher_key(recipe, train_cfg)}"
+    cache = Path(t.cache_dir).expanduser() / f"{t.model.name}-{_teacher_key(recipe, train_cfg, bundle.fingerprint)}"
     found = readable_dir(cache)
     meta_path = found / "meta.json"
     if meta_path.is_file():
