@@ -375,3 +375,13 @@ def test_recipe_params_are_type_checked_by_preflight(tmp_path: Path):
     tree["data"]["params"] = {"train": "x.csv", "unlabeled": "skip"}
     with pytest.raises(ConfigError, match=r"data.params.unlabeled='skip': expected one of 'error', 'allow'"):
         resolve(tree)
+
+
+def test_tokenizer_named_by_the_model_that_uses_it(tmp_path):
+    from kdforge.recipe import validate
+    from kdforge.strategies.provision import model_folder
+
+    recipe = validate({"student": {"name": "hf", "params": {"path": "/models/bert"}}, "data": {"name": "files"}})
+    assert model_folder(recipe, "student") == "/models/bert"
+    with pytest.raises(ConfigError, match=r"data.params.tokenizer='teacher': the teacher model has no folder"):
+        model_folder(recipe, "teacher")
