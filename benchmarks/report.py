@@ -258,6 +258,59 @@ def streaming_section(data: dict) -> list[str]:
     return lines + table(["read mode", "median step (ms)", "epoch (s)", "shard reads a step waited for"], rows)
 
 
+def files_text_section(data: dict) -> list[str]:
+    """Own text files (CSV and JSONL) through `files`: MiniLM teacher, two students, scratch vs KD, export."""
+    d, cj = data["data"], data["csv_vs_jsonl"]
+    lines = [
+        "",
+        "### Text from your own files (`benchmarks/files_text.py`)",
+        "",
+        f"{d['corpus']} ({', '.join(d['classes'])}; {d['train_rows']} train / {d['test_rows']} test tweets sampled "
+        f"from {d['documents_in_corpus']:,}), written as CSV and JSONL and read by `files` (minilm tokenizer, max_len "
+        f"{data['max_len']}); teacher all-MiniLM-L6-v2, frozen encoder + linear head, precomputed: test accuracy "
+        f"{100 * data['teacher_test']['accuracy']:.2f}%. {len(data['seeds'])} seeds, {data['epochs']} epochs; test "
+        "accuracy in % at the last epoch (mean ± std). CSV and JSONL give the same token ids, masks and labels and "
+        f"the same accuracy: {'yes' if cj['same_rows_and_accuracy'] else 'no'}.",
+        "",
+    ]
+    rows = [
+        [key, *(pm(e["methods"][m]["test_last"]) for m in ("scratch", "kd"))] for key, e in data["students"].items()
+    ]
+    lines += table(["student", "scratch (CE)", "KD (0.5 CE + 0.5 KD, T=4)"], rows)
+    hf, onnx = data["export"]["hf"], data["export"]["onnx"]
+    lat = onnx["latency_ms"]
+    lines += [
+        "",
+        f"`kdforge export` of the KD-trained BERT (seed 0): HF folder max |Δ| {hf['parity']['max_abs_diff']:.2g}, "
+        f"ONNX max |Δ| {onnx['parity']['max_abs_diff']:.2g} on {onnx['parity']['rows']} test rows; latency per "
+        f"forward (median), onnxruntime vs PyTorch: batch 1 {lat['batch_1']['onnxruntime']:.2f} vs "
+        f"{lat['batch_1']['pytorch']:.2f} ms, batch 256 {lat['batch_256']['onnxruntime']:.0f} vs "
+        f"{lat['batch_256']['pytorch']:.0f} ms.",
+    ]
+    return lines
+
+
+def files_images_section(data: dict) -> list[str]:
+    """Own PNG folders through `files` against the built-in Fashion-MNIST loader, same samples."""
+    lines = [
+        "",
+        "### Images from your own folders (`benchmarks/files_images.py`)",
+        "",
+        f"The first {data['train_images']:,} training and {data['test_images']:,} test Fashion-MNIST images, as IDX "
+        f"files for the built-in loader and as PNG class folders for `files`; student {data['student']}, CE, "
+        f"{data['epochs']} epochs, seeds {data['seeds']}. Throughput: one shuffled epoch of the training split in "
+        "batches of 128 through `make_loader`, median of 3.",
+        "",
+    ]
+    rows = [
+        [key, pm(v["test_last"]), f"{data['throughput'][key]['images_per_s']:,.0f}"]
+        for key, v in data["sources"].items()
+    ]
+    lines += table(["data set", "test accuracy, last epoch", "loader images/s"], rows)
+    lines += ["", f"files − built-in: {data['gap_points']:+.2f} points."]
+    return lines
+
+
 def main() -> None:
     """Rewrite the README between the markers."""
     lines: list[str] = []
@@ -272,6 +325,8 @@ def main() -> None:
         ("store_views", views_section),
         ("store_streaming", streaming_section),
         ("text_store", text_section),
+        ("files_text", files_text_section),
+        ("files_images", files_images_section),
         ("ddp", ddp_section),
     ):
         data = load(name)

@@ -231,3 +231,27 @@ def test_gguf_llama_loads_as_a_causal_lm(tmp_path: Path):
     assert _logits(model, ids, torch.ones_like(ids)).shape == (2, 8, vocab)
     with pytest.raises(ConfigError, match="vocabulary has 64 tokens but the data's tokenizer has 30522"):
         build_model("hf", 30522, (16,), path=str(tmp_path / "llama.gguf"), task="causal_lm")
+
+
+@pytest.mark.slow
+def test_an_hf_student_run_leaves_a_folder_from_pretrained_loads(tmp_path: Path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from kdforge.runner import resolve, run
+
+    bert = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    recipe = resolve(
+        {
+            "name": "hf-student",
+            "data": {"name": "reuters_r8", "params": {"max_len": 16, "train_limit": 64}, "batch_size": 32},
+            "student": {"name": "hf", "params": {"config": {**bert, "intermediate_size": 64}}},
+            "objectives": {"ce": 1.0},
+            "train": {"max_steps": 2},
+            "output_dir": str(tmp_path / "runs"),
+            "profile": False,
+        }
+    )
+    folder = Path(run(recipe)["run_dir"]) / "student_hf"
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True)
+    assert model.config.num_labels == 8
+    assert AutoTokenizer.from_pretrained(str(folder), local_files_only=True)("a b").input_ids

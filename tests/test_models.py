@@ -50,7 +50,8 @@ def test_expected_models_are_registered() -> None:
 
 
 # Text models take token ids of shape (max_len,); tests/test_text.py and tests/test_store_sequences.py cover them.
-TOKEN_MODELS = {"minilm_classifier", "text_bag", "text_bilstm", "tiny_bert", "tiny_gpt"}
+# Hugging Face models need a folder or a config: tests/test_hf_models.py covers them.
+TOKEN_MODELS = {"minilm_classifier", "text_bag", "text_bilstm", "tiny_bert", "tiny_gpt", "hf", "sentence_transformers"}
 IMAGE_MODELS = [n for n in MODELS.names() if n not in TOKEN_MODELS]
 
 

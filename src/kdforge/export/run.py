@@ -52,7 +52,12 @@ def _require_hf(folder: Path) -> None:
 
 def _spec(loaded: RunStudent) -> StudentSpec:
     recipe, bundle = loaded.recipe, loaded.bundle
-    tokenizer = tokenizer_folder(tokenizer_name(recipe.data.name, dict(recipe.data.params)))
+    name = tokenizer_name(recipe.data.name, dict(recipe.data.params))
+    if name in ("teacher", "student"):  # data.params.tokenizer names the model whose folder holds it
+        from kdforge.strategies.provision import model_folder
+
+        name = model_folder(recipe, name)
+    tokenizer = tokenizer_folder(name)
     params = dict(recipe.student.params)
     return StudentSpec(recipe.student.name, params, bundle.num_classes, bundle.input_shape, tokenizer)
 

@@ -14,9 +14,18 @@ from kdforge.engine.rundir import RunDir
 from kdforge.engine.terms import parse_objectives
 from kdforge.engine.trainer import get_accelerator
 from kdforge.evaluate import model_profile
+from kdforge.files import atomic_replace_dir
+from kdforge.models.hf import is_hf_student, save_hf_folder, tokenizer_folder, tokenizer_name
 from kdforge.recipe import Recipe, dump
 from kdforge.registry import STRATEGIES
-from kdforge.strategies.provision import build, load_data, loaders, provide_teacher, require_classification
+from kdforge.strategies.provision import (
+    build,
+    load_data,
+    loaders,
+    model_folder,
+    provide_teacher,
+    require_classification,
+)
 from kdforge.strategies.stage import Stage, run_stage
 
 SUMMARY = "summary.json"
@@ -88,6 +97,12 @@ def offline(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome
         "test": (kept or {}).get("test"),
         "teacher": teacher_info,
     }
+    if acc.is_main_process and is_hf_student(student):
+        # A Hugging Face student leaves the run as a folder `from_pretrained` loads (config, weights, tokenizer).
+        name = tokenizer_name(recipe.data.name, dict(recipe.data.params))
+        tokenizer = tokenizer_folder(model_folder(recipe, name) if name in ("teacher", "student") else name)
+        atomic_replace_dir(lambda tmp: save_hf_folder(student, tmp, tokenizer), run_dir.path / "student_hf")
+        summary["hf_folder"] = str(run_dir.path / "student_hf")
     if acc.is_main_process and recipe.profile:
         summary["profile"] = model_profile(student.to("cpu"), example_inputs(bundle.test, 256))
     run_dir.write_json(SUMMARY, summary)
