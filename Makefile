@@ -53,7 +53,7 @@ bench-deps: setup
 	scripts/get-austen.sh
 
 bench: bench-deps
-	cd benchmarks && ../$(BIN)/python fmnist_methods.py && ../$(BIN)/python label_scarce.py && ../$(BIN)/python overhead.py && ../$(BIN)/python ddp_compare.py && ../$(BIN)/python store_throughput.py && ../$(BIN)/python sparse_codecs.py && ../$(BIN)/python shard_format.py \
+	cd benchmarks && ../$(BIN)/python fmnist_methods.py && ../$(BIN)/python label_scarce.py && ../$(BIN)/python overhead.py && ../$(BIN)/python ddp_compare.py && ../$(BIN)/python store_throughput.py && ../$(BIN)/python sparse_codecs.py && ../$(BIN)/python sparse_memory.py && ../$(BIN)/python shard_format.py \
 		&& ../$(BIN)/python text_store.py && ../$(BIN)/python store_views.py && ../$(BIN)/python store_streaming.py && ../$(BIN)/python softmax_rows.py && ../$(BIN)/python demo_time.py && ../$(BIN)/python report.py
 
 clean:

@@ -28,7 +28,7 @@ from kdforge.data.idx import read_idx
 from kdforge.runner import resolve
 from kdforge.strategies.provision import load_data
 
-from common import accuracy_record, mean_std, run_recipe, save
+from common import accuracy_record, adamw_cosine, mean_std, run_recipe, save
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -64,12 +64,7 @@ def recipe(source: str, root: str, seed: int, epochs: float) -> dict[str, Any]:
         "data": {**data, "batch_size": 128},
         "student": {"name": "mlp", "params": {"hidden": [256]}},
         "objectives": {"ce": 1.0},
-        "train": {
-            "epochs": epochs,
-            "optimizer": {"name": "adamw", "lr": 0.002},
-            "schedule": {"name": "cosine"},
-            "log_every": 1000,
-        },
+        "train": adamw_cosine(epochs),
         "profile": False,
     }
 

@@ -12,7 +12,7 @@ import argparse
 import itertools
 from typing import Any
 
-from common import accuracy_record, load_previous, mean_std, run_recipe, save
+from common import accuracy_record, adamw_cosine, load_previous, mean_std, run_recipe, save
 
 TEACHER = {
     "kind": "precomputed",
@@ -49,12 +49,7 @@ def base(setting: dict[str, Any], epochs: float, seed: int) -> dict[str, Any]:
         },
         "teacher": TEACHER,
         "student": setting["student"],
-        "train": {
-            "epochs": epochs,
-            "optimizer": {"name": "adamw", "lr": 0.002},
-            "schedule": {"name": "cosine"},
-            "log_every": 1000,
-        },
+        "train": adamw_cosine(epochs),
         "profile": False,
     }
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -11,10 +10,9 @@ from typing import Any
 import pytest
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 import kdforge
+from kdforge.evaluate.memory import peak_backward_bytes
 from kdforge.objectives.sparse import sparse_forward_kl, sparse_jsd, sparse_reverse_kl, sparse_teacher, sparse_tv
 from kdforge.signals import SparseSignal
 
@@ -182,44 +180,9 @@ def test_no_nan_where_the_student_probability_underflows() -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-class PeakBytes(TorchDispatchMode):
-    """Bytes of the storages created inside this mode, each counted until it is freed; records the peak."""
-
-    def __init__(self, *outside: Tensor) -> None:
-        super().__init__()
-        # Storages made before the mode (the inputs) are not counted, even when an op returns a view of one.
-        self.seen = {t.untyped_storage()._cdata for t in outside}
-        self.live = 0
-        self.peak = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, Tensor):
-                self._track(t.untyped_storage())
-        return out
-
-    def _track(self, storage: torch.UntypedStorage) -> None:
-        key, size = storage._cdata, storage.nbytes()
-        if key in self.seen:
-            return
-        self.seen.add(key)
-        self.live += size
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(storage, self._free, key, size)
-
-    def _free(self, key: int, size: int) -> None:
-        self.seen.discard(key)
-        self.live -= size
-
-
 def _peak_bytes(loss: Callable[[Tensor], Tensor], s: Tensor, sig: SparseSignal) -> int:
     """Peak live bytes of loss(s).backward(), the student's .grad included."""
-    s.grad = None
-    with PeakBytes(s, sig.ids, sig.logprobs, sig.tail) as mode:
-        loss(s).backward()
-    s.grad = None
-    return mode.peak
+    return peak_backward_bytes(loss, s, sig.ids, sig.logprobs, sig.tail)
 
 
 def test_memory_no_vocabulary_sized_teacher_tensor() -> None:

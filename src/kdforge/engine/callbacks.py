@@ -53,29 +53,27 @@ class CallbackList(Callback):
     def __init__(self, callbacks: Sequence[Callback]):
         self.callbacks = list(callbacks)
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def _each(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
-            cb.on_fit_start(trainer)
+            getattr(cb, hook)(*args)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._each("on_fit_start", trainer)
 
     def on_batch_end(self, trainer: Trainer, out: Any) -> None:
-        for cb in self.callbacks:
-            cb.on_batch_end(trainer, out)
+        self._each("on_batch_end", trainer, out)
 
     def on_optimizer_step(self, trainer: Trainer, step: int) -> None:
-        for cb in self.callbacks:
-            cb.on_optimizer_step(trainer, step)
+        self._each("on_optimizer_step", trainer, step)
 
     def on_evaluate(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        for cb in self.callbacks:
-            cb.on_evaluate(trainer, record)
+        self._each("on_evaluate", trainer, record)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
-        for cb in self.callbacks:
-            cb.on_epoch_end(trainer, epoch)
+        self._each("on_epoch_end", trainer, epoch)
 
     def on_fit_end(self, trainer: Trainer, result: Any) -> None:
-        for cb in self.callbacks:
-            cb.on_fit_end(trainer, result)
+        self._each("on_fit_end", trainer, result)
 
 
 class StopRequest:

@@ -113,7 +113,7 @@ def write_hf(student: nn.Module, spec: StudentSpec, folder: Path, example: dict[
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    # The exporter logs missing optional ops (torchvision) and warns about tracing details; none concern the user.
+    # The exporter logs missing optional vision ops and warns about tracing details; none concern the user.
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
