@@ -199,6 +199,67 @@ def export(
             out.print(line, soft_wrap=True, highlight=False)
 
 
+def _job_tree(recipe: str, overrides: list[str] | None) -> tuple[dict[str, Any], str]:
+    """A job recipe file with key=value overrides applied, and the name errors refer to it by."""
+    from kdforge.recipe import apply_overrides, load_yaml
+
+    return apply_overrides(load_yaml(recipe), list(overrides or [])), f"recipe {recipe!r}"
+
+
+@app.command()
+def annotate(
+    recipe: Annotated[str, typer.Argument(help="an annotate recipe (teacher + annotate sections)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides")] = None,
+) -> None:
+    """Label unlabeled texts with an LLM or embedding teacher; writes annotations, labeled.parquet and a report."""
+    from kdforge.llm.annotate import annotate as run_annotate
+    from kdforge.llm.annotate import load_recipe
+    from kdforge.llm.summaries import annotate_lines
+
+    tree, source = _job_tree(recipe, overrides)
+    summary = run_annotate(load_recipe(tree, source))
+    for line in annotate_lines(summary):
+        out.print(line, soft_wrap=True, highlight=False)
+
+
+@app.command()
+def teach(
+    recipe: Annotated[str, typer.Argument(help="a training recipe with a teach section (strategy teaching_loop)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides")] = None,
+) -> None:
+    """Teach in a loop: train, find the student's dev errors, let the LLM teacher add targeted data, retrain."""
+    from kdforge.llm.summaries import teach_lines
+    from kdforge.recipe import load_yaml
+    from kdforge.runner import resolve
+    from kdforge.runner import run as run_recipe
+
+    resolved = resolve({**load_yaml(recipe), "strategy": "teaching_loop"}, list(overrides or []))
+    result = run_recipe(resolved)
+    for summary in result["runs"].values():
+        for line in teach_lines(summary):
+            out.print(line, soft_wrap=True, highlight=False)
+    out.print(f"run folder: {result['run_dir']}")
+
+
+@app.command()
+def generate(
+    recipe: Annotated[str, typer.Argument(help="a recipe with a generate section (or a rationales section)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides")] = None,
+) -> None:
+    """Synthesise labelled examples (de-duplicated, filtered by re-annotation), or rationales for a student LM."""
+    from kdforge.llm import generate as synth
+    from kdforge.llm import rationales
+    from kdforge.llm.summaries import generate_lines
+
+    tree, source = _job_tree(recipe, overrides)
+    if "rationales" in tree:
+        summary = rationales.rationales(rationales.load_recipe(tree, source))
+    else:
+        summary = synth.generate(synth.load_recipe(tree, source))
+    for line in generate_lines(summary):
+        out.print(line, soft_wrap=True, highlight=False)
+
+
 def _fail(label: str, message: str | None, code: int) -> NoReturn:
     """Print one line ``label: message`` on stderr (the traceback first with --debug) and exit with ``code``."""
     if _options["debug"] and sys.exc_info()[0] is not None:

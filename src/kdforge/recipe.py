@@ -149,6 +149,7 @@ class Recipe(Strict):
     output_dir: str = "runs"
     profile: bool = True
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    teach: dict[str, Any] | None = Field(None, description="strategy teaching_loop: its rounds and LLM teacher")
 
     @field_validator("name")
     @classmethod

@@ -1,3 +1,3 @@
 """Strategies: who teaches whom, when. Each is one file registered in STRATEGIES."""
 
-from kdforge.strategies import offline  # noqa: F401
+from kdforge.strategies import offline, teaching_loop  # noqa: F401

@@ -1,0 +1,358 @@
+"""The ``served`` backend: any OpenAI-compatible endpoint (vLLM, llama.cpp, TGI, transformers serve, a hosted API).
+
+Requests spread over one or several base URLs (the least busy first), at most ``concurrency`` in flight; 429, 5xx,
+timeouts, malformed or truncated bodies are retried with exponential backoff and jitter, honouring ``Retry-After``.
+What cannot succeed stops the job with one line naming the server and the request count: a refused API key (401/403),
+a model the server does not know, every server unreachable, or a storm of failures in a row. One request that still
+fails after its retries (or a prompt over the context length) is recorded as failed for its text, never guessed.
+The API key is read from the environment variable the recipe names and travels only in the Authorization header:
+cache keys, errors and summaries never see it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import ConfigDict, Field, field_validator
+
+from kdforge.errors import ConfigError, KdforgeError
+from kdforge.llm.backend import Completion, GenParams, Usage
+from kdforge.llm.cache import RequestCache, request_key
+from kdforge.recipe import TeacherConfig
+
+Message = dict[str, str]
+Prompt = str | list[Message]
+
+
+class ServerError(KdforgeError):
+    """The job cannot go on: the server refuses the key, does not know the model, or cannot be reached."""
+
+
+class RequestFailed(Exception):  # noqa: N818 (an outcome recorded per text, like StopIteration)
+    """One request failed for good (after its retries, or at once for a prompt over the context length)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ServedConfig(TeacherConfig):
+    """``teacher: {kind: served, ...}``: an OpenAI-compatible server (or several serving the same model)."""
+
+    model_config = ConfigDict(extra="forbid")
+    base_urls: list[str] = Field(min_length=1, description="e.g. [http://127.0.0.1:8080/v1]; requests spread over all")
+    model: str = Field(min_length=1, description="the model name sent in each request")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
+    endpoint: Literal["chat", "completions"] = "chat"
+    concurrency: int = Field(4, ge=1, le=256, description="requests in flight at once, over all servers")
+    timeout: float = Field(60.0, gt=0, description="seconds per request")
+    max_retries: int = Field(5, ge=0)
+    backoff: float = Field(0.5, ge=0, description="first retry wait in seconds; doubles each retry, plus jitter")
+    max_backoff: float = Field(30.0, ge=0)
+    max_failures_in_row: int = Field(25, ge=1, description="stop the job after this many failed requests in a row")
+    price_prompt: float = Field(0.0, ge=0, description="cost per million prompt tokens")
+    price_completion: float = Field(0.0, ge=0, description="cost per million completion tokens")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="sent with every request, e.g. repeat_penalty")
+
+    @field_validator("base_urls", mode="before")
+    @classmethod
+    def _one_url(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("base_urls")
+    @classmethod
+    def _http(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return [url.rstrip("/") for url in value]
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _message(body: Any) -> str:
+    """The error text a server put in its JSON body (OpenAI style ``{"error": {"message"}}`` or ``{"detail"}``)."""
+    if isinstance(body, dict):
+        err = body.get("error", body.get("detail", body.get("message")))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        return " ".join(str(err).split())[:200]
+    return " ".join(str(body).split())[:200]
+
+
+_CONTEXT_WORDS = ("context length", "context window", "context_length", "maximum context", "too many tokens", "n_ctx")
+
+
+class ServedBackend:
+    """An OpenAI-compatible teacher with a request cache, spread over ``cfg.base_urls``."""
+
+    def __init__(self, cfg: ServedConfig, cache: RequestCache | None = None):
+        import httpx  # the `llm` extra; imported here so kdforge imports without it
+
+        self.cfg = cfg
+        self.cache = cache
+        self.usage = Usage(per_server={url: 0 for url in cfg.base_urls})
+        self.fingerprint = f"served:{cfg.model}"
+        self._key = None
+        if cfg.api_key_env:
+            self._key = os.environ.get(cfg.api_key_env)
+            if not self._key:
+                raise ConfigError(f"teacher.api_key_env={cfg.api_key_env!r}: that environment variable is not set")
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
+        self._http = httpx.Client(headers=headers, limits=limits, timeout=httpx.Timeout(cfg.timeout, connect=10.0))
+        self._httpx = httpx
+        self._lock = threading.Lock()
+        self._inflight = [0] * len(cfg.base_urls)
+        self._down = [False] * len(cfg.base_urls)
+        self._in_row = 0
+        self._pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="kdforge-served")
+        self._rng = random.Random()
+
+    # -- one request -------------------------------------------------------------------------------------------
+    def _pick(self) -> int:
+        with self._lock:
+            up = [i for i, down in enumerate(self._down) if not down] or list(range(len(self._down)))
+            i = min(up, key=lambda j: (self._inflight[j], self.usage.per_server[self.cfg.base_urls[j]]))
+            self._inflight[i] += 1
+            return i
+
+    def _wait(self, attempt: int, asked: float | None) -> None:
+        base = min(self.cfg.max_backoff, self.cfg.backoff * (2**attempt))
+        time.sleep(max(asked, base) if asked is not None else base * (0.5 + self._rng.random()))
+
+    def _stop(self, url: str, what: str) -> ServerError:
+        text = f"server {url}: {what} (after {self.usage.requests} requests)"
+        if self._key:
+            text = text.replace(self._key, "***")
+        return ServerError(text)
+
+    def _failed(self, reason: str) -> RequestFailed:
+        with self._lock:
+            self.usage.failed += 1
+            self._in_row += 1
+            in_row = self._in_row
+        if in_row >= self.cfg.max_failures_in_row:
+            raise self._stop(
+                ", ".join(self.cfg.base_urls), f"{in_row} requests in a row failed (last: {reason}); stopping"
+            )
+        return RequestFailed(reason if not self._key else reason.replace(self._key, "***"))
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` (``model`` added) to ``path`` of the least busy server, retrying what may pass next time."""
+        body = {"model": self.cfg.model, **self.cfg.extra_body, **body}
+        reason = "no attempt"
+        for attempt in range(self.cfg.max_retries + 1):
+            i = self._pick()
+            url = self.cfg.base_urls[i]
+            asked: float | None = None
+            try:
+                with self._lock:
+                    self.usage.requests += 1
+                    self.usage.per_server[url] += 1
+                    if attempt:
+                        self.usage.retries += 1
+                response = self._http.post(url + path, json=body)
+                raw = response.content  # reading the body may itself time out or break off
+            except self._httpx.TimeoutException:
+                reason = f"timed out after {self.cfg.timeout:g} s"
+            except self._httpx.TransportError as err:
+                reason = f"unreachable ({type(err).__name__}: {' '.join(str(err).split())[:120]})"
+                with self._lock:
+                    self._down[i] = isinstance(err, self._httpx.ConnectError)
+                    every_down = all(self._down)
+                # Every server refusing connections through all retries: the job cannot go on (a typo in the URL,
+                # a server that is not started or died); a single refusal may be a restart, so it is retried.
+                if every_down and attempt == self.cfg.max_retries:
+                    raise self._stop(url, f"cannot be reached: {reason}") from None
+            else:
+                with self._lock:
+                    self._down[i] = False
+                status = response.status_code
+                try:
+                    data = json.loads(raw)
+                except ValueError:
+                    data = None
+                if status in (401, 403):
+                    hint = f"; check ${self.cfg.api_key_env}" if self.cfg.api_key_env else "; set teacher.api_key_env"
+                    raise self._stop(url, f"HTTP {status} {_message(data or raw[:200])}{hint}")
+                if status == 404:
+                    text = _message(data or raw[:200])
+                    if "model" in text.lower():
+                        raise self._stop(url, f"does not know model {self.cfg.model!r} (HTTP 404: {text})")
+                    raise self._stop(url, f"has no endpoint {path} (HTTP 404); is the base URL right (…/v1)?")
+                if status == 400 or status == 413 or status == 422:
+                    text = _message(data or raw[:200])
+                    if any(word in text.lower() for word in _CONTEXT_WORDS):
+                        raise self._failed(f"prompt over the context length ({text})")
+                    if "model" in text.lower() and ("not found" in text.lower() or "does not exist" in text.lower()):
+                        raise self._stop(url, f"does not know model {self.cfg.model!r} (HTTP {status}: {text})")
+                    raise self._failed(f"HTTP {status}: {text}")
+                if status == 429 or status >= 500:
+                    reason = f"HTTP {status} {_message(data or raw[:200])}".strip()
+                    asked = retry_after(response.headers.get("retry-after"))
+                elif data is None:
+                    reason = "malformed or truncated JSON body"
+                elif not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
+                    reason = "a body without choices"
+                else:
+                    self._account(data)
+                    return data
+            finally:
+                with self._lock:
+                    self._inflight[i] -= 1
+            if attempt < self.cfg.max_retries:
+                self._wait(attempt, asked)
+        raise self._failed(f"{reason} (after {self.cfg.max_retries + 1} attempts)")
+
+    def _account(self, data: dict[str, Any]) -> None:
+        usage = data.get("usage") or {}
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        with self._lock:
+            self._in_row = 0
+            self.usage.prompt_tokens += prompt
+            self.usage.completion_tokens += completion
+            self.usage.cost += (prompt * self.cfg.price_prompt + completion * self.cfg.price_completion) / 1e6
+
+    def cached(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``post`` through the request cache: a request made before (by any process) is not sent again."""
+        key = request_key({"path": path, "model": self.cfg.model, "extra": self.cfg.extra_body, "body": body})
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                with self._lock:
+                    self.usage.cached += 1
+                return hit
+        data = self.post(path, body)
+        if self.cache is not None:
+            self.cache.put(key, data)
+        return data
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """``fn`` over ``items`` on the request threads; a RequestFailed becomes None, a ServerError stops all."""
+
+        def guarded(item: Any) -> Any:
+            try:
+                return fn(item)
+            except RequestFailed as err:
+                return err
+
+        return list(self._pool.map(guarded, items))
+
+    # -- the Backend protocol ----------------------------------------------------------------------------------
+    def score(self, prompts: list[str], continuations: list[str]) -> np.ndarray:
+        """Summed log-probability of each continuation after each prompt (completions with echo; NaN = failed)."""
+        pairs = [(p, c) for p in prompts for c in continuations]
+        scores = self.map(lambda pair: self._score_one(*pair), pairs)
+        out = np.array([np.nan if isinstance(s, RequestFailed) else s for s in scores], dtype=np.float64)
+        return out.reshape(len(prompts), len(continuations))
+
+    def _score_one(self, prompt: str, continuation: str) -> float:
+        body = {"prompt": prompt + continuation, "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0.0}
+        data = self.cached("/completions", body)
+        return continuation_logprob(data, len(prompt), len(prompt) + len(continuation), self.cfg.base_urls[0])
+
+    def request_body(self, prompt: Prompt, params: GenParams, sample: int, top_logprobs: int) -> tuple[str, dict]:
+        """The endpoint and JSON body for one completion; ``sample`` varies the seed of the ``sample``-th draw."""
+        body: dict[str, Any] = {
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": params.seed + sample,
+        }
+        if params.stop:
+            body["stop"] = list(params.stop)
+        chat = self.cfg.endpoint == "chat" or not isinstance(prompt, str)
+        if chat:
+            body["messages"] = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            if top_logprobs:
+                body.update(logprobs=True, top_logprobs=top_logprobs)
+            return "/chat/completions", body
+        body["prompt"] = prompt
+        if top_logprobs:
+            body["logprobs"] = top_logprobs
+        return "/completions", body
+
+    def complete(self, prompt: Prompt, params: GenParams, sample: int = 0, top_logprobs: int = 0) -> Completion:
+        """One completion (cached), with the first token's top log-probabilities when asked and given."""
+        path, body = self.request_body(prompt, params, sample, top_logprobs)
+        data = self.cached(path, body)
+        return parse_completion(data)
+
+    def generate(self, prompts: list[Prompt], params: GenParams) -> list[Any]:  # type: ignore[override]
+        """``params.n`` completions per prompt, one request each (servers differ in supporting ``n``); a prompt whose
+        request failed gets its RequestFailed (the reason) instead of a list."""
+        jobs = [(p, s) for p in range(len(prompts)) for s in range(params.n)]
+        done = self.map(lambda job: self.complete(prompts[job[0]], params, job[1]), jobs)
+        out: list[Any] = [[] for _ in prompts]
+        for (p, _), result in zip(jobs, done, strict=True):
+            if isinstance(result, RequestFailed):
+                out[p] = result  # the reason travels to the text's record
+            elif isinstance(out[p], list):
+                out[p].append(result)
+        return out
+
+    def close(self) -> None:
+        """Stop the request threads and close the connections."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._http.close()
+
+
+def continuation_logprob(data: dict[str, Any], start: int, end: int, url: str) -> float:
+    """Sum of the echoed token log-probabilities whose text starts in [start, end) (the continuation's tokens)."""
+    logprobs = (data["choices"][0] or {}).get("logprobs") or {}
+    tokens, values, offsets = logprobs.get("tokens"), logprobs.get("token_logprobs"), logprobs.get("text_offset")
+    if not tokens or values is None or offsets is None:
+        raise ServerError(
+            f"server {url}: /completions returned no echoed token log-probabilities; label scoring needs a server "
+            "that gives them (llama.cpp, vLLM); use method vote or answer with this one"
+        )
+    total, seen = 0.0, False
+    for value, offset in zip(values, offsets, strict=False):
+        if start <= offset < end and value is not None:
+            total += float(value)
+            seen = True
+    if not seen:
+        raise RequestFailed("the echoed tokens do not cover the continuation")
+    return total
+
+
+def parse_completion(data: dict[str, Any]) -> Completion:
+    """Text, finish reason and (when present) the first generated token's top log-probabilities."""
+    choice = data["choices"][0] or {}
+    message = choice.get("message") or {}
+    text = message.get("content") if message else choice.get("text")
+    top: dict[str, float] | None = None
+    logprobs = choice.get("logprobs")
+    if isinstance(logprobs, dict):
+        content = logprobs.get("content")
+        if content:  # chat: [{token, logprob, top_logprobs: [{token, logprob}]}]
+            first = content[0] or {}
+            top = {t["token"]: float(t["logprob"]) for t in first.get("top_logprobs") or [] if "token" in t}
+            top = top or ({first["token"]: float(first["logprob"])} if "token" in first else None)
+        elif logprobs.get("top_logprobs"):  # completions: [{token: logprob}] per position
+            top = {k: float(v) for k, v in (logprobs["top_logprobs"][0] or {}).items()}
+    return Completion(text=text or "", top_logprobs=top or None, finish_reason=str(choice.get("finish_reason")))
