@@ -203,3 +203,33 @@ _register("reuters_r8", "reuters-r8")
 _register("reuters_r52", "reuters-r52")
 _register("newsgroups20", "20newsgroups")
 _register_lm("reuters_r8_lm", "reuters-r8")
+
+
+def export_tab_files(
+    stem: str, folder: str | Path, sizes: dict[str, tuple[str, int | None]], seed: int = 0
+) -> dict[str, Path]:
+    """Write seeded random subsets of an Orange text set as JSONL files (``text``, ``label``), one per split.
+
+    ``sizes`` maps an output split to (source file ``train`` or ``test``, row count or None for the rest); splits
+    drawn from one source never overlap. For the LLM-teacher jobs and their benchmarks, which read the user's files.
+    """
+    import json
+    import random
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = {part: read_tab(orange_datasets_dir() / f"{stem}-{part}.tab") for part in ("train", "test")}
+    orders = {part: random.Random(seed).sample(range(len(texts)), len(texts)) for part, (texts, _) in sources.items()}
+    taken = {"train": 0, "test": 0}
+    written = {}
+    for split, (part, size) in sizes.items():
+        texts, labels = sources[part]
+        start = taken[part]
+        end = len(texts) if size is None else min(len(texts), start + size)
+        taken[part] = end
+        path = out / f"{split}.jsonl"
+        with open(path, "w", encoding="utf-8") as f:
+            for i in orders[part][start:end]:
+                f.write(json.dumps({"text": texts[i], "label": labels[i]}, ensure_ascii=False) + "\n")
+        written[split] = path
+    return written
