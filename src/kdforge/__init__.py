@@ -6,7 +6,7 @@ from kdforge import teachers
 from kdforge.capture import Recorder
 from kdforge.engine.balancer import Balancer
 from kdforge.engine.distiller import Distiller, DistillOutput
-from kdforge.llm import teachers as llm_teachers  # registers the teacher kinds served, local, embedding
+from kdforge.llm import teachers as llm_teachers  # noqa: F401  registers the teacher kinds served, local, embedding
 from kdforge.objectives import Objective, objective
 from kdforge.registry import DATASETS, MODELS, OBJECTIVES, STRATEGIES, TEACHERS
 from kdforge.signals import DenseSignal, FeatureSignal, Needs, SparseSignal, StudentOutput, TeacherOutput

@@ -22,7 +22,7 @@ class GenParams:
 
 @dataclass
 class Completion:
-    """One generated text; ``top_logprobs`` maps candidate first tokens to log-probabilities when the backend has them."""
+    """One generated text; ``top_logprobs``: candidate first tokens → log-probabilities, when the backend has them."""
 
     text: str
     top_logprobs: dict[str, float] | None = None

@@ -62,6 +62,13 @@ class ServedConfig(TeacherConfig):
     price_prompt: float = Field(0.0, ge=0, description="cost per million prompt tokens")
     price_completion: float = Field(0.0, ge=0, description="cost per million completion tokens")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="sent with every request, e.g. repeat_penalty")
+    score_prefix: str = Field("", description="text put before every scored prompt, e.g. a BOS token the server omits")
+    score_mode: Literal["echo", "next_token"] = Field(
+        "echo",
+        description="label scoring: one echoed request per label (exact), or the next-token top log-probabilities "
+        "walked token by token (no echo: fast on servers whose echo is slow, exact while each token is in the top)",
+    )
+    score_top: int = Field(1000, ge=1, le=20000, description="next_token: how many top log-probabilities to ask for")
 
     @field_validator("base_urls", mode="before")
     @classmethod
@@ -129,6 +136,8 @@ class ServedBackend:
         self._inflight = [0] * len(cfg.base_urls)
         self._down = [False] * len(cfg.base_urls)
         self._in_row = 0
+        self._echo_checked = False
+        self._steps: dict[str, dict[str, float] | None] = {}
         self._pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="kdforge-served")
         self._rng = random.Random()
 
@@ -265,15 +274,86 @@ class ServedBackend:
     # -- the Backend protocol ----------------------------------------------------------------------------------
     def score(self, prompts: list[str], continuations: list[str]) -> np.ndarray:
         """Summed log-probability of each continuation after each prompt (completions with echo; NaN = failed)."""
+        self.check_echo()
         pairs = [(p, c) for p in prompts for c in continuations]
         scores = self.map(lambda pair: self._score_one(*pair), pairs)
         out = np.array([np.nan if isinstance(s, RequestFailed) else s for s in scores], dtype=np.float64)
         return out.reshape(len(prompts), len(continuations))
 
     def _score_one(self, prompt: str, continuation: str) -> float:
-        body = {"prompt": prompt + continuation, "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0.0}
+        if self.cfg.score_mode == "next_token":
+            return self._walk(prompt, continuation)
+        body = {
+            "prompt": self.cfg.score_prefix + prompt + continuation,
+            "max_tokens": 1,  # 0 means "up to the context length" to llama.cpp
+            "echo": True,
+            "logprobs": 1,
+            "temperature": 0.0,
+        }
         data = self.cached("/completions", body)
-        return continuation_logprob(data, len(prompt), len(prompt) + len(continuation), self.cfg.base_urls[0])
+        return continuation_logprob(data, prompt, continuation, self.cfg.base_urls[0])
+
+    def _walk(self, prompt: str, continuation: str) -> float:
+        """log p(continuation | prompt) token by token from each step's top log-probabilities (one request per step,
+        shared by every label with the same prefix, so the prompt's first step is asked once).
+
+        The continuation's tokens are the server's own (an echo of the prompt's last characters + continuation, which
+        is short, so fast even where echo is slow). A token below the top ``score_top`` gets the lowest of them: an
+        upper bound on its log-probability.
+        """
+        total, done = 0.0, ""
+        for token in self._split(prompt, continuation):
+            body = {"prompt": self.cfg.score_prefix + prompt + done, "max_tokens": 1, "logprobs": self.cfg.score_top,
+                    "temperature": 0.0}  # fmt: skip
+            key = json.dumps(body, sort_keys=True)
+            if key not in self._steps:  # every label's first step is the same request: asked once per prompt
+                self._steps[key] = parse_completion(self.cached("/completions", body)).top_logprobs
+            top = self._steps[key]
+            if not top:
+                raise ServerError(
+                    f"server {self.cfg.base_urls[0]}: /completions returned no top log-probabilities; "
+                    "score_mode next_token needs a server that gives them"
+                )
+            total += top.get(token, min(top.values()))
+            done += token
+        return total
+
+    def _split(self, prompt: str, continuation: str) -> list[str]:
+        """The server's tokens for ``continuation`` after the end of ``prompt`` (from an echo of a short context)."""
+        context = prompt[-24:]
+        body = {"prompt": self.cfg.score_prefix + context + continuation, "max_tokens": 1, "echo": True, "logprobs": 0,
+                "temperature": 0.0}  # fmt: skip
+        tokens = ((self.cached("/completions", body)["choices"][0] or {}).get("logprobs") or {}).get("tokens") or []
+        joined, starts = "", []
+        for token in tokens:
+            starts.append(len(joined))
+            joined += token or ""
+        base = joined.find(context + continuation)
+        if base < 0:
+            raise RequestFailed("the echoed tokens do not spell the continuation")
+        begin, end = base + len(context), base + len(context) + len(continuation)
+        picked = [t for t, at in zip(tokens, starts, strict=True) if begin <= at < end]
+        if "".join(picked) != continuation:
+            raise RequestFailed(f"the server's tokens of {continuation!r} straddle the prompt's end")
+        return picked
+
+    def check_echo(self) -> None:
+        """Refuse echoed log-probabilities that are visibly wrong before any label is scored with them.
+
+        llama-cpp-python shifts them by one token for a model that adds no BOS token (SmolLM2): every text would then
+        be labelled by garbage. The probe's continuation is near-certain, so a shifted echo is far below the bound.
+        """
+        if self._echo_checked or self.cfg.score_mode != "echo":
+            return
+        value = self._score_one(PROBE_PROMPT, PROBE_CONTINUATION)
+        if value < -4.0:
+            raise self._stop(
+                self.cfg.base_urls[0],
+                f"its echoed log-probabilities look shifted (log p({PROBE_CONTINUATION!r} after '1, 2, …, 19,') = "
+                f"{value:.1f}); llama-cpp-python shifts them for a model without a BOS token: set "
+                "teacher.score_prefix to the model's BOS text (SmolLM2: '<|im_start|>')",
+            )
+        self._echo_checked = True
 
     def request_body(self, prompt: Prompt, params: GenParams, sample: int, top_logprobs: int) -> tuple[str, dict]:
         """The endpoint and JSON body for one completion; ``sample`` varies the seed of the ``sample``-th draw."""
@@ -321,23 +401,36 @@ class ServedBackend:
         self._http.close()
 
 
-def continuation_logprob(data: dict[str, Any], start: int, end: int, url: str) -> float:
-    """Sum of the echoed token log-probabilities whose text starts in [start, end) (the continuation's tokens)."""
+def continuation_logprob(data: dict[str, Any], prompt: str, continuation: str, url: str) -> float:
+    """Sum of the echoed log-probabilities of the continuation's tokens.
+
+    The tokens are found by their own text, not by ``text_offset``: servers differ in whether the offsets count a BOS
+    token or a prefix, and whether the generated token is listed after the echo.
+    """
     logprobs = (data["choices"][0] or {}).get("logprobs") or {}
-    tokens, values, offsets = logprobs.get("tokens"), logprobs.get("token_logprobs"), logprobs.get("text_offset")
-    if not tokens or values is None or offsets is None:
+    tokens, values = logprobs.get("tokens"), logprobs.get("token_logprobs")
+    if not tokens or values is None:
         raise ServerError(
             f"server {url}: /completions returned no echoed token log-probabilities; label scoring needs a server "
-            "that gives them (llama.cpp, vLLM); use method vote or answer with this one"
+            "that gives them (llama.cpp, vLLM); use method logprobs, vote or answer with this one"
         )
-    total, seen = 0.0, False
-    for value, offset in zip(values, offsets, strict=False):
-        if start <= offset < end and value is not None:
-            total += float(value)
-            seen = True
-    if not seen:
+    joined, starts = "", []
+    for token in tokens:
+        starts.append(len(joined))
+        joined += token or ""
+    full = prompt + continuation
+    base = joined.find(full)
+    if base < 0:
+        raise RequestFailed("the echoed tokens do not spell the prompt and continuation")
+    begin, end = base + len(prompt), base + len(full)
+    picked = [v for v, at in zip(values, starts, strict=False) if begin <= at < end]
+    if not picked or any(v is None for v in picked):
         raise RequestFailed("the echoed tokens do not cover the continuation")
-    return total
+    return float(sum(picked))
+
+
+# A continuation any language model finds near-certain: the echo check's probe.
+PROBE_PROMPT, PROBE_CONTINUATION = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,", " 20"
 
 
 def parse_completion(data: dict[str, Any]) -> Completion:

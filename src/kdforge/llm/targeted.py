@@ -1,7 +1,8 @@
 """Targeted data for the teaching loop: the pool texts nearest the student's errors, or new examples written near them.
 
 Active selection ranks an unlabeled pool by TF-IDF cosine similarity to the dev examples the student got wrong (cheap,
-no model); LLM2LLM-style generation asks the teacher for a new example like each wrong one, labelled with its gold label.
+no model); LLM2LLM-style generation asks the teacher for a new example like each wrong one, labelled with its gold
+label.
 The controls pick the same number of pool texts, or seed examples, at random.
 """
 
@@ -16,7 +17,7 @@ from kdforge.llm.generate import clean
 
 
 def nearest(queries: Sequence[str], pool: Sequence[str], available: np.ndarray, count: int) -> list[int]:
-    """``count`` pool positions (among ``available``) nearest the queries, taken round-robin so every query gets some."""
+    """``count`` pool positions (of ``available``) nearest the queries, taken round-robin so every query gets some."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     if count <= 0 or not len(available) or not queries:
