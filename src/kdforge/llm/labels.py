@@ -1,8 +1,8 @@
 """The label set an LLM teacher labels into: names, verbalizers, descriptions, prompts, and answer parsing.
 
 A label's *name* is what the data set calls it (``earn``); its *verbalizer* is the word the teacher is asked or
-scored by (``earnings``), which may differ; its *description* is what an embedding teacher compares a text with. Parsing never
-guesses: an answer that names no label, or names two, is unknown.
+scored by (``earnings``), which may differ; its *description* is what an embedding teacher compares a text with.
+Parsing never guesses: an answer that names no label, or names two, is unknown.
 """
 
 from __future__ import annotations
