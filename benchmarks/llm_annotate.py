@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 
 from kdforge.llm import assets
 from kdforge.llm.annotate import annotate, load_recipe
-from llm_common import BASE_PROMPT, CHAT_PROMPT, LABELS, r8_files, server, student_recipe
+from llm_common import BASE_PROMPT, CHAT_PROMPT, LABELS, bench_folder, r8_files, server, student_recipe
 
 from common import mean_std, run_recipe, save
 
@@ -57,7 +56,7 @@ def students(name: str, labeled: Path, test: Path, gold_train: Path) -> dict[str
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-    work = Path(tempfile.mkdtemp(prefix="kdforge-llm-annotate-"))
+    work = bench_folder("llm_annotate")
     files = r8_files(work, {"train": ("train", n), "test": ("test", None)})
     teachers: dict[str, Any] = {}
 

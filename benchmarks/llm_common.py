@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +31,13 @@ CHAT_PROMPT = {
     "template": "Article: {text}\nTopic:",
     "max_chars": 1000,
 }
+
+
+def bench_folder(name: str) -> Path:
+    """A benchmark's working folder, kept between runs so its request cache makes a re-run cheap."""
+    folder = Path(os.environ.get("KDFORGE_BENCH_WORK", "~/.cache/kdforge/bench")).expanduser() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def r8_files(folder: Path, sizes: dict[str, tuple[str, int | None]], seed: int = 0) -> dict[str, Path]:

@@ -8,14 +8,14 @@ the same teacher (MiniLM, zero-shot); 2 seeds.
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
 from kdforge.engine.rundir import RunDir
 from kdforge.runner import resolve
 from kdforge.strategies.teaching_loop import teaching_loop
-from llm_common import LABELS, r8_files
+from llm_common import LABELS, bench_folder, r8_files
 
 from common import mean_std, save
 
@@ -49,7 +49,7 @@ def recipe(files: dict[str, Path], selection: str, seed: int, cache: Path) -> di
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="kdforge-llm-teach-"))
+    work = bench_folder("llm_teach")
     files = r8_files(
         work, {"seed": ("train", SEED_SET), "pool": ("train", 2000), "dev": ("test", 400), "test": ("test", None)}
     )
@@ -57,6 +57,7 @@ def main() -> None:
     for selection in ("errors", "random"):
         per_seed = []
         for seed in SEEDS:
+            shutil.rmtree(work / f"{selection}-{seed}", ignore_errors=True)  # a fresh run folder every time
             summary = teaching_loop(resolve(recipe(files, selection, seed, work / "cache.sqlite")),
                                     RunDir(work / f"{selection}-{seed}")).summary  # fmt: skip
             rounds = [

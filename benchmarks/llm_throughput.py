@@ -8,14 +8,13 @@ the finished job, counted at the server (it must send nothing).
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from kdforge.llm import assets
 from kdforge.llm.annotate import annotate, load_recipe
-from llm_common import CHAT_PROMPT, LABELS, r8_files, server
+from llm_common import CHAT_PROMPT, LABELS, bench_folder, r8_files, server
 
 from common import save
 
@@ -44,8 +43,11 @@ def job(name: str, urls: list[str], model: str, data: Path, out: Path, concurren
     }
 
 
-def timed(tree: dict[str, Any]) -> dict[str, Any]:
-    """Run one job; texts/s over its wall time."""
+def timed(tree: dict[str, Any], cold: bool = True) -> dict[str, Any]:
+    """Run one job (``cold``: with its request cache emptied first); texts/s over its wall time."""
+    if cold:
+        for suffix in ("", "-wal", "-shm"):
+            Path(tree["cache"] + suffix).unlink(missing_ok=True)
     started = time.perf_counter()
     summary = annotate(load_recipe(tree), show=False)
     seconds = time.perf_counter() - started
@@ -55,7 +57,7 @@ def timed(tree: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 64
-    work = Path(tempfile.mkdtemp(prefix="kdforge-llm-throughput-"))
+    work = bench_folder("llm_throughput")
     data = r8_files(work, {"texts": ("train", n)})["texts"]
     gguf = assets.smollm2_gguf()
     results: dict[str, Any] = {}
@@ -65,7 +67,7 @@ def main() -> None:
             results[f"one server, concurrency {c}"] = timed(job(f"one-{c}", [one.url], one.model, data, work, c))
             print(c, results[f"one server, concurrency {c}"], flush=True)
         before = one.requests("/v1/chat/completions")
-        rerun = timed(job("one-16", [one.url], one.model, data, work, 16))
+        rerun = timed(job("one-16", [one.url], one.model, data, work, 16), cold=False)
         results["re-run of the finished job"] = {**rerun, "requests_at_server": one.requests("/v1/chat/completions")
                                                  - before}  # fmt: skip
     finally:
