@@ -219,3 +219,81 @@ def test_generate_dedups_and_filters_by_reannotation(llama_server, tmp_path: Pat
             assert r["reannotated"] == r["label"]
     if summary is not None:
         assert summary["kept"] == sum(r["kept"] for r in rows)
+
+
+def test_rationales_keep_only_those_ending_in_the_gold_label(llama_server, tmp_path: Path) -> None:
+    from kdforge.llm.rationales import load_recipe as load_rationales
+    from kdforge.llm.rationales import rationales
+
+    data = _input(tmp_path, 4)
+    job = {
+        "name": "cot",
+        "teacher": {"kind": "served", "base_urls": [llama_server.url], "model": llama_server.model, "concurrency": 2},
+        "rationales": {"input": {"path": str(data)}, "labels": LABELS, "per_example": 3, "max_tokens": 96},
+        "output_dir": str(tmp_path / "out"),
+        "cache": str(tmp_path / "cache.sqlite"),
+    }
+    try:
+        summary = rationales(load_rationales(job), show=False)
+    except Exception as err:  # a 135M model may never end in the gold label: said in one line, candidates kept
+        assert "no rationale of 12 ended in the gold label" in str(err)
+        summary = None
+    candidates = [json.loads(x) for x in (tmp_path / "out/cot/candidates.jsonl").read_text().splitlines()]
+    assert len(candidates) == 12 and len({(c["id"], c["sample"]) for c in candidates}) == 12
+    assert len({c["rationale"] for c in candidates}) > 4  # sampled with a seed per draw: diverse reasoning
+    for c in candidates:
+        assert c["kept"] == (c["answer"] == c["label"])
+    if summary is not None:
+        kept = [json.loads(x) for x in (tmp_path / "out/cot/rationales.jsonl").read_text().splitlines()]
+        assert len(kept) == summary["kept"] == sum(c["kept"] for c in candidates)
+        assert all(k["response"].endswith("Answer: " + LABELS[k["label"]]) for k in kept)
+
+
+def test_teaching_loop_writes_new_examples_near_errors(llama_server, tmp_path: Path) -> None:
+    from kdforge.data.text import export_tab_files
+
+    files = export_tab_files(
+        "reuters-r8", tmp_path, {"seed": ("train", 40), "dev": ("test", 60), "test": ("test", 60)}, seed=1
+    )
+    labels = ["earn", "acq", "crude", "trade", "money-fx", "interest", "ship", "grain"]
+    recipe = {
+        "name": "teach-gen",
+        "data": {
+            "name": "files",
+            "params": {
+                "train": str(files["seed"]),
+                "val": str(files["dev"]),
+                "test": str(files["test"]),
+                "labels": labels,
+                "tokenizer": "minilm",
+                "max_len": 32,
+            },
+        },
+        "student": {"name": "text_bag"},
+        "train": {"epochs": 1},
+        "output_dir": str(tmp_path / "runs"),
+        "profile": False,
+        "teach": {
+            "rounds": 1,
+            "per_round": 3,
+            "source": "generate",
+            "teacher": {"kind": "served", "base_urls": [llama_server.url], "model": llama_server.model},
+            "labeling": {"labels": labels},
+            "write": {"max_tokens": 40},
+            "cache": str(tmp_path / "cache.sqlite"),
+        },
+    }
+    (tmp_path / "teach.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    exe = Path(sys.executable).with_name("kdforge")
+    done = subprocess.run(
+        [str(exe), "teach", str(tmp_path / "teach.yaml")], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    run = next((tmp_path / "runs").glob("teach-gen-*"))
+    added = [json.loads(x) for x in (run / "round-0/added.jsonl").read_text().splitlines()]
+    dev = [json.loads(x) for x in files["dev"].read_text().splitlines()]
+    assert 1 <= len(added) <= 3 and all(a["origin"] == "generated" and a["text"] for a in added)
+    for a in added:  # written after a dev example the student got wrong, and given that example's gold label
+        assert a["label"] == dev[a["dev_row"]]["label"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert [r["train_size"] for r in summary["rounds"]] == [40, 40 + len(added)]

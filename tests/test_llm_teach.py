@@ -164,3 +164,18 @@ def test_teach_without_a_dev_set_is_refused(r8: dict[str, Path], tmp_path: Path)
     done = run_cli("teach", str(tmp_path / "teach.yaml"))
     assert done.returncode == 2 and "data.params.val" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_embedding_few_shot_examples_become_centroids(r8: dict[str, Path]) -> None:
+    from kdforge.llm.annotate import Labeler, LabelingConfig
+    from kdforge.llm.embedding import EmbeddingBackend
+
+    rows = [json.loads(x) for x in r8["seed"].read_text().splitlines()]
+    shots = [{"text": r["text"], "label": r["label"]} for r in rows[:6]]
+    backend = EmbeddingBackend("minilm")
+    texts = [r["text"] for r in rows[6:10]]
+    plain = Labeler(LabelingConfig(labels=LABELS), backend, 0).label(texts)
+    with_shots = Labeler(LabelingConfig(labels=LABELS, prompt={"few_shot": shots}), backend, 0).label(texts)
+    assert backend.centroids is not None
+    assert all(abs(sum(o.probs) - 1) < 1e-6 for o in with_shots)
+    assert any(abs(a.probs - b.probs).max() > 1e-3 for a, b in zip(plain, with_shots, strict=True))

@@ -148,6 +148,11 @@ class Labeler:
             similarity_temperature,
         )  # fmt: skip
         self.run = METHODS.get(self.method)
+        fit = getattr(backend, "fit_centroids", None)
+        if fit is not None and cfg.prompt.few_shot:
+            # An embedding teacher's few-shot examples become label centroids (a prompt has no place for them).
+            shots = cfg.prompt.few_shot
+            fit([s["text"] for s in shots], [self.labels.index(s["label"]) for s in shots], len(self.labels))
         self.content_free: np.ndarray | None = None
         if cfg.calibrate:
             inputs = ["N/A"] if cfg.calibrate is True else list(cfg.calibrate)

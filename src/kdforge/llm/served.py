@@ -320,7 +320,8 @@ class ServedBackend:
 
     def _split(self, prompt: str, continuation: str) -> list[str]:
         """The server's tokens for ``continuation`` after the end of ``prompt`` (from an echo of a short context)."""
-        context = prompt[-24:]
+        # The prompt's last line ("Topic:") is the same for every text: one echo per label for the whole job.
+        context = prompt.rsplit("\n", 1)[-1][-24:]
         body = {"prompt": self.cfg.score_prefix + context + continuation, "max_tokens": 1, "echo": True, "logprobs": 0,
                 "temperature": 0.0}  # fmt: skip
         tokens = ((self.cached("/completions", body)["choices"][0] or {}).get("logprobs") or {}).get("tokens") or []

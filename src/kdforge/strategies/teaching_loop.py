@@ -248,14 +248,16 @@ def _targeted(cfg: TeachConfig, labeler: Any, backend: Any, errors: list[int], r
         return added
     descriptions = dict(zip(names, labeler.labels.descriptions, strict=True))
     if cfg.selection == "errors" and errors:
-        examples = [(dev_texts[j], dev_labels[j]) for j in errors]
+        rows = list(errors)
     else:
         rng = np.random.default_rng(seed)
         rows = [j for j, y in enumerate(dev_labels) if y in names]
-        examples = [(dev_texts[j], dev_labels[j]) for j in rng.permutation(rows)[: max(len(errors), 1)]]
+        rows = [int(j) for j in rng.permutation(rows)[: max(len(errors), 1)]]
+    examples = [(dev_texts[j], dev_labels[j]) for j in rows]
     written = write_near(
         backend, [(t, descriptions[y]) for t, y in examples], cfg.per_round, cfg.write.template, seed,
         cfg.write.temperature, cfg.write.max_tokens,
     )  # fmt: skip
-    by_description = {d: n for n, d in descriptions.items()}
-    return [{"text": t, "label": by_description[d], "origin": "generated", "example": k} for t, d, k in written]
+    return [
+        {"text": t, "label": dev_labels[rows[k]], "origin": "generated", "dev_row": rows[k]} for t, _, k in written
+    ]
