@@ -331,6 +331,84 @@ def sparse_memory_section(data: dict) -> list[str]:
     ]
 
 
+def llm_annotate_section(data: dict) -> list[str]:
+    """No training labels: each teacher's agreement with gold and the student trained on its labels."""
+    setup, teachers = data["setup"], data["teachers"]
+    gold = teachers["gold"]["students"]["gold"]
+    lines = [
+        "### No training labels: an LLM annotates Reuters R8 (`benchmarks/llm_annotate.py`)",
+        "",
+        f"{setup['annotated_training_texts']} training texts ({setup['subset']}) annotated by each teacher; a "
+        f"{setup['student']} student ({setup['student_training']}) learns the teacher's soft labels (kd against the "
+        f"annotations) or its hard labels (ce on its argmax), tested on the {setup['test_texts']} gold-labelled test "
+        f"texts; {len(setup['seeds'])} seeds. The same student on the gold labels of the same texts: "
+        f"**{pm(gold)}%**.",
+        "",
+    ]
+    rows = []
+    for name, t in teachers.items():
+        if name == "gold":
+            continue
+        s = t["students"]
+        rows.append([
+            name, f"`{t['method']}`" + (" + calibration" if t["calibrated"] else ""), f"{100 * t['accuracy']:.1f}%",
+            f"{t['cohen_kappa']:.3f}", f"{t['coverage']:.2f}", f"{t['seconds']:.0f} s", pm(s["soft"]), pm(s["hard"]),
+        ])  # fmt: skip
+    lines += table(
+        ["teacher", "method", "teacher–gold acc", "κ", "coverage", "annotation time", "student (soft) %",
+         "student (hard) %"], rows,
+    )  # fmt: skip
+    gap = data.get("gemma_local_vs_llama_cpp")
+    if gap:
+        lines += [
+            "",
+            f"Gemma-3-270M in process vs through llama.cpp's server (same GGUF, `score_mode: next_token`, a seeded "
+            f"{gap['rows']}-text subset: each request costs llama-cpp-python a Python sort of 262k logits, ~6 s here): "
+            f"the same label on {100 * gap['same_label']:.1f}% of the texts, mean total-variation distance between "
+            f"their calibrated distributions {gap['mean_total_variation']:.3f}; teacher–gold accuracy "
+            f"{100 * gap['gold_accuracy_in_process']:.1f}% in process vs {100 * gap['gold_accuracy_llama_cpp']:.1f}% "
+            "over HTTP.",
+        ]
+    return [*lines, ""]
+
+
+def llm_teach_section(data: dict) -> list[str]:
+    """The teaching loop against its random control: test accuracy per round."""
+    setup, runs = data["setup"], data["runs"]
+    rounds = len(runs["errors"]["test_by_round"])
+    lines = [
+        "### Teaching loop vs a random control (`benchmarks/llm_teach.py`)",
+        "",
+        f"R8, {setup['seed_set']} labelled seed texts, a {setup['pool']}-text unlabeled pool, a {setup['dev']}-text "
+        f"dev set; each round the teacher ({setup['teacher']}) annotates {setup['per_round']} pool texts — the nearest "
+        f"to the student's dev errors, or (control) random ones — and the student ({setup['student']}) is retrained; "
+        f"{len(setup['seeds'])} seeds, test accuracy %:",
+        "",
+    ]
+    rows = [[name, *(pm(runs[name]["test_by_round"][r]) for r in range(rounds))] for name in ("errors", "random")]
+    lines += table(["selection", *(f"round {r}" for r in range(rounds))], rows)
+    return [*lines, ""]
+
+
+def llm_throughput_section(data: dict) -> list[str]:
+    """Annotation throughput by concurrency and server count; the re-run's requests at the server."""
+    setup, results = data["setup"], data["results"]
+    lines = [
+        "### Annotation throughput (`benchmarks/llm_throughput.py`)",
+        "",
+        f"{setup['texts']} R8 texts, {setup['model']} served by {setup['server']} ({setup['method']}), cold request "
+        "cache each time:",
+        "",
+    ]
+    rows = [[name, f"{r['texts_per_s']:.2f}", f"{r['seconds']:.1f}", str(r["requests"])] for name, r in results.items()
+            if not name.startswith("re-run")]  # fmt: skip
+    lines += table(["setup", "texts/s", "seconds", "requests"], rows)
+    rerun = results.get("re-run of the finished job")
+    if rerun:
+        lines += ["", f"Re-running the finished job: {rerun['requests_at_server']} requests reached the server."]
+    return [*lines, ""]
+
+
 def main() -> None:
     """Rewrite the README between the markers."""
     lines: list[str] = []
@@ -349,6 +427,9 @@ def main() -> None:
         ("files_text", files_text_section),
         ("files_images", files_images_section),
         ("ddp", ddp_section),
+        ("llm_annotate", llm_annotate_section),
+        ("llm_teach", llm_teach_section),
+        ("llm_throughput", llm_throughput_section),
     ):
         data = load(name)
         if data is not None:
