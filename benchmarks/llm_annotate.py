@@ -34,7 +34,7 @@ def job(name: str, teacher: dict, data: Path, out: Path, limit: int | None = Non
             "input": {"path": str(data), "gold_column": "label", "limit": limit},
             "labels": LABELS,
             **labeling,
-        },  # fmt: skip
+        },
         "output_dir": str(out),
         "cache": str(out / "requests.sqlite"),
     }
