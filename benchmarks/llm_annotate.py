@@ -90,10 +90,10 @@ def main() -> None:
                       method="score", calibrate=True, prompt=BASE_PROMPT)  # fmt: skip
     record("gemma-local", gemma_local)
     # ... and through llama.cpp's server (next-token walk: its echo sorts 262k logits per prompt token in Python).
-    srv = server(assets.gemma_gguf(), chat_format="gemma")
+    srv = server(assets.gemma_gguf(), chat_format="gemma", alias="gemma3-270m")
     try:
         served = {"kind": "served", "base_urls": [srv.url], "model": srv.model, "concurrency": 1,
-                  "score_mode": "next_token", "score_top": 5000}  # fmt: skip
+                  "score_mode": "next_token", "score_top": 20000}  # fmt: skip
         # A subset: each request costs llama-cpp-python a Python sort of 262k logits + 5000 detokenisations (~6 s
         # here), so the whole budget would take most of an hour; the subset measures agreement with in process.
         record("gemma-llama.cpp", job("gemma-llama", served, files["train"], out, SERVED_SUBSET, method="score",

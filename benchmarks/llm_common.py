@@ -45,10 +45,10 @@ def r8_files(folder: Path, sizes: dict[str, tuple[str, int | None]], seed: int =
     return export_tab_files("reuters-r8", folder, sizes, seed=seed)
 
 
-def server(gguf: Path, threads: int = 2, chat_format: str | None = None) -> Any:
-    """A llama.cpp server on ``gguf`` (stop it with .stop())."""
+def server(gguf: Path, threads: int = 2, chat_format: str | None = None, alias: str = "smollm2") -> Any:
+    """A llama.cpp server on ``gguf`` answering as ``alias`` (stop it with .stop())."""
     log = Path(tempfile.mkdtemp(prefix="kdforge-bench-")) / "llama.log"
-    return start_llama_server(gguf, n_threads=threads, chat_format=chat_format, log_path=log)
+    return start_llama_server(gguf, n_threads=threads, chat_format=chat_format, alias=alias, log_path=log)
 
 
 def student_recipe(name: str, train: Path, test: Path, seed: int, teacher: dict | None, objectives: dict) -> dict:

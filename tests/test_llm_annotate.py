@@ -291,9 +291,9 @@ def test_teaching_loop_writes_new_examples_near_errors(llama_server, tmp_path: P
     assert done.returncode == 0, done.stderr
     run = next((tmp_path / "runs").glob("teach-gen-*"))
     added = [json.loads(x) for x in (run / "round-0/added.jsonl").read_text().splitlines()]
-    dev = [json.loads(x) for x in files["dev"].read_text().splitlines()]
+    seed = {r["text"][:200]: r["label"] for r in (json.loads(x) for x in files["seed"].read_text().splitlines())}
     assert 1 <= len(added) <= 3 and all(a["origin"] == "generated" and a["text"] for a in added)
-    for a in added:  # written after a dev example the student got wrong, and given that example's gold label
-        assert a["label"] == dev[a["dev_row"]]["label"]
+    for a in added:  # written after a training example (never a dev one), and given that example's label
+        assert a["label"] == seed[a["after"]]
     summary = json.loads((run / "summary.json").read_text())
     assert [r["train_size"] for r in summary["rounds"]] == [40, 40 + len(added)]

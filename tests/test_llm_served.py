@@ -216,3 +216,81 @@ def test_annotate_cli_stops_on_a_wrong_key_with_one_line(tmp_path: Path, monkeyp
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "HTTP 401" in lines[0] and url in lines[0] and "after 1 requests" in lines[0]
     assert SECRET not in done.stderr + done.stdout and "Traceback" not in done.stderr
+
+
+def test_a_key_with_a_trailing_carriage_return_is_cleaned_and_never_leaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KDFORGE_TEST_KEY", SECRET + "\r")  # a .env file saved with CRLF line ends
+    echo = {"error": {"message": "x" * 190 + f" upstream rejected Bearer {SECRET}"}}  # a proxy echoing the header
+    with FaultServer([("status", 500, {}, echo)] * 2 + [("ok", "earnings")]) as srv:
+        tree = _job(tmp_path, srv.url, ["a"], method="answer")
+        tree["teacher"]["max_retries"] = 1
+        annotate(load_recipe(tree), show=False)
+        assert srv.calls()[0].headers["authorization"] == f"Bearer {SECRET}"
+    rows = [json.loads(x) for x in (tmp_path / "out/faults/annotations.jsonl").read_text().splitlines()]
+    assert rows[0]["status"] == "failed" and "***" in rows[0]["reason"]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [p for p in written if SECRET[:12].encode() in p.read_bytes()]
+
+
+def test_a_key_that_cannot_be_a_header_is_refused_without_showing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KDFORGE_TEST_KEY", "sk-has a space")
+    with pytest.raises(ConfigError) as info:
+        backend("http://127.0.0.1:9/v1", api_key_env="KDFORGE_TEST_KEY")
+    assert "KDFORGE_TEST_KEY" in str(info.value) and "has a space" not in str(info.value)
+
+
+def test_credentials_in_a_base_url_are_refused() -> None:
+    with pytest.raises(ValueError, match="must not carry credentials"):
+        ServedConfig(kind="served", base_urls=["http://user:pw@127.0.0.1:8080/v1"], model="m")
+
+
+def test_other_client_errors_fail_at_once_naming_the_status() -> None:
+    with FaultServer([("status", 402, {}, {"error": {"message": "payment required"}})]) as srv:
+        b = backend(srv.url)
+        with pytest.raises(RequestFailed, match="HTTP 402: payment required"):
+            ask(b)
+        assert len(srv.calls()) == 1
+        b.close()
+
+
+def test_a_body_of_the_wrong_shape_is_retried_not_cached(tmp_path: Path) -> None:
+    cache = RequestCache(tmp_path / "c.sqlite")
+    bad = ("status", 200, {}, {"choices": ["not an object"], "usage": {"prompt_tokens": "n/a"}})
+    with FaultServer([bad, ("ok", "oil")]) as srv:
+        b = backend(srv.url, cache)
+        assert ask(b) == "oil" and b.usage.retries == 1
+        b.close()
+    assert len(cache) == 1
+    cache.close()
+
+
+def test_calibrating_one_hot_answers_is_refused(tmp_path: Path) -> None:
+    with FaultServer() as srv:
+        tree = _job(tmp_path, srv.url, ["a"], method="answer", calibrate=True)
+        tree["teacher"].pop("api_key_env")
+        with pytest.raises(ConfigError, match="calibrate: method 'answer'"):
+            annotate(load_recipe(tree), show=False)
+
+
+def test_long_retry_after_is_capped_and_close_ends_waits() -> None:
+    import threading
+
+    with FaultServer([("status", 429, {"Retry-After": "3600"})]) as srv:
+        b = backend(srv.url, max_retry_after=0.2)
+        started = time.monotonic()
+        assert ask(b) == "ok"
+        assert time.monotonic() - started < 5
+        b.close()
+    with FaultServer([("status", 429, {"Retry-After": "30"})]) as srv:
+        b = backend(srv.url)
+        errors: list[BaseException] = []
+        worker = threading.Thread(target=lambda: errors.append(pytest.raises(RequestFailed, ask, b).value))
+        worker.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        b.close()  # Ctrl-C path: the 30 s wait ends now
+        worker.join(timeout=5)
+        assert not worker.is_alive() and time.monotonic() - started < 5
+        assert "stopping" in str(errors[0])

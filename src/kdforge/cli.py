@@ -233,7 +233,10 @@ def teach(
     from kdforge.runner import resolve
     from kdforge.runner import run as run_recipe
 
-    resolved = resolve({**load_yaml(recipe), "strategy": "teaching_loop"}, list(overrides or []))
+    tree = load_yaml(recipe)
+    if tree.get("strategy", "teaching_loop") != "teaching_loop":
+        raise typer.BadParameter(f"{recipe!r} has strategy {tree['strategy']!r}; `kdforge teach` runs teaching_loop")
+    resolved = resolve({**tree, "strategy": "teaching_loop"}, list(overrides or []))
     result = run_recipe(resolved)
     for summary in result["runs"].values():
         for line in teach_lines(summary):

@@ -22,7 +22,7 @@ from kdforge.errors import ConfigError
 from kdforge.files import atomic_write, atomic_write_text
 from kdforge.llm.job import JobRecipe, build_backend, open_cache, output_folder, validate_job
 from kdforge.llm.labels import LabelSet, PromptConfig, clip
-from kdforge.llm.methods import METHODS, MethodContext, Outcome, calibrate
+from kdforge.llm.methods import METHODS, MethodContext, Outcome, calibrate, content_free_floor
 from kdforge.progress import bar, enabled
 
 Method = Literal["auto", "score", "logprobs", "vote", "answer", "similarity"]
@@ -155,11 +155,16 @@ class Labeler:
             fit([s["text"] for s in shots], [self.labels.index(s["label"]) for s in shots], len(self.labels))
         self.content_free: np.ndarray | None = None
         if cfg.calibrate:
+            if self.method in ("answer", "vote"):
+                raise ConfigError(
+                    f"calibrate: method {self.method!r} gives one-hot or vote-share distributions, which contextual "
+                    "calibration cannot correct; use score or logprobs, or calibrate: false"
+                )
             inputs = ["N/A"] if cfg.calibrate is True else list(cfg.calibrate)
             free = [o.probs for o in self.run(self.ctx, inputs) if o.probs is not None]
             if not free:
                 raise ConfigError("calibrate: the teacher gave no distribution for any content-free input")
-            self.content_free = np.mean(free, axis=0)
+            self.content_free = content_free_floor(np.mean(free, axis=0))
 
     def label(self, texts: list[str], show: bool = False) -> list[Outcome]:
         """Outcomes for ``texts`` (calibrated when asked); empty texts are not sent."""
@@ -195,9 +200,7 @@ def annotate(recipe: AnnotateRecipe, out: Path | None = None, show: bool = True)
         if cache is not None:
             cache.close()
     rows = _rows(ids, texts, gold, outcomes, labels, cfg.prompt.max_chars)
-    return _write(
-        out, recipe, labels, rows, labeler.method, backend, labeler.content_free, time.perf_counter() - started
-    )
+    return _write(out, recipe, labels, rows, labeler, time.perf_counter() - started)
 
 
 def _label_all(ctx: MethodContext, run: Any, texts: list[str], batch: int, show: bool, backend: Any) -> list[Outcome]:
@@ -255,9 +258,7 @@ def _write(
     recipe: AnnotateRecipe,
     labels: LabelSet,
     rows: list[Row],
-    method: str,
-    backend: Any,
-    content_free: np.ndarray | None,
+    labeler: Labeler,
     seconds: float,
 ) -> dict[str, Any]:
     import pyarrow as pa
@@ -285,12 +286,16 @@ def _write(
     if labeled:
         lt = pa.Table.from_pylist(labeled).replace_schema_metadata(meta)
         atomic_write(out / "labeled.parquet", lambda p: pq.write_table(lt, p))
+    else:  # never leave an earlier run's training file beside this run's summary
+        (out / "labeled.parquet").unlink(missing_ok=True)
     counts = {s: sum(r.status == s for r in rows) for s in ("ok", "unknown", "failed", "empty")}
+    backend, method, content_free = labeler.backend, labeler.method, labeler.content_free
     usage = asdict(backend.usage)
     summary: dict[str, Any] = {
         "name": recipe.name,
         "teacher": backend.fingerprint,
         "method": method,
+        "fallback_to_vote": labeler.ctx.fallbacks,
         "labels": list(labels.names),
         "verbalizers": list(labels.verbalizers),
         "calibration": None if content_free is None else [float(p) for p in content_free],
@@ -300,7 +305,10 @@ def _write(
         "seconds": round(seconds, 3),
         "texts_per_second": round(len(rows) / seconds, 3) if seconds > 0 else None,
         "predicted": {n: sum(r.label == n for r in rows) for n in labels.names},
-        "files": {"annotations": str(out / "annotations.parquet"), "labeled": str(out / "labeled.parquet")},
+        "files": {
+            "annotations": str(out / "annotations.parquet"),
+            "labeled": str(out / "labeled.parquet") if labeled else None,
+        },
     }
     if any(r.gold is not None for r in rows):
         summary["agreement"] = _agreement(out, rows, labels, recipe.name)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -40,6 +41,7 @@ class Usage:
     completion_tokens: int = 0
     cost: float = 0.0
     retries: int = 0
+    bounded: int = 0  # next-token label scoring: tokens below the top log-probabilities (their value is a bound)
     per_server: dict[str, int] = field(default_factory=dict)
 
 
@@ -54,10 +56,23 @@ class Backend(Protocol):
         (for an embedding backend: cosine similarity of the prompt to each continuation). NaN marks a failed row."""
         ...
 
-    def generate(self, prompts: list[str], params: GenParams) -> list[list[Completion] | None]:
-        """``params.n`` completions per prompt (None for a prompt whose request failed)."""
+    def generate(self, prompts: list[str], params: GenParams) -> list[Any]:
+        """``params.n`` completions per prompt; a failed prompt gets None or its failure (an exception whose text is
+        the reason) instead of a list."""
         ...
 
     def close(self) -> None:
         """Release connections, threads, models."""
         ...
+
+
+def generate_each(backend: Any, prompts: Sequence[Any], params: GenParams, first_seed: int) -> list[Any]:
+    """One completion per prompt, prompt i sampled with seed ``first_seed + i`` (equal prompts give different texts,
+    each still cacheable), concurrently when the backend has request threads. A failed prompt's entry is not a list:
+    None or the failure, whose text is the reason."""
+
+    def one(i: int) -> Any:
+        return backend.generate([prompts[i]], replace(params, seed=first_seed + i, n=1))[0]
+
+    run = getattr(backend, "map", None)
+    return list(run(one, range(len(prompts)))) if run is not None else [one(i) for i in range(len(prompts))]

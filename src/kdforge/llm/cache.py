@@ -39,9 +39,7 @@ class RequestCache:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        con = self._connection()
-        with con:
-            con.execute(_SCHEMA)
+        self._run(_SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -58,20 +56,26 @@ class RequestCache:
                 self._all.append(con)
         return con
 
+    def _run(self, sql: str, args: tuple | list = ()) -> sqlite3.Cursor:
+        """One statement; a database error (locked past the timeout, read-only, disk full, corrupt) is one line."""
+        try:
+            return self._connection().execute(sql, args)
+        except sqlite3.Error as err:
+            raise ConfigError(f"request cache {str(self.path)!r}: {err}") from None
+
     def get(self, key: str) -> Any | None:
         """The stored answer for ``key``, or None."""
-        row = self._connection().execute("SELECT value FROM answers WHERE key = ?", (key,)).fetchone()
+        row = self._run("SELECT value FROM answers WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Stored answers for the keys that have one (chunked: SQLite caps the number of bound parameters)."""
         keys = list(dict.fromkeys(keys))
         found: dict[str, Any] = {}
-        con = self._connection()
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for key, value in con.execute(f"SELECT key, value FROM answers WHERE key IN ({marks})", chunk):
+            for key, value in self._run(f"SELECT key, value FROM answers WHERE key IN ({marks})", chunk):
                 found[key] = json.loads(value)
         return found
 
@@ -80,12 +84,10 @@ class RequestCache:
         import time
 
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        self._connection().execute(
-            "INSERT OR IGNORE INTO answers (key, value, created) VALUES (?, ?, ?)", (key, text, time.time())
-        )
+        self._run("INSERT OR IGNORE INTO answers (key, value, created) VALUES (?, ?, ?)", (key, text, time.time()))
 
     def __len__(self) -> int:
-        return int(self._connection().execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+        return int(self._run("SELECT COUNT(*) FROM answers").fetchone()[0])
 
     def close(self) -> None:
         """Close every thread's connection."""

@@ -20,11 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kdforge.errors import ConfigError
 from kdforge.files import atomic_write, atomic_write_text
-from kdforge.llm.backend import GenParams
+from kdforge.llm.backend import GenParams, generate_each
 from kdforge.llm.dedup import duplicates
 from kdforge.llm.job import JobRecipe, build_backend, open_cache, output_folder, validate_job
-from kdforge.llm.labels import LabelSet, PromptConfig, clip
-from kdforge.llm.methods import METHODS, MethodContext
+from kdforge.llm.labels import LabelSet, clip, fill
 from kdforge.progress import bar, enabled
 
 
@@ -53,8 +52,7 @@ class FilterConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
-    method: str = "auto"
-    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    labeling: dict[str, Any] = Field(default_factory=dict, description="how to label: method, prompt, calibrate, ...")
     min_confidence: float = Field(0.0, ge=0, le=1)
 
 
@@ -98,12 +96,6 @@ def _seed_examples(cfg: SeedConfig, labels: LabelSet) -> dict[int, list[str]]:
     return by_label
 
 
-def _fill(template: str, **values: str) -> str:
-    for key, value in values.items():
-        template = template.replace("{" + key + "}", value)
-    return template
-
-
 def requests_for(cfg: GenerateConfig, labels: LabelSet, seed: int, seeds: dict[int, list[str]] | None) -> list[dict]:
     """One request per candidate: its label, its prompt (with seed examples drawn by ``seed``)."""
     rng = np.random.default_rng(seed)
@@ -115,11 +107,14 @@ def requests_for(cfg: GenerateConfig, labels: LabelSet, seed: int, seeds: dict[i
                 pool = seeds[label]
                 picks = rng.choice(len(pool), size=min(cfg.seeds.per_prompt, len(pool)), replace=False)  # type: ignore[union-attr]
                 shown = "".join(
-                    _fill(cfg.prompt.example, text=clip(pool[int(p)], cfg.prompt.max_chars)[0]) for p in picks
+                    fill(
+                        cfg.prompt.example, "generate.prompt.example", text=clip(pool[int(p)], cfg.prompt.max_chars)[0]
+                    )
+                    for p in picks
                 )
-            text = _fill(
-                cfg.prompt.template, label=labels.verbalizers[label], description=labels.descriptions[label],
-                examples=shown,
+            text = fill(
+                cfg.prompt.template, "generate.prompt.template", label=labels.verbalizers[label],
+                description=labels.descriptions[label], examples=shown,
             )  # fmt: skip
             messages = [{"role": "system", "content": cfg.prompt.system}] if cfg.prompt.system else []
             out.append({"label": label, "k": k, "messages": [*messages, {"role": "user", "content": text}]})
@@ -155,25 +150,21 @@ def generate(recipe: GenerateRecipe, out: Path | None = None, show: bool = True)
             step = 16
             for start in range(0, len(prompts), step):
                 # Each candidate its own seed: equal prompts must not give equal texts, and each stays cacheable.
-                for answers in _each(backend, prompts[start : start + step], params, start):
+                for answers in generate_each(backend, prompts[start : start + step], params, recipe.seed + start):
                     texts.append(clean(answers[0].text) if isinstance(answers, list) and answers else None)
                 if progress is not None:
                     progress.update(0, advance=len(prompts[start : start + step]))
         fates = _fates(texts, cfg)
-        verdict = _filter(backend, cfg, labels, recipe.seed, jobs, texts, fates) if cfg.filter.enabled else {}
+        if cfg.filter.enabled:
+            temperature = getattr(recipe.teacher, "temperature", 0.05)
+            verdict = _filter(backend, cfg, labels, recipe.seed, jobs, texts, fates, temperature)
+        else:
+            verdict = {}
     finally:
         backend.close()
         if cache is not None:
             cache.close()
     return _write(out, recipe, labels, jobs, texts, fates, verdict, backend, time.perf_counter() - started)
-
-
-def _each(backend: Any, prompts: list, params: GenParams, start: int) -> list:
-    """Candidate ``start + i`` sampled with seed ``seed + start + i``."""
-    out = []
-    for i, prompt in enumerate(prompts):
-        out.extend(backend.generate([prompt], GenParams(**{**asdict(params), "seed": params.seed + start + i})))
-    return out
 
 
 def _as_prompt(backend: Any, messages: list[dict[str, str]]) -> Any:
@@ -200,15 +191,14 @@ def _fates(texts: list[str | None], cfg: GenerateConfig) -> list[str | None]:
 
 
 def _filter(backend: Any, cfg: GenerateConfig, labels: LabelSet, seed: int, jobs: list[dict], texts: list,
-            fates: list) -> dict[int, tuple[str | None, float | None]]:  # fmt: skip
+            fates: list, similarity_temperature: float) -> dict[int, tuple[str | None, float | None]]:  # fmt: skip
     """Re-annotate the surviving candidates; returns index → (label the teacher picked, its confidence)."""
-    from kdforge.llm.annotate import resolve_method
+    from kdforge.llm.annotate import Labeler, LabelingConfig
 
-    method = resolve_method(cfg.filter.method, backend)
-    ctx = MethodContext(backend, labels, cfg.filter.prompt, 5, 0.7, 20, 8, seed, 0.05)
+    labeling = LabelingConfig(labels=cfg.labels, **cfg.filter.labeling)
     alive = [i for i, f in enumerate(fates) if f is None]
     verdict: dict[int, tuple[str | None, float | None]] = {}
-    outcomes = METHODS.get(method)(ctx, [texts[i] for i in alive])
+    outcomes = Labeler(labeling, backend, seed, similarity_temperature).label([texts[i] for i in alive])
     for i, outcome in zip(alive, outcomes, strict=True):
         if outcome.probs is None:
             verdict[i] = (None, None)
@@ -238,6 +228,8 @@ def _write(out: Path, recipe: GenerateRecipe, labels: LabelSet, jobs: list[dict]
     atomic_write_text(out / "generated.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     kept = [{"text": r["text"], "label": r["label"]} for r in records if r["kept"]]
     if not kept:
+        for name in ("dataset.parquet", "dataset.jsonl", "summary.json"):  # no earlier run's data set left behind
+            (out / name).unlink(missing_ok=True)
         raise ConfigError(
             f"generate: none of {len(records)} candidates survived (see {out / 'generated.jsonl'}); "
             "loosen generate.near_duplicate / min_chars or the filter"

@@ -116,9 +116,14 @@ class LabelSet:
             exact = {i for i, form in forms if candidate == form}
             if len(exact) == 1:
                 return exact.pop()
-        # Otherwise: exactly one label named as a whole word in the first line.
+        # Otherwise: exactly one label named as a whole word in the first line, and no negation ("not sport").
+        if _NEGATION.search(first):
+            return None
         named = {i for i, form in forms if re.search(rf"(?<![a-z0-9]){re.escape(form)}(?![a-z0-9])", first)}
         return named.pop() if len(named) == 1 else None
+
+
+_NEGATION = re.compile(r"(?<![a-z])(not|no|never|neither|nor|isn't|isnt|non)(?![a-z])")
 
 
 def normalise(text: str) -> str:
@@ -136,7 +141,7 @@ def clip(text: str, max_chars: int) -> tuple[str, bool]:
     return (cut[:space] if space > max_chars // 2 else cut), True
 
 
-def _fill(template: str, where: str, **values: str) -> str:
+def fill(template: str, where: str, **values: str) -> str:
     """``template`` with ``{name}`` fields replaced literally (a text holding braces is not a format string)."""
     unknown = set(re.findall(r"\{([A-Za-z_]+)\}", template)) - set(values)
     if unknown:
@@ -157,11 +162,11 @@ def render_prompt(prompt: PromptConfig, labels: LabelSet, text: str, chat: bool)
             raise ConfigError(f"prompt.few_shot[{i}]: expected keys text and label")
         verbal = labels.verbalizers[labels.index(shot["label"])]
         examples.append(
-            _fill(prompt.example, "prompt.example", text=clip(shot["text"], prompt.max_chars)[0], label=verbal)
+            fill(prompt.example, "prompt.example", text=clip(shot["text"], prompt.max_chars)[0], label=verbal)
         )
     shown = "\n\n".join(examples)
-    instruction = _fill(prompt.instruction, "prompt.instruction", labels=label_list, examples=shown)
-    body = _fill(
+    instruction = fill(prompt.instruction, "prompt.instruction", labels=label_list, examples=shown)
+    body = fill(
         prompt.template, "prompt.template", text=clip(text, prompt.max_chars)[0], labels=label_list, examples=shown
     )
     parts = [p for p in (instruction, shown, body) if p]

@@ -10,8 +10,10 @@ Each returns, per text, a probability vector over the labels (or None) and the t
 
 from __future__ import annotations
 
+import threading
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,6 +45,8 @@ class MethodContext:
     max_tokens: int
     seed: int
     similarity_temperature: float
+    fallbacks: int = 0  # texts labelled by vote because the server gave no logprobs
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 METHODS: Registry[Callable[[MethodContext, list[str]], list[Outcome]]] = Registry("annotation method")
@@ -50,7 +54,9 @@ METHODS: Registry[Callable[[MethodContext, list[str]], list[Outcome]]] = Registr
 
 def softmax(scores: np.ndarray) -> np.ndarray:
     """Row-wise softmax that keeps NaN rows NaN."""
-    shifted = scores - np.nanmax(scores, axis=-1, keepdims=True)
+    with warnings.catch_warnings():  # an all-NaN row (a failed text) stays NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        shifted = scores - np.nanmax(scores, axis=-1, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=-1, keepdims=True)
 
@@ -78,6 +84,9 @@ def similarity(ctx: MethodContext, texts: list[str]) -> list[Outcome]:
         ctx.backend.score(list(texts), list(ctx.labels.descriptions)),  # type: ignore[attr-defined]
         ctx.similarity_temperature,
     )
+
+
+MIN_LABEL_MASS = 0.5
 
 
 def token_mass(top: dict[str, float], labels: LabelSet) -> np.ndarray:
@@ -112,9 +121,13 @@ def logprobs(ctx: MethodContext, texts: list[str]) -> list[Outcome]:
     def one(prompt: object) -> Outcome:
         done: Completion = backend.complete(prompt, _greedy(ctx), 0, ctx.top_logprobs)  # type: ignore[attr-defined]
         if not done.top_logprobs:
+            with ctx.lock:
+                ctx.fallbacks += 1
             return vote_one(ctx, prompt)
         mass = token_mass(done.top_logprobs, ctx.labels)
-        if mass.sum() > 0:
+        # Renormalising a sliver of mass would turn noise into a confident label: below half the probability
+        # the first token is not a label at all, and the answer's text decides.
+        if mass.sum() >= MIN_LABEL_MASS:
             return Outcome(mass / mass.sum(), answer=done.text)
         parsed = ctx.labels.parse_answer(done.text)
         return Outcome(None if parsed is None else np.eye(len(ctx.labels))[parsed], answer=done.text)
@@ -182,6 +195,17 @@ def answer(ctx: MethodContext, texts: list[str]) -> list[Outcome]:
 
 
 def calibrate(probs: np.ndarray, content_free: np.ndarray) -> np.ndarray:
-    """Contextual calibration (Zhao et al. 2021): divide by the content-free distribution, renormalise."""
-    ratio = probs / np.clip(content_free, 1e-6, None)
+    """Contextual calibration: p / p_cf renormalised, i.e. the scores minus the content-free input's scores in log
+    space (Zhao et al. 2021 take the same argmax of diag(p_cf)⁻¹ p; softmax over those ratios, their soft output,
+    would flatten every distribution towards uniform, so the normalised ratio is kept as the soft label).
+
+    ``content_free`` must have no zero (see ``content_free_floor``): a label the content-free input never gets
+    would win every text with any mass on it.
+    """
+    ratio = probs / content_free
     return ratio / ratio.sum()
+
+
+def content_free_floor(content_free: np.ndarray) -> np.ndarray:
+    """The content-free distribution mixed with 1% of uniform: no label is divided by (nearly) zero."""
+    return 0.99 * content_free + 0.01 / len(content_free)

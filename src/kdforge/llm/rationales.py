@@ -18,7 +18,7 @@ from kdforge.errors import ConfigError
 from kdforge.files import atomic_write, atomic_write_text
 from kdforge.llm.backend import GenParams
 from kdforge.llm.job import JobRecipe, build_backend, open_cache, output_folder, validate_job
-from kdforge.llm.labels import LabelSet, clip
+from kdforge.llm.labels import LabelSet, clip, fill
 from kdforge.progress import bar, enabled
 
 
@@ -35,11 +35,21 @@ class RationalePrompt(BaseModel):
     max_chars: int = Field(1500, gt=0)
 
 
+class LabeledInput(BaseModel):
+    """Labelled examples: a file, its text and label columns, the first ``limit`` usable rows."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    text_column: str = "text"
+    label_column: str = "label"
+    limit: int | None = Field(None, gt=0)
+
+
 class RationalesConfig(BaseModel):
     """Where the labelled examples are, how many rationales each, and how to sample them."""
 
     model_config = ConfigDict(extra="forbid")
-    input: dict[str, Any] = Field(description="{path, text_column, label_column, limit}")
+    input: LabeledInput
     labels: list[str] | dict[str, Any]
     per_example: int = Field(4, ge=1, le=64, description="rationales sampled per example (diverse reasoning)")
     prompt: RationalePrompt = Field(default_factory=RationalePrompt)
@@ -58,7 +68,8 @@ def load_recipe(tree: dict[str, Any], source: str = "recipe") -> RationalesRecip
     return validate_job(RationalesRecipe, tree, source)
 
 
-_ANSWER = re.compile(r"answer\s*(?:is)?\s*[:\-]?\s*(.+)", re.IGNORECASE)
+# "Answer: X" on a line of its own (optionally "Final answer is: X"); "this answers your question" is no answer.
+_ANSWER = re.compile(r"^\s*(?:the\s+)?(?:final\s+)?answer\s*(?:is)?\s*[:\-]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
 def final_answer(text: str, labels: LabelSet) -> int | None:
@@ -69,10 +80,15 @@ def final_answer(text: str, labels: LabelSet) -> int | None:
     return labels.parse_answer(found[-1].strip())
 
 
-def _fill(template: str, **values: str) -> str:
-    for key, value in values.items():
-        template = template.replace("{" + key + "}", value)
-    return template
+def reasoning(text: str) -> str:
+    """A rationale up to its last 'Answer:' line (the line the verdict was read from)."""
+    matches = list(_ANSWER.finditer(text))
+    return (text[: matches[-1].start()] if matches else text).strip()
+
+
+def student_prompt(template: str, text: str, label_list: str) -> str:
+    """The student's prompt column for one example."""
+    return fill(template, "rationales.prompt.student_template", text=text, labels=label_list)
 
 
 def rationales(recipe: RationalesRecipe, out: Path | None = None, show: bool = True) -> dict[str, Any]:
@@ -81,17 +97,15 @@ def rationales(recipe: RationalesRecipe, out: Path | None = None, show: bool = T
 
     cfg = recipe.rationales
     labels = LabelSet.parse(cfg.labels)
-    spec = {"text_column": "text", "label_column": "label", "limit": None, **cfg.input}
-    if "path" not in spec:
-        raise ConfigError("rationales.input.path: required; a file of labelled texts")
-    source = read_source("rationales.input.path", spec["path"])
-    texts = source.column(spec["text_column"]).to_pylist()
-    gold = [None if g is None else str(g).strip() for g in source.column(spec["label_column"]).to_pylist()]
+    spec = cfg.input
+    source = read_source("rationales.input.path", spec.path)
+    texts = source.column(spec.text_column).to_pylist()
+    gold = [None if g is None else str(g).strip() for g in source.column(spec.label_column).to_pylist()]
     ids = [i for i, g in enumerate(gold) if g in labels.names and isinstance(texts[i], str) and texts[i].strip()]
-    if spec["limit"]:
-        ids = ids[: int(spec["limit"])]
+    if spec.limit:
+        ids = ids[: spec.limit]
     if not ids:
-        raise ConfigError(f"rationales.input.path={spec['path']!r}: no row has a text and a label in the label set")
+        raise ConfigError(f"rationales.input.path={spec.path!r}: no row has a text and a label in the label set")
     out = out or output_folder(recipe)
     cache = open_cache(recipe.cache)
     backend = build_backend(recipe.teacher, cache)
@@ -102,7 +116,12 @@ def rationales(recipe: RationalesRecipe, out: Path | None = None, show: bool = T
         chat = getattr(backend, "chat_prompt", None)
         with bar("rationales", len(ids), show and enabled()) as progress:
             for i in ids:
-                body = _fill(cfg.prompt.template, text=clip(texts[i], cfg.prompt.max_chars)[0], labels=label_list)
+                body = fill(
+                    cfg.prompt.template,
+                    "rationales.prompt.template",
+                    text=clip(texts[i], cfg.prompt.max_chars)[0],
+                    labels=label_list,
+                )
                 messages = [{"role": "system", "content": cfg.prompt.system}] if cfg.prompt.system else []
                 messages.append({"role": "user", "content": body})
                 prompt = chat(messages) if chat is not None else messages
@@ -138,10 +157,10 @@ def _write(out: Path, recipe: RationalesRecipe, labels: LabelSet, texts: list, r
     for r in records:
         if not r["kept"]:
             continue
-        rationale = re.split(r"(?i)answer\s*(?:is)?\s*[:\-]", r["rationale"])[0].strip()
+        rationale = reasoning(r["rationale"])
         verbal = labels.verbalizers[labels.index(r["label"])]
         kept.append({
-            "prompt": _fill(cfg.prompt.student_template, text=texts[r["id"]], labels=label_list),
+            "prompt": student_prompt(cfg.prompt.student_template, texts[r["id"]], label_list),
             "response": f"{rationale}\nAnswer: {verbal}".strip(),
             "label": r["label"], "source_id": r["id"],
         })  # fmt: skip

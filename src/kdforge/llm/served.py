@@ -68,6 +68,8 @@ class ServedConfig(TeacherConfig):
         description="label scoring: one echoed request per label (exact), or the next-token top log-probabilities "
         "walked token by token (no echo: fast on servers whose echo is slow, exact while each token is in the top)",
     )
+    max_retry_after: float = Field(120.0, ge=0, description="a server's Retry-After is honoured up to this many s")
+    cache_namespace: str = Field("", description="part of every cache key: set it when a server's model changes")
     score_top: int = Field(1000, ge=1, le=20000, description="next_token: how many top log-probabilities to ask for")
 
     @field_validator("base_urls", mode="before")
@@ -81,6 +83,9 @@ class ServedConfig(TeacherConfig):
         for url in value:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"{url!r} is not an http(s) URL")
+            # A URL is printed in errors and summaries: credentials belong in api_key_env, never in the URL.
+            if "@" in url.split("//", 1)[1].split("/", 1)[0] or "?" in url:
+                raise ValueError("a base URL must not carry credentials or a query (use api_key_env)")
         return [url.rstrip("/") for url in value]
 
 
@@ -101,13 +106,37 @@ def retry_after(value: str | None) -> float | None:
 
 
 def _message(body: Any) -> str:
-    """The error text a server put in its JSON body (OpenAI style ``{"error": {"message"}}`` or ``{"detail"}``)."""
+    """The error text a server put in its JSON body (OpenAI style ``{"error": {"message"}}`` or ``{"detail"}``).
+
+    Not cut here: a key echoed by a proxy must be redacted whole before any cut (``_failed`` and ``_stop`` redact,
+    then ``short`` cuts).
+    """
     if isinstance(body, dict):
         err = body.get("error", body.get("detail", body.get("message")))
         if isinstance(err, dict):
             err = err.get("message", err)
-        return " ".join(str(err).split())[:200]
-    return " ".join(str(body).split())[:200]
+        return " ".join(str(err).split())
+    return " ".join(str(body).split())
+
+
+def bad_shape(data: Any) -> str | None:
+    """Why a 200 body is not a completion (None when it is): checked before it is counted or cached."""
+    if not isinstance(data, dict):
+        return "not an object"
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return "no choices"
+    usage = data.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        return "usage is not an object"
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = (usage or {}).get(key)
+        if value is not None and not isinstance(value, int):
+            return f"usage.{key} is not an integer"
+    logprobs = choices[0].get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, dict):
+        return "logprobs is not an object"
+    return None
 
 
 _CONTEXT_WORDS = ("context length", "context window", "context_length", "maximum context", "too many tokens", "n_ctx")
@@ -117,17 +146,25 @@ class ServedBackend:
     """An OpenAI-compatible teacher with a request cache, spread over ``cfg.base_urls``."""
 
     def __init__(self, cfg: ServedConfig, cache: RequestCache | None = None):
-        import httpx  # the `llm` extra; imported here so kdforge imports without it
+        try:
+            import httpx  # the `llm` extra; imported here so kdforge imports without it
+        except ImportError:
+            raise ConfigError("teacher.kind=served needs httpx: pip install 'kdforge[llm]'") from None
 
         self.cfg = cfg
         self.cache = cache
         self.usage = Usage(per_server={url: 0 for url in cfg.base_urls})
-        self.fingerprint = f"served:{cfg.model}"
+        self.fingerprint = f"served:{cfg.model}" + (f"@{cfg.cache_namespace}" if cfg.cache_namespace else "")
         self._key = None
         if cfg.api_key_env:
-            self._key = os.environ.get(cfg.api_key_env)
+            self._key = (os.environ.get(cfg.api_key_env) or "").strip()  # a .env file with CRLF leaves a '\r'
             if not self._key:
                 raise ConfigError(f"teacher.api_key_env={cfg.api_key_env!r}: that environment variable is not set")
+            if not all(33 <= ord(c) <= 126 for c in self._key):
+                raise ConfigError(
+                    f"teacher.api_key_env={cfg.api_key_env!r}: the key holds spaces, control or non-ASCII characters; "
+                    "an HTTP header cannot carry it"
+                )
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
         self._http = httpx.Client(headers=headers, limits=limits, timeout=httpx.Timeout(cfg.timeout, connect=10.0))
@@ -140,6 +177,7 @@ class ServedBackend:
         self._steps: dict[str, dict[str, float] | None] = {}
         self._pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="kdforge-served")
         self._rng = random.Random()
+        self._closing = threading.Event()  # set by close(): backoff waits end at once, no new attempt starts
 
     # -- one request -------------------------------------------------------------------------------------------
     def _pick(self) -> int:
@@ -150,31 +188,40 @@ class ServedBackend:
             return i
 
     def _wait(self, attempt: int, asked: float | None) -> None:
-        base = min(self.cfg.max_backoff, self.cfg.backoff * (2**attempt))
-        time.sleep(max(asked, base) if asked is not None else base * (0.5 + self._rng.random()))
+        base = min(self.cfg.max_backoff, self.cfg.backoff * (2**attempt)) * (0.5 + self._rng.random())
+        delay = base if asked is None else min(asked, self.cfg.max_retry_after) + self._rng.random() * 0.1
+        self._closing.wait(delay)
+
+    def redact(self, text: str) -> str:
+        """``text`` without the API key in any form a message could carry it (plain, repr, bytes)."""
+        if self._key:
+            for form in (self._key, repr(self._key)[1:-1], str(self._key.encode())[2:-1]):
+                text = text.replace(form, "***")
+        return text
 
     def _stop(self, url: str, what: str) -> ServerError:
-        text = f"server {url}: {what} (after {self.usage.requests} requests)"
-        if self._key:
-            text = text.replace(self._key, "***")
-        return ServerError(text)
+        what = self.redact(what)
+        return ServerError(f"server {url}: {what[:300]} (after {self.usage.requests} requests)")
 
-    def _failed(self, reason: str) -> RequestFailed:
+    def _failed(self, reason: str, counts_in_row: bool = True) -> RequestFailed:
+        reason = self.redact(reason)[:300]
         with self._lock:
             self.usage.failed += 1
-            self._in_row += 1
+            self._in_row += counts_in_row  # a long text is the text's problem, not a sign of a failing server
             in_row = self._in_row
         if in_row >= self.cfg.max_failures_in_row:
             raise self._stop(
                 ", ".join(self.cfg.base_urls), f"{in_row} requests in a row failed (last: {reason}); stopping"
             )
-        return RequestFailed(reason if not self._key else reason.replace(self._key, "***"))
+        return RequestFailed(reason)
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` (``model`` added) to ``path`` of the least busy server, retrying what may pass next time."""
         body = {"model": self.cfg.model, **self.cfg.extra_body, **body}
         reason = "no attempt"
         for attempt in range(self.cfg.max_retries + 1):
+            if self._closing.is_set():
+                raise RequestFailed("the job is stopping")
             i = self._pick()
             url = self.cfg.base_urls[i]
             asked: float | None = None
@@ -189,7 +236,7 @@ class ServedBackend:
             except self._httpx.TimeoutException:
                 reason = f"timed out after {self.cfg.timeout:g} s"
             except self._httpx.TransportError as err:
-                reason = f"unreachable ({type(err).__name__}: {' '.join(str(err).split())[:120]})"
+                reason = f"unreachable ({type(err).__name__}: {' '.join(self.redact(str(err)).split())[:120]})"
                 with self._lock:
                     self._down[i] = isinstance(err, self._httpx.ConnectError)
                     every_down = all(self._down)
@@ -207,26 +254,28 @@ class ServedBackend:
                     data = None
                 if status in (401, 403):
                     hint = f"; check ${self.cfg.api_key_env}" if self.cfg.api_key_env else "; set teacher.api_key_env"
-                    raise self._stop(url, f"HTTP {status} {_message(data or raw[:200])}{hint}")
+                    raise self._stop(url, f"HTTP {status} {_message(data or raw.decode(errors='replace'))}{hint}")
                 if status == 404:
-                    text = _message(data or raw[:200])
+                    text = _message(data or raw.decode(errors="replace"))
                     if "model" in text.lower():
                         raise self._stop(url, f"does not know model {self.cfg.model!r} (HTTP 404: {text})")
                     raise self._stop(url, f"has no endpoint {path} (HTTP 404); is the base URL right (…/v1)?")
                 if status == 400 or status == 413 or status == 422:
-                    text = _message(data or raw[:200])
+                    text = _message(data or raw.decode(errors="replace"))
                     if any(word in text.lower() for word in _CONTEXT_WORDS):
-                        raise self._failed(f"prompt over the context length ({text})")
+                        raise self._failed(f"prompt over the context length ({text})", counts_in_row=False)
                     if "model" in text.lower() and ("not found" in text.lower() or "does not exist" in text.lower()):
                         raise self._stop(url, f"does not know model {self.cfg.model!r} (HTTP {status}: {text})")
                     raise self._failed(f"HTTP {status}: {text}")
-                if status == 429 or status >= 500:
-                    reason = f"HTTP {status} {_message(data or raw[:200])}".strip()
+                if status in (408, 429) or status >= 500:
+                    reason = f"HTTP {status} {_message(data or raw.decode(errors='replace'))}".strip()
                     asked = retry_after(response.headers.get("retry-after"))
+                elif status >= 400 or status < 200:
+                    raise self._failed(f"HTTP {status}: {_message(data or raw.decode(errors='replace'))}")
                 elif data is None:
                     reason = "malformed or truncated JSON body"
-                elif not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
-                    reason = "a body without choices"
+                elif (why := bad_shape(data)) is not None:
+                    reason = f"a malformed body ({why})"
                 else:
                     self._account(data)
                     return data
@@ -248,7 +297,10 @@ class ServedBackend:
 
     def cached(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """``post`` through the request cache: a request made before (by any process) is not sent again."""
-        key = request_key({"path": path, "model": self.cfg.model, "extra": self.cfg.extra_body, "body": body})
+        key = request_key(
+            {"path": path, "model": self.cfg.model, "ns": self.cfg.cache_namespace, "extra": self.cfg.extra_body,
+             "body": body}
+        )  # fmt: skip
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
@@ -275,6 +327,10 @@ class ServedBackend:
     def score(self, prompts: list[str], continuations: list[str]) -> np.ndarray:
         """Summed log-probability of each continuation after each prompt (completions with echo; NaN = failed)."""
         self.check_echo()
+        self._steps.clear()  # steps are shared within one call only (every label of a prompt); memory stays bounded
+        if self.cfg.score_mode == "next_token":
+            # Each prompt's first step once, before the labels ask for it at the same time.
+            self.map(lambda p: self._step(p), prompts)
         pairs = [(p, c) for p in prompts for c in continuations]
         scores = self.map(lambda pair: self._score_one(*pair), pairs)
         out = np.array([np.nan if isinstance(s, RequestFailed) else s for s in scores], dtype=np.float64)
@@ -303,20 +359,27 @@ class ServedBackend:
         """
         total, done = 0.0, ""
         for token in self._split(prompt, continuation):
-            body = {"prompt": self.cfg.score_prefix + prompt + done, "max_tokens": 1, "logprobs": self.cfg.score_top,
-                    "temperature": 0.0}  # fmt: skip
-            key = json.dumps(body, sort_keys=True)
-            if key not in self._steps:  # every label's first step is the same request: asked once per prompt
-                self._steps[key] = parse_completion(self.cached("/completions", body)).top_logprobs
-            top = self._steps[key]
-            if not top:
-                raise ServerError(
-                    f"server {self.cfg.base_urls[0]}: /completions returned no top log-probabilities; "
-                    "score_mode next_token needs a server that gives them"
-                )
+            top = self._step(prompt + done)
+            if token not in top:
+                with self._lock:
+                    self.usage.bounded += 1
             total += top.get(token, min(top.values()))
             done += token
         return total
+
+    def _step(self, text: str) -> dict[str, float]:
+        """The top log-probabilities of the next token after ``text`` (kept for the rest of this ``score`` call)."""
+        if text not in self._steps:
+            body = {"prompt": self.cfg.score_prefix + text, "max_tokens": 1, "logprobs": self.cfg.score_top,
+                    "temperature": 0.0}  # fmt: skip
+            self._steps[text] = parse_completion(self.cached("/completions", body)).top_logprobs
+        top = self._steps[text]
+        if not top:
+            raise self._stop(
+                self.cfg.base_urls[0],
+                "/completions returned no top log-probabilities; score_mode next_token needs a server that gives them",
+            )
+        return top
 
     def _split(self, prompt: str, continuation: str) -> list[str]:
         """The server's tokens for ``continuation`` after the end of ``prompt`` (from an echo of a short context)."""
@@ -346,7 +409,10 @@ class ServedBackend:
         """
         if self._echo_checked or self.cfg.score_mode != "echo":
             return
-        value = self._score_one(PROBE_PROMPT, PROBE_CONTINUATION)
+        try:
+            value = self._score_one(PROBE_PROMPT, PROBE_CONTINUATION)
+        except RequestFailed as err:
+            raise self._stop(self.cfg.base_urls[0], f"the echo check failed: {err}") from None
         if value < -4.0:
             raise self._stop(
                 self.cfg.base_urls[0],
@@ -397,8 +463,9 @@ class ServedBackend:
         return out
 
     def close(self) -> None:
-        """Stop the request threads and close the connections."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop: queued requests are dropped, backoff waits end, in-flight ones end with the connections."""
+        self._closing.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
 
 

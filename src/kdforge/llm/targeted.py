@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kdforge.llm.backend import GenParams
+from kdforge.llm.backend import GenParams, generate_each
 from kdforge.llm.generate import clean
+from kdforge.llm.labels import fill
 
 
 def nearest(queries: Sequence[str], pool: Sequence[str], available: np.ndarray, count: int) -> list[int]:
@@ -63,16 +64,16 @@ def write_near(
     if not examples or count <= 0:
         return []
     chat = getattr(backend, "chat_prompt", None)
-    out = []
+    prompts = []
     for k in range(count):
         text, description = examples[k % len(examples)]
-        body = template.replace("{text}", text[:1500]).replace("{description}", description)
+        body = fill(template, "teach.write.template", text=text[:1500], description=description)
         messages = [{"role": "user", "content": body}]
-        prompt = chat(messages) if chat is not None else messages
-        params = GenParams(max_tokens=max_tokens, temperature=temperature, top_p=0.95, n=1, seed=seed + k)
-        answers = backend.generate([prompt], params)[0]  # type: ignore[attr-defined]
-        if isinstance(answers, list) and answers:
-            new = clean(answers[0].text)
-            if new:
-                out.append((new, description, k % len(examples)))
+        prompts.append(chat(messages) if chat is not None else messages)
+    params = GenParams(max_tokens=max_tokens, temperature=temperature, top_p=0.95, n=1, seed=seed)
+    out = []
+    for k, answers in enumerate(generate_each(backend, prompts, params, seed)):
+        new = clean(answers[0].text) if isinstance(answers, list) and answers else ""
+        if new:
+            out.append((new, examples[k % len(examples)][1], k % len(examples)))
     return out

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from kdforge.engine.rundir import RunDir
 from kdforge.errors import ConfigError
-from kdforge.files import atomic_write
+from kdforge.files import atomic_write, atomic_write_text
 from kdforge.llm.targeted import at_random, nearest, write_near
 from kdforge.recipe import Recipe, TeacherConfig, format_validation_error, teacher_section
 from kdforge.registry import STRATEGIES
@@ -78,9 +78,13 @@ def teach_section(recipe: Recipe) -> TeachConfig:
         raise ConfigError("strategy teaching_loop needs a teach section (teacher, labeling, rounds, per_round, ...)")
     try:
         cfg = TeachConfig.model_validate(recipe.teach)
-        LabelingConfig.model_validate(cfg.labeling)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "recipe", root=TeachConfig, prefix=("teach",))) from None
+    try:
+        LabelingConfig.model_validate(cfg.labeling)
+    except ValidationError as err:
+        where = ("teach", "labeling")
+        raise ConfigError(format_validation_error(err, "recipe", root=LabelingConfig, prefix=where)) from None
     if cfg.source == "pool" and cfg.pool is None:
         raise ConfigError("teach.pool: source=pool needs a pool of unlabeled texts (teach.pool.path)")
     params = recipe.data.params
@@ -109,13 +113,15 @@ def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, lambda p: pq.write_table(table, p))
 
 
-def dev_errors(outcome: RunOutcome, names: list[str]) -> tuple[list[int], dict[str, float]]:
-    """Dev rows the student got wrong (row numbers in the dev file) and its recall per label."""
+def split_errors(outcome: RunOutcome, split: str, names: list[str]) -> tuple[list[int], dict[str, float]]:
+    """Rows of ``split`` (val or train) the student got wrong (row numbers in that file) and its recall per label."""
     from kdforge.data import make_loader
     from kdforge.evaluate.predict import predict
 
-    val = outcome.bundle.val
-    logits, labels, index = predict(outcome.student, make_loader(val, 256, shuffle=False, seed=0))
+    data = getattr(outcome.bundle, split)
+    param = next(outcome.student.parameters(), None)
+    device = param.device if param is not None else "cpu"
+    logits, labels, index = predict(outcome.student, make_loader(data, 256, shuffle=False, seed=0), device=device)
     assert labels is not None
     wrong = (logits.argmax(-1) != labels).numpy()
     recall = {}
@@ -150,7 +156,7 @@ def teaching_loop(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunO
     cache = open_cache(cfg.cache)
     backend = build_backend(cfg.teacher, cache)
     rounds: list[dict[str, Any]] = []
-    best, stale, outcome = -np.inf, 0, None
+    best, stale, outcome, kept = -np.inf, 0, None, None
     try:
         labeler = Labeler(labeling, backend, recipe.seed, getattr(cfg.teacher, "temperature", 0.05))
         if list(labeler.labels.names) != names:
@@ -167,7 +173,7 @@ def teaching_loop(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunO
                         "data": recipe.data.model_copy(update={"params": {**params, "train": str(train_file)}})}
             )  # fmt: skip
             outcome = offline(variant, folder)
-            errors, recall = dev_errors(outcome, names)
+            errors, recall = split_errors(outcome, "val", names)
             dev_metric = _metric(outcome.summary, cfg.stop.metric)
             record = {
                 "round": r, "train_size": len(data), "dev": dev_metric, "test": outcome.summary.get("test"),
@@ -175,34 +181,40 @@ def teaching_loop(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunO
             }  # fmt: skip
             rounds.append(record)
             if dev_metric > best + cfg.stop.min_gain:
-                best, stale = dev_metric, 0
+                best, stale, kept = dev_metric, 0, (r, outcome)
             elif r:
                 stale += 1
             if r == cfg.rounds or stale >= cfg.stop.patience:
                 record["stopped"] = "rounds done" if r == cfg.rounds else f"no gain for {stale} round(s)"
                 break
-            added = _targeted(
-                cfg, labeler, backend, errors, recall, dev_texts, dev_labels, pool_texts, used, names,
-                recipe.seed + r,
-            )  # fmt: skip
+            if cfg.source == "generate":
+                # LLM2LLM writes near the *training* examples the student gets wrong: writing near dev examples
+                # would put paraphrases of the dev set into training and inflate the dev metric that stops the loop.
+                wrong, _ = split_errors(outcome, "train", names)
+                examples = [(data[j]["text"], data[j]["label"]) for j in wrong]
+                added = _written(cfg, labeler, backend, examples, recall, data, names, recipe.seed + r)
+            else:
+                added = _from_pool(cfg, labeler, errors, recall, dev_texts, dev_labels, pool_texts, used, names,
+                                   recipe.seed + r)  # fmt: skip
             for row in added:
                 row["round"] = r + 1
             record["added"] = len(added)
             record["added_per_label"] = {n: sum(a["label"] == n for a in added) for n in names}
             if folder.main:
-                (folder.path / "added.jsonl").write_text(
-                    "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in added)
-                )
+                lines = "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in added)
+                atomic_write_text(folder.path / "added.jsonl", lines)
             data = data + [{k: a[k] for k in ("text", "label", "origin", "round")} for a in added]
     finally:
         backend.close()
         if cache is not None:
             cache.close()
-    assert outcome is not None
+    assert outcome is not None and kept is not None
+    best_round, outcome = kept  # the student of the best round on the dev set, not merely the last one
     summary = {
         **outcome.summary,
         "name": recipe.name,
         "strategy": "teaching_loop",
+        "best_round": best_round,
         "teach": {"source": cfg.source, "selection": cfg.selection, "per_round": cfg.per_round},
         "rounds": rounds,
         "teacher_usage": _usage(backend),
@@ -225,39 +237,42 @@ def _usage(backend: Any) -> dict[str, Any]:
     return asdict(backend.usage)
 
 
-def _targeted(cfg: TeachConfig, labeler: Any, backend: Any, errors: list[int], recall: dict[str, float],
-              dev_texts: list[str], dev_labels: list[str | None], pool: list[str], used: np.ndarray,
-              names: list[str], seed: int) -> list[dict[str, Any]]:  # fmt: skip
-    """This round's new examples: from the pool (annotated by the teacher) or written by it."""
-    # Errors of the weakest labels first: when there are more errors than the round adds, those get the data.
+def _from_pool(cfg: TeachConfig, labeler: Any, errors: list[int], recall: dict[str, float], dev_texts: list[str],
+               dev_labels: list[str | None], pool: list[str], used: np.ndarray, names: list[str],
+               seed: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Pool texts nearest the dev errors (weakest labels first), or random ones for the control, annotated."""
     errors = sorted(errors, key=lambda j: (recall.get(dev_labels[j] or "", 1.0), j))
-    if cfg.source == "pool":
-        available = np.flatnonzero(~used)
-        if cfg.selection == "errors" and errors:
-            picks = nearest([dev_texts[j] for j in errors], pool, available, cfg.per_round)
-        else:
-            picks = at_random(available, cfg.per_round, seed)
-        used[picks] = True
-        outcomes = labeler.label([pool[i] for i in picks])
-        added = []
-        for i, o in zip(picks, outcomes, strict=True):
-            if o.probs is not None:
-                best = int(np.argmax(o.probs))
-                added.append({"text": pool[i], "label": names[best], "origin": "pool", "pool_id": int(i),
-                              "confidence": float(o.probs[best])})  # fmt: skip
-        return added
-    descriptions = dict(zip(names, labeler.labels.descriptions, strict=True))
+    available = np.flatnonzero(~used)
     if cfg.selection == "errors" and errors:
-        rows = list(errors)
+        picks = nearest([dev_texts[j] for j in errors], pool, available, cfg.per_round)
     else:
-        rng = np.random.default_rng(seed)
-        rows = [j for j, y in enumerate(dev_labels) if y in names]
-        rows = [int(j) for j in rng.permutation(rows)[: max(len(errors), 1)]]
-    examples = [(dev_texts[j], dev_labels[j]) for j in rows]
+        picks = at_random(available, cfg.per_round, seed)
+    used[picks] = True
+    added = []
+    for i, o in zip(picks, labeler.label([pool[i] for i in picks]), strict=True):
+        if o.probs is not None:
+            best = int(np.argmax(o.probs))
+            added.append({"text": pool[i], "label": names[best], "origin": "pool", "pool_id": int(i),
+                          "confidence": float(o.probs[best])})  # fmt: skip
+    return added
+
+
+def _written(cfg: TeachConfig, labeler: Any, backend: Any, examples: list[tuple[str, str]],
+             recall: dict[str, float], data: list[dict[str, Any]], names: list[str],
+             seed: int) -> list[dict[str, Any]]:  # fmt: skip
+    """New examples written after training examples the student gets wrong (weakest labels first), each given that
+    example's label; with none wrong, or for the control, after random training examples."""
+    rng = np.random.default_rng(seed)
+    if cfg.selection != "errors" or not examples:
+        rows = [int(j) for j in rng.permutation(len(data))[: max(len(examples), 1)]]
+        examples = [(data[j]["text"], data[j]["label"]) for j in rows]
+    examples = sorted(examples, key=lambda e: recall.get(e[1], 1.0))
+    descriptions = dict(zip(names, labeler.labels.descriptions, strict=True))
     written = write_near(
         backend, [(t, descriptions[y]) for t, y in examples], cfg.per_round, cfg.write.template, seed,
         cfg.write.temperature, cfg.write.max_tokens,
     )  # fmt: skip
     return [
-        {"text": t, "label": dev_labels[rows[k]], "origin": "generated", "dev_row": rows[k]} for t, _, k in written
+        {"text": t, "label": examples[k][1], "origin": "generated", "after": examples[k][0][:200]}
+        for t, _, k in written
     ]

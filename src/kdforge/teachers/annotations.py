@@ -63,6 +63,31 @@ def read_distributions(path: Path, column: str) -> tuple[np.ndarray, list[str] |
     return np.asarray(rows, dtype=np.float32), names
 
 
+def _check_rows(path: Path, recipe: Any) -> None:
+    """Row i of the annotation file must be training sample i: the same file, or a file with the same texts."""
+    params = dict(getattr(getattr(recipe, "data", None), "params", {}) or {})
+    train = params.get("train")
+    if train is None or Path(train).expanduser().resolve() == path.resolve():
+        return
+    import pyarrow.parquet as pq
+
+    from kdforge.data.files.source import read_source
+
+    ours = pq.read_table(path, columns=["text"]).column("text").to_pylist() if _has_text(path) else None
+    theirs = read_source("data.params.train", train).column(params.get("text_column", "text")).to_pylist()
+    if ours is None or ours[: len(theirs)] != theirs:
+        raise ConfigError(
+            f"teacher.path={str(path)!r} and data.params.train={train!r} do not hold the same texts row by row: "
+            "the soft labels would be misaligned; train on the annotation file itself"
+        )
+
+
+def _has_text(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    return "text" in pq.read_schema(path).names
+
+
 @TEACHERS.register("annotations")
 class Annotations(Teacher):
     """Label distributions read from an annotation file, one row per training sample id."""
@@ -94,6 +119,7 @@ class Annotations(Teacher):
                 f"teacher.path={str(path)!r} has {len(probs)} rows; the training data has sample id "
                 f"{int(bundle.train.indices.max())}: train on the same file (data.params.train)"
             )
+        _check_rows(path, build.recipe)
         logits = torch.from_numpy(np.log(np.clip(probs, cfg.floor, None)))
         fingerprint = "annotations:" + sha256_file(path)[:16]
         return cls(logits, fingerprint), {"kind": "annotations", "path": str(path), "rows": len(probs)}
