@@ -114,12 +114,16 @@ def main() -> None:
         "gold_accuracy_llama_cpp": float(np.mean([b["label"] == b["gold"] for _, b in pairs])),
     }
     print("gemma local vs llama.cpp", agreement_local_served, flush=True)
-    # (b) SmolLM2-135M-Instruct through llama.cpp's server, first-token logprobs of its chat answer.
+    # (b) SmolLM2-135M-Instruct through llama.cpp's server: calibrated label scoring (next-token walk), and the
+    # first-token logprobs of its chat answer (which rarely is a label word: those texts are recorded unknown).
     srv = server(assets.smollm2_gguf())
     try:
         served = {"kind": "served", "base_urls": [srv.url], "model": srv.model, "concurrency": 2,
                   "extra_body": {"repeat_penalty": 1.0}}  # fmt: skip
-        record("smollm2-llama.cpp", job("smollm2", served, files["train"], out, method="logprobs", prompt=CHAT_PROMPT))
+        scored = {**served, "score_mode": "next_token", "score_top": 20000}
+        record("smollm2-llama.cpp", job("smollm2-score", scored, files["train"], out, method="score", calibrate=True,
+                                        prompt=BASE_PROMPT))  # fmt: skip
+        record("smollm2-chat", job("smollm2", served, files["train"], out, method="logprobs", prompt=CHAT_PROMPT))
     finally:
         srv.stop()
     # (c) the MiniLM embedding teacher, zero-shot by label descriptions.
@@ -127,7 +131,8 @@ def main() -> None:
     record("minilm", job("minilm", minilm, files["train"], out))
 
     results: dict[str, Any] = {"gold": {"students": students("gold", files["train"], files["test"], files["train"])}}
-    for name, folder in (("gemma-local", "gemma-local"), ("smollm2-llama.cpp", "smollm2"), ("minilm", "minilm")):
+    results["smollm2-chat"] = {**teachers["smollm2-chat"], "students": None}  # too few labelled texts to train on
+    for name, folder in (("gemma-local", "gemma-local"), ("smollm2-llama.cpp", "smollm2-score"), ("minilm", "minilm")):
         labeled = out / folder / "labeled.parquet"
         results[name] = {**teachers[name], "students": students(name, labeled, files["test"], files["train"])}
         print(name, json.dumps(results[name]["students"]), flush=True)

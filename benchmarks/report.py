@@ -349,13 +349,14 @@ def llm_annotate_section(data: dict) -> list[str]:
     for name, t in teachers.items():
         if name == "gold":
             continue
-        s = t["students"]
+        s = t["students"] or {}
         rows.append([
             name, f"`{t['method']}`" + (" + calibration" if t["calibrated"] else ""), f"{100 * t['accuracy']:.1f}%",
-            f"{t['cohen_kappa']:.3f}", f"{t['coverage']:.2f}", f"{t['seconds']:.0f} s", pm(s["soft"]), pm(s["hard"]),
+            f"{t['cohen_kappa']:.3f}", f"{t['coverage']:.2f}",
+            pm(s["soft"]) if s else "–", pm(s["hard"]) if s else "–",
         ])  # fmt: skip
     lines += table(
-        ["teacher", "method", "teacher–gold acc", "κ", "coverage", "annotation time", "student (soft) %",
+        ["teacher", "method", "teacher–gold acc", "κ", "coverage", "student (soft) %",
          "student (hard) %"], rows,
     )  # fmt: skip
     gap = data.get("gemma_local_vs_llama_cpp")
