@@ -21,8 +21,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 demo: setup
 	$(BIN)/kdforge run
 
+# KDFORGE_REQUIRE_LLM_SERVERS: setup installed the LLM servers, so their tests must run, never skip.
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	KDFORGE_REQUIRE_LLM_SERVERS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 setup: $(STAMP) data llm-assets
 

@@ -274,7 +274,15 @@ def _need(module: str, install: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed: `{install}` (or `make setup`)")
+        _missing(f"{module} is not installed: `{install}` (or `make setup`)")
+
+
+def _missing(why: str) -> None:
+    """Skip a test whose server cannot start here; under `make test` (which installs everything) fail instead, so
+    the real-server tests can never pass by being skipped."""
+    if os.environ.get("KDFORGE_REQUIRE_LLM_SERVERS") == "1":
+        pytest.fail(why)
+    pytest.skip(why)
 
 
 def _asset(get: Callable[[], Path]) -> Path:
@@ -283,7 +291,8 @@ def _asset(get: Callable[[], Path]) -> Path:
     try:
         return get()
     except ConfigError as e:
-        pytest.skip(str(e))
+        _missing(str(e))
+        raise
 
 
 def server_fixture(

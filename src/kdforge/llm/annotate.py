@@ -23,6 +23,7 @@ from kdforge.files import atomic_write, atomic_write_text
 from kdforge.llm.job import JobRecipe, build_backend, open_cache, output_folder, validate_job
 from kdforge.llm.labels import LabelSet, PromptConfig, clip
 from kdforge.llm.methods import METHODS, MethodContext, Outcome, calibrate, content_free_floor
+from kdforge.llm.summaries import usage_line
 from kdforge.progress import bar, enabled
 
 Method = Literal["auto", "score", "logprobs", "vote", "answer", "similarity"]
@@ -214,12 +215,7 @@ def _label_all(ctx: MethodContext, run: Any, texts: list[str], batch: int, show:
             for i, outcome in zip(chunk, run(ctx, [texts[i] for i in chunk]), strict=True):
                 outcomes[i] = outcome
             if progress is not None:
-                u = backend.usage
-                progress.update(
-                    0, advance=len(chunk),
-                    info=f"requests {u.requests} · cached {u.cached} · failed {u.failed} · "
-                    f"tokens {u.prompt_tokens + u.completion_tokens} · cost {u.cost:.4f}",
-                )  # fmt: skip
+                progress.update(0, advance=len(chunk), info=usage_line(asdict(backend.usage)))
     return [o if o is not None else Outcome(None, failed="empty text") for o in outcomes]
 
 

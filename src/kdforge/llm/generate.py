@@ -24,6 +24,7 @@ from kdforge.llm.backend import GenParams, generate_each
 from kdforge.llm.dedup import duplicates
 from kdforge.llm.job import JobRecipe, build_backend, open_cache, output_folder, validate_job
 from kdforge.llm.labels import LabelSet, clip, fill
+from kdforge.llm.summaries import usage_line
 from kdforge.progress import bar, enabled
 
 
@@ -153,7 +154,8 @@ def generate(recipe: GenerateRecipe, out: Path | None = None, show: bool = True)
                 for answers in generate_each(backend, prompts[start : start + step], params, recipe.seed + start):
                     texts.append(clean(answers[0].text) if isinstance(answers, list) and answers else None)
                 if progress is not None:
-                    progress.update(0, advance=len(prompts[start : start + step]))
+                    info = usage_line(asdict(backend.usage))
+                    progress.update(0, advance=len(prompts[start : start + step]), info=info)
         fates = _fates(texts, cfg)
         if cfg.filter.enabled:
             temperature = getattr(recipe.teacher, "temperature", 0.05)
