@@ -174,7 +174,7 @@ def teaching_loop(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunO
             )  # fmt: skip
             outcome = offline(variant, folder)
             errors, recall = split_errors(outcome, "val", names)
-            dev_metric = _metric(outcome.summary, cfg.stop.metric)
+            dev_metric = _metric(outcome.summary, cfg.stop.metric, recipe.train.select.mode)
             record = {
                 "round": r, "train_size": len(data), "dev": dev_metric, "test": outcome.summary.get("test"),
                 "dev_errors": len(errors), "recall": recall,
@@ -223,8 +223,9 @@ def teaching_loop(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunO
     return RunOutcome(summary, student=outcome.student, teacher=outcome.teacher, bundle=outcome.bundle)
 
 
-def _metric(summary: dict[str, Any], metric: str) -> float:
-    kept = summary.get("best") or summary.get("last") or {}
+def _metric(summary: dict[str, Any], metric: str, mode: str) -> float:
+    """The dev metric of the student the round keeps (the last epoch's, or the best one's with select: best)."""
+    kept = (summary.get("best") if mode == "best" else None) or summary.get("last") or {}
     value = (kept.get("val") or {}).get(metric)
     if value is None:
         raise ConfigError(f"teach.stop.metric={metric!r}: the dev evaluation reports no such metric")
