@@ -89,6 +89,10 @@ def main() -> None:
     gemma_local = job("gemma-local", {"kind": "local", "model": "gemma3-270m"}, files["train"], out,
                       method="score", calibrate=True, prompt=BASE_PROMPT)  # fmt: skip
     record("gemma-local", gemma_local)
+    # The same model with the raw label names and no calibration: what verbalizers + calibration are worth.
+    raw = {**gemma_local, "name": "gemma-raw", "annotate": {**gemma_local["annotate"], "labels": list(LABELS),
+                                                            "calibrate": False}}  # fmt: skip
+    record("gemma-local (raw names, uncalibrated)", raw)
     # ... and through llama.cpp's server (next-token walk: its echo sorts 262k logits per prompt token in Python).
     srv = server(assets.gemma_gguf(), chat_format="gemma", alias="gemma3-270m")
     try:
@@ -132,6 +136,8 @@ def main() -> None:
 
     results: dict[str, Any] = {"gold": {"students": students("gold", files["train"], files["test"], files["train"])}}
     results["smollm2-chat"] = {**teachers["smollm2-chat"], "students": None}  # too few labelled texts to train on
+    raw_name = "gemma-local (raw names, uncalibrated)"
+    results[raw_name] = {**teachers[raw_name], "students": None}  # a baseline for the wording, not a teacher
     for name, folder in (("gemma-local", "gemma-local"), ("smollm2-llama.cpp", "smollm2-score"), ("minilm", "minilm")):
         labeled = out / folder / "labeled.parquet"
         results[name] = {**teachers[name], "students": students(name, labeled, files["test"], files["train"])}

@@ -77,8 +77,10 @@ def main() -> None:
     try:
         for c in (4, 16):
             key = f"two servers, concurrency {c}"
+            before = [s.requests("/v1/chat/completions") for s in two]
             results[key] = timed(job(f"two-{c}", [s.url for s in two], two[0].model, data, work, c))
-            results[key]["requests_per_server"] = [s.requests("/v1/chat/completions") for s in two]
+            after = [s.requests("/v1/chat/completions") for s in two]
+            results[key]["requests_per_server"] = [a - b for a, b in zip(after, before, strict=True)]
             print(key, results[key], flush=True)
     finally:
         for s in two:

@@ -359,6 +359,13 @@ def llm_annotate_section(data: dict) -> list[str]:
         ["teacher", "method", "teacher–gold acc", "κ", "coverage", "student (soft) %",
          "student (hard) %"], rows,
     )  # fmt: skip
+    lines += [
+        "",
+        "LLM teachers ask and score labels by plain words (earnings, acquisition, oil, trade, currency, interest, "
+        "shipping, grain) after `Article: … Topic:`; calibration divides by the scores of the content-free input "
+        "`N/A`. “–”: no student trained — SmolLM2's chat answers are rarely a label word (those texts are recorded "
+        "unknown, never guessed), and the raw-names row is a baseline for the wording.",
+    ]
     gap = data.get("gemma_local_vs_llama_cpp")
     if gap:
         lines += [
