@@ -346,9 +346,9 @@ def llm_annotate_section(data: dict) -> list[str]:
         "",
     ]
     rows = []
-    for name, t in teachers.items():
-        if name == "gold":
-            continue
+    order = ["gemma-local", "gemma-local (raw names, uncalibrated)", "smollm2-llama.cpp", "smollm2-chat", "minilm"]
+    for name in sorted((n for n in teachers if n != "gold"), key=lambda n: order.index(n) if n in order else 99):
+        t = teachers[name]
         s = t["students"] or {}
         rows.append([
             name, f"`{t['method']}`" + (" + calibration" if t["calibrated"] else ""), f"{100 * t['accuracy']:.1f}%",
@@ -371,7 +371,8 @@ def llm_annotate_section(data: dict) -> list[str]:
         lines += [
             "",
             f"Gemma-3-270M in process vs through llama.cpp's server (same GGUF, `score_mode: next_token`, a seeded "
-            f"{gap['rows']}-text subset: each request costs llama-cpp-python a Python sort of 262k logits, ~6 s here): "
+            f"{gap['rows']}-text subset: llama-cpp-python sorts and formats the 262k-token distribution in Python, "
+            "seconds per request here): "
             f"the same label on {100 * gap['same_label']:.1f}% of the texts, mean total-variation distance between "
             f"their calibrated distributions {gap['mean_total_variation']:.3f}; teacher–gold accuracy "
             f"{100 * gap['gold_accuracy_in_process']:.1f}% in process vs {100 * gap['gold_accuracy_llama_cpp']:.1f}% "
@@ -411,6 +412,16 @@ def llm_throughput_section(data: dict) -> list[str]:
     rows = [[name, f"{r['texts_per_s']:.2f}", f"{r['seconds']:.1f}", str(r["requests"])] for name, r in results.items()
             if not name.startswith("re-run")]  # fmt: skip
     lines += table(["setup", "texts/s", "seconds", "requests"], rows)
+    one = results.get("one server, concurrency 1")
+    two = results.get("two servers, concurrency 16")
+    if one and two:
+        lines += [
+            "",
+            "llama-cpp-python's server computes one request at a time, so concurrency against one server only overlaps "
+            f"HTTP and Python work; two server processes behind one job (one thread each, the same 2 cores) give "
+            f"{two['texts_per_s'] / one['texts_per_s']:.2f}× the texts/s of one server at concurrency 1. On separate "
+            "machines the servers add their own cores.",
+        ]
     rerun = results.get("re-run of the finished job")
     if rerun:
         lines += ["", f"Re-running the finished job: {rerun['requests_at_server']} requests reached the server."]

@@ -100,3 +100,17 @@ def test_rationale_verdict_reads_the_last_answer_line_only() -> None:
     assert reasoning(text) == "The text talks about a match."
     assert final_answer("Let me answer: it is about chips.\nFinal answer: technology", LABELS) == 2
     assert final_answer("This answers it.", LABELS) is None
+
+
+def test_generation_requests_show_seed_examples_of_their_own_label() -> None:
+    from kdforge.llm.generate import GenerateConfig, clean, requests_for
+
+    cfg = GenerateConfig(labels={"sport": "sports", "business": None}, per_label=2, prompt={"example": " [{text}]"},
+                         seeds={"path": "unused", "per_prompt": 1})  # fmt: skip
+    seeds = {0: ["goal scored"], 1: ["shares fell"]}
+    jobs = requests_for(cfg, LabelSet.parse(cfg.labels), 0, seeds)
+    assert [j["label"] for j in jobs] == [0, 0, 1, 1]
+    assert all("[goal scored]" in j["messages"][-1]["content"] for j in jobs[:2])
+    assert all("[shares fell]" in j["messages"][-1]["content"] for j in jobs[2:])
+    assert "about sports" in jobs[0]["messages"][-1]["content"]
+    assert clean('Here is a short article:\n\n"Stocks rallied."') == "Stocks rallied."

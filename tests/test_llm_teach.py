@@ -117,9 +117,9 @@ def test_annotations_teacher_refuses_a_mismatched_label_set(r8: dict[str, Path],
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("selection", "rounds"), [("errors", 2), ("random", 1)])
+@pytest.mark.parametrize(("selection", "rounds", "stop"), [("errors", 2, None), ("random", 1, None), ("random", 3, 1)])
 def test_teaching_loop_adds_pool_texts_each_round(
-    r8: dict[str, Path], tmp_path: Path, selection: str, rounds: int
+    r8: dict[str, Path], tmp_path: Path, selection: str, rounds: int, stop: int | None
 ) -> None:
     recipe = {
         "name": f"teach-{selection}",
@@ -132,16 +132,22 @@ def test_teaching_loop_adds_pool_texts_each_round(
         "teach": {
             "rounds": rounds, "per_round": 40, "source": "pool", "selection": selection,
             "pool": {"path": str(r8["pool"])}, "teacher": TEACHER, "labeling": {"labels": LABELS},
-            "stop": {"patience": 5}, "cache": str(tmp_path / "cache.sqlite"),
+            # stop=1: a gain of 1.0 accuracy is impossible, so the loop stops after one round without it.
+            "stop": {"patience": 5} if stop is None else {"min_gain": 1.0, "patience": stop},
+            "cache": str(tmp_path / "cache.sqlite"),
         },
     }  # fmt: skip
     (tmp_path / "teach.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     done = run_cli("teach", str(tmp_path / "teach.yaml"))
     assert done.returncode == 0, done.stderr
-    assert f"round {rounds}: train {60 + 40 * rounds}" in done.stdout
     run = next((tmp_path / "runs").glob("teach-*"))
     summary = json.loads((run / "summary.json").read_text())
     record = summary["rounds"]
+    if stop is not None:
+        assert len(record) == 2 and record[-1]["stopped"] == "no gain for 1 round(s)"
+        assert "no gain for 1 round(s)" in done.stdout and summary["best_round"] == 0
+        return
+    assert f"round {rounds}: train {60 + 40 * rounds}" in done.stdout
     assert [r["train_size"] for r in record] == [60 + 40 * r for r in range(rounds + 1)]
     assert [r.get("added") for r in record] == [40] * rounds + [None] and record[-1]["stopped"] == "rounds done"
     for r in range(1, rounds + 1):
