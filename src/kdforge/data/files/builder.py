@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from kdforge.data.base import DataBundle
+from kdforge.data.files.params import Params
 from kdforge.errors import ConfigError
 from kdforge.registry import DATASETS
-
-
-@dataclass(frozen=True)
-class Params:
-    """The builder's parameters (the keys of ``data.params``)."""
-
-    train: str
-    val: str | None
-    test: str | None
-    val_fraction: float
-    test_fraction: float
-    seed: int
-    text_column: str
-    image_column: str | None
-    label_column: str | None
-    unlabeled: str
-    labels: list[str | int] | None
-    tokenizer: str | None
-    max_len: int
-    image_size: list[int] | None
 
 
 def _check(p: Params) -> None:

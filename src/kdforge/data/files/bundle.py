@@ -21,7 +21,7 @@ from kdforge.data.files.tokenize import check_text, load_tokenizer, tokenize, to
 from kdforge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from kdforge.data.files.builder import Params
+    from kdforge.data.files.params import Params
 
 SPLITS = ("train", "val", "test")
 
