@@ -301,3 +301,14 @@ def test_long_retry_after_is_capped_and_close_ends_waits() -> None:
         worker.join(timeout=5)
         assert not worker.is_alive() and time.monotonic() - started < 5
         assert "stopping" in str(errors[0])
+
+
+def test_generation_on_the_request_threads_does_not_deadlock() -> None:
+    from kdforge.llm.backend import generate_each
+
+    with FaultServer() as srv:
+        b = backend(srv.url, concurrency=2)
+        done = generate_each(b, [f"prompt {i}" for i in range(8)], GenParams(max_tokens=4, n=1), first_seed=0)
+        assert [d[0].text for d in done] == ["ok"] * 8
+        assert sorted(r.body["seed"] for r in srv.calls()) == list(range(8))  # one seed per candidate
+        b.close()

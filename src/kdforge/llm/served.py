@@ -175,7 +175,8 @@ class ServedBackend:
         self._in_row = 0
         self._echo_checked = False
         self._steps: dict[str, dict[str, float] | None] = {}
-        self._pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="kdforge-served")
+        self._thread_prefix = f"kdforge-served-{id(self):x}"
+        self._pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix=self._thread_prefix)
         self._rng = random.Random()
         self._closing = threading.Event()  # set by close(): backoff waits end at once, no new attempt starts
 
@@ -313,7 +314,8 @@ class ServedBackend:
         return data
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        """``fn`` over ``items`` on the request threads; a RequestFailed becomes None, a ServerError stops all."""
+        """``fn`` over ``items`` on the request threads; a RequestFailed is returned in its item's place (its text is
+        the reason), a ServerError stops all."""
 
         def guarded(item: Any) -> Any:
             try:
@@ -321,6 +323,10 @@ class ServedBackend:
             except RequestFailed as err:
                 return err
 
+        if threading.current_thread().name.startswith(self._thread_prefix):
+            # Already on a request thread (generate inside generate_each): waiting on the same pool would deadlock
+            # once every thread waits, so the inner items run here, one after another.
+            return [guarded(item) for item in items]
         return list(self._pool.map(guarded, items))
 
     # -- the Backend protocol ----------------------------------------------------------------------------------
