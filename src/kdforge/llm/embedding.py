@@ -39,16 +39,10 @@ def _model_folder(model: str) -> tuple[Path, str]:
 
 
 def _load(folder: Path) -> Any:
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise ConfigError(f"{WHERE} needs `pip install sentence-transformers` (kdforge[text])") from None
-    try:
-        encoder = SentenceTransformer(str(folder), device="cpu", local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as err:
-        raise ConfigError(f"{WHERE}: cannot load {str(folder)!r}: {' '.join(str(err).split())}") from None
-    encoder.eval()
-    return encoder.float()
+    """The encoder in eval mode, loaded as the `sentence_transformers` model builder loads it (offline, float32)."""
+    from kdforge.models.hf.sentence import load_sentence_transformer
+
+    return load_sentence_transformer(folder).eval()
 
 
 class EmbeddingBackend:
