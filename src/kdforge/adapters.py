@@ -28,12 +28,17 @@ def _accepts(model: nn.Module, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def token_mask(batch: dict[str, Any], logits: Tensor) -> Tensor | None:
+def token_mask(batch: dict[str, Any], per_token: bool, device: torch.device) -> Tensor | None:
     """The (B, S) real-token mask of a sequence batch (its attention_mask), None for one output per sample."""
     mask = batch.get("attention_mask")
-    if mask is None or logits.dim() != 3:
+    if mask is None or not per_token:
         return None
-    return torch.as_tensor(mask).to(logits.device).bool()
+    return torch.as_tensor(mask).to(device).bool()
+
+
+def hidden_only(needs: Needs) -> bool:
+    """Whether only hidden states + head are wanted (chunked token losses), not the full logits."""
+    return needs.student_hidden and not needs.student_logits
 
 
 class ModelAdapter:
@@ -43,6 +48,16 @@ class ModelAdapter:
         self.model = model
         self.runner: nn.Module = model  # the module actually called (a DDP wrapper while training)
         self._recorder: Recorder | None = None
+
+    @property
+    def causal_lm(self) -> bool:
+        """Whether the model is a causal LM exposing last hidden states and an output head (chunked token losses)."""
+        return False
+
+    @property
+    def softcap(self) -> float | None:
+        """Final-logit soft-capping the model applies after its head (Gemma 2), None when it applies none."""
+        return None
 
     def record(self, paths: tuple[str, ...]) -> None:
         """Capture the outputs of these module paths on every call (checked now: a wrong path fails here)."""
@@ -70,10 +85,14 @@ class ModelAdapter:
         if self._recorder is not None:
             self._recorder.clear()
         output = self.call(batch, needs)
-        logits = extract_logits(output)
+        logits = None if hidden_only(needs) else extract_logits(output)
         hidden, head = self.hidden(output) if needs.student_hidden else (None, None)
         features = dict(self._recorder.tensors) if self._recorder is not None else {}
-        return StudentOutput(logits, features, hidden=hidden, head=head, mask=token_mask(batch, logits))
+        shaped = hidden if logits is None else logits
+        per_token = shaped is not None and shaped.dim() == 3
+        device = shaped.device if shaped is not None else torch.device("cpu")
+        mask = token_mask(batch, per_token, device)
+        return StudentOutput(logits, features, hidden=hidden, head=head, mask=mask)
 
     def generate(self, batch: dict[str, Any], max_new_tokens: int, do_sample: bool = False) -> Tensor:
         """Continue every sequence of ``batch['input']`` by up to ``max_new_tokens`` tokens."""
@@ -88,6 +107,11 @@ class ModuleAdapter(ModelAdapter):
         super().__init__(model)
         self._takes_mask = _accepts(model, "attention_mask")
         self._gives_hidden = _accepts(model, "return_hidden")
+
+    @property
+    def causal_lm(self) -> bool:
+        """kdforge's own causal models: a forward with ``return_hidden`` and a linear ``head``."""
+        return self._gives_hidden and isinstance(getattr(self.model, "head", None), nn.Linear)
 
     def call(self, batch: dict[str, Any], needs: Needs) -> Any:
         """``model(x)``, plus ``attention_mask=`` and ``return_hidden=True`` where the forward takes them."""
@@ -129,6 +153,25 @@ class ModuleAdapter(ModelAdapter):
 class HFAdapter(ModelAdapter):
     """Hugging Face models: ``model(input_ids=..., attention_mask=...)``; hidden states and the LM head on request."""
 
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self._keeps_logits = _accepts(model, "logits_to_keep")
+
+    @property
+    def causal_lm(self) -> bool:
+        """A transformers causal LM (``…ForCausalLM``) with an output embedding."""
+        config = getattr(self.model, "config", None)
+        if config is None or getattr(config, "is_encoder_decoder", False):
+            return False
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        return isinstance(head, nn.Linear) and type(self.model).__name__.endswith("ForCausalLM")
+
+    @property
+    def softcap(self) -> float | None:
+        """``config.final_logit_softcapping`` (Gemma 2 caps its logits with tanh), None when absent."""
+        value = getattr(getattr(self.model, "config", None), "final_logit_softcapping", None)
+        return float(value) if value else None
+
     def call(self, batch: dict[str, Any], needs: Needs) -> Any:
         """Keyword call with the batch's attention mask (never rebuilt from a pad id)."""
         kwargs: dict[str, Any] = {"input_ids": batch["input"]}
@@ -136,6 +179,9 @@ class HFAdapter(ModelAdapter):
             kwargs["attention_mask"] = batch["attention_mask"]
         if needs.student_hidden:
             kwargs["output_hidden_states"] = True
+            if hidden_only(needs) and self._keeps_logits:
+                # The head runs on the last position only: the chunked losses make the other logits themselves.
+                kwargs["logits_to_keep"] = 1
         return self.runner(**kwargs)
 
     def hidden(self, output: Any) -> tuple[Tensor | None, Any]:

@@ -10,12 +10,14 @@ from typing import Any
 from accelerate.utils import broadcast_object_list
 
 import kdforge.strategies  # noqa: F401  (fills the registry)
+from kdforge.adapters import adapter_for
 from kdforge.data import make_loader
 from kdforge.data.base import example_inputs
 from kdforge.engine.rundir import RunDir
 from kdforge.engine.trainer import get_accelerator
 from kdforge.errors import ConfigError, KdforgeError
 from kdforge.evaluate import model_profile, test_metrics
+from kdforge.evaluate.lm import lm_metrics
 from kdforge.preflight import preflight
 from kdforge.recipe import Recipe, apply_overrides, dump, load_yaml, validate
 from kdforge.registry import STRATEGIES
@@ -100,10 +102,11 @@ def _teacher_row(results: dict[str, RunOutcome]) -> dict[str, Any] | None:
     for outcome in results.values():
         model, bundle = evaluation_model(outcome.teacher), outcome.bundle
         if model is not None and bundle is not None and get_accelerator().is_main_process:
-            test = make_loader(bundle.test, 1024, shuffle=False, seed=0)
+            lm = adapter_for(model).causal_lm
+            test = make_loader(bundle.test, 16 if lm else 1024, shuffle=False, seed=0)
             return {
                 "name": "teacher",
-                "test": test_metrics(model, test),
+                "test": lm_metrics(model, test) if lm else test_metrics(model, test),
                 "profile": model_profile(model.to("cpu"), example_inputs(bundle.test, 256)),
             }
     return None

@@ -81,6 +81,40 @@ class SparseSignal:
 
 
 @dataclass(frozen=True)
+class HeadSignal:
+    """A causal LM's last hidden states and its output head: logits are made a chunk of rows at a time, never whole.
+
+    ``hidden`` is (..., H); ``weight`` (V, H) and ``bias`` (V,) or None are the LM head; ``softcap`` is Gemma's
+    final-logit soft-capping (tanh(z / c)·c), applied where the model applies it.
+    """
+
+    hidden: Tensor
+    weight: Tensor
+    bias: Tensor | None = None
+    softcap: float | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the output head."""
+        return int(self.weight.shape[0])
+
+    def logits(self, start: int, end: int) -> Tensor:
+        """Float32 logits of the flattened rows [start, end)."""
+        h = self.hidden.reshape(-1, self.hidden.shape[-1])[start:end]
+        z = torch.nn.functional.linear(h.to(self.weight.dtype), self.weight, self.bias).float()
+        return z if self.softcap is None else torch.tanh(z / self.softcap) * self.softcap
+
+    def to(self, device: torch.device | str) -> HeadSignal:
+        """The hidden states on ``device``; the head's weights follow them (a teacher on another device)."""
+        bias = None if self.bias is None else self.bias.to(device)
+        return replace(self, hidden=self.hidden.to(device), weight=self.weight.to(device), bias=bias)
+
+    def select(self, mask: Tensor) -> HeadSignal:
+        """The positions where ``mask`` is True, flattened: (B, S, H) → (T, H)."""
+        return replace(self, hidden=self.hidden[mask])
+
+
+@dataclass(frozen=True)
 class FeatureSignal:
     """Named intermediate tensors, from a Recorder or a store."""
 
@@ -99,6 +133,8 @@ class Needs:
     student_features: tuple[str, ...] = ()
     teacher_features: tuple[str, ...] = ()
     student_hidden: bool = False  # last hidden states + output head, for losses that never build full logits
+    teacher_hidden: bool = False  # the teacher's too: its logits are then made per chunk of tokens (HeadSignal)
+    student_logits: bool = False  # with student_hidden: full logits are wanted as well (a term without a row form)
 
     def __or__(self, other: Needs) -> Needs:
         return Needs(
@@ -107,6 +143,8 @@ class Needs:
             student_features=tuple(dict.fromkeys(self.student_features + other.student_features)),
             teacher_features=tuple(dict.fromkeys(self.teacher_features + other.teacher_features)),
             student_hidden=self.student_hidden or other.student_hidden,
+            teacher_hidden=self.teacher_hidden or other.teacher_hidden,
+            student_logits=self.student_logits or other.student_logits,
         )
 
     @property
@@ -119,7 +157,7 @@ class Needs:
 class TeacherOutput:
     """Everything a teacher returned for one batch; fields it was not asked for stay None."""
 
-    logits: DenseSignal | SparseSignal | None = None
+    logits: DenseSignal | SparseSignal | HeadSignal | None = None
     features: FeatureSignal | None = None
     mask: Tensor | None = None  # (B, S) bool for sequences: True at real tokens, False at padding
 
@@ -128,7 +166,7 @@ class TeacherOutput:
 class StudentOutput:
     """What a model adapter returns: logits, the features asked for, and (when asked) hidden states + output head."""
 
-    logits: Tensor
+    logits: Tensor | None  # None when only hidden states + head were asked for (chunked token losses)
     features: Mapping[str, Tensor] = field(default_factory=dict)
     hidden: Tensor | None = None  # (..., H) last hidden states, the input of ``head``
     head: Callable[[Tensor], Tensor] | None = None  # hidden → logits (e.g. the LM head), for chunked token losses
@@ -137,7 +175,13 @@ class StudentOutput:
     def as_teacher(self) -> TeacherOutput:
         """This output, detached, as the teaching side of a pair (a student teaching another student)."""
         feats = FeatureSignal({k: v.detach() for k, v in self.features.items()}) if self.features else None
-        return TeacherOutput(logits=DenseSignal(self.logits.detach()), features=feats, mask=self.mask)
+        if self.logits is None and self.hidden is not None and isinstance(self.head, torch.nn.Linear):
+            head = self.head
+            bias = None if head.bias is None else head.bias.detach()
+            signal: DenseSignal | HeadSignal | None = HeadSignal(self.hidden.detach(), head.weight.detach(), bias)
+        else:
+            signal = None if self.logits is None else DenseSignal(self.logits.detach())
+        return TeacherOutput(logits=signal, features=feats, mask=self.mask)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Data sets as in-memory tensors with stable sample ids; importing this registers the built-in ones."""
 
-from kdforge.data import digits, fashion_mnist, files, text
+from kdforge.data import austen_lm, digits, fashion_mnist, files, text
 from kdforge.data.base import (
     ArrayDataset,
     DataBundle,

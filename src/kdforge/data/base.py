@@ -245,6 +245,7 @@ class DataBundle:
     class_names: list[str]
     name: str
     fingerprint: str
+    tokenizer: str | None = None  # a local tokenizer folder, for data of token ids that can be decoded
 
 
 def make_loader(

@@ -16,11 +16,23 @@ from kdforge.connectors import build_connector
 from kdforge.engine.terms import ObjectiveConfig, Term, parse_objectives
 from kdforge.errors import ConfigError, ShapeMismatchError
 from kdforge.objectives.base import PairContext
-from kdforge.signals import DenseSignal, FeatureSignal, Needs, Progress, SparseSignal, StudentOutput, TeacherOutput
+from kdforge.objectives.chunked import ChunkPlan, ChunkTarget, chunked_row_sums
+from kdforge.signals import (
+    DenseSignal,
+    FeatureSignal,
+    HeadSignal,
+    Needs,
+    Progress,
+    SparseSignal,
+    StudentOutput,
+    TeacherOutput,
+)
 from kdforge.teachers.base import Teacher
 from kdforge.teachers.live import Live
 
 IGNORE = -100  # label of positions without a target, as in F.cross_entropy
+# Per-sample batch fields the row forms of token objectives may read, one value per sequence (DistiLLM-2's origin).
+ROW_FIELDS = ("from_student",)
 
 
 @dataclass
@@ -33,6 +45,23 @@ class DistillOutput:
     student_logits: Tensor
     teacher: TeacherOutput = field(default_factory=TeacherOutput)
     outputs: dict[str, StudentOutput] = field(default_factory=dict)
+    tokens: int | None = None  # target tokens the loss was averaged over, when every term is a token term
+
+
+def _outputs(out: StudentOutput) -> int:
+    """Outputs per position: the logits' last dimension, or the rows of the head when logits are made per chunk."""
+    if out.logits is not None:
+        return int(out.logits.shape[-1])
+    return int(out.head.weight.shape[0]) if out.head is not None else 0
+
+
+def _signal_vocab(signal: Any) -> int | None:
+    """The vocabulary size of a teaching signal (None without one)."""
+    if isinstance(signal, (HeadSignal, SparseSignal)):
+        return signal.vocab_size
+    if isinstance(signal, DenseSignal):
+        return int(signal.logits.shape[-1])
+    return None
 
 
 def _named(value: Any, default: str) -> dict[str, Any]:
@@ -68,6 +97,8 @@ class Distiller(nn.Module):
         *,
         connectors: Mapping[str, nn.Module] | None = None,
         adapters: Mapping[str, str] | None = None,
+        chunk_size: int = 1024,
+        compare_vocab: int | None = None,
     ):
         super().__init__()
         self.students = nn.ModuleDict(_named(student, "student"))
@@ -89,6 +120,19 @@ class Distiller(nn.Module):
         self.adapters: dict[str, ModelAdapter] = {
             k: adapter_for(m, (adapters or {}).get(k)) for k, m in self.students.items()
         }
+        if chunk_size < 1:
+            raise ConfigError(f"Distiller: chunk_size={chunk_size}; expected a positive number of tokens per chunk")
+        self.chunk_size = chunk_size
+        # A padded LM head (same tokenizer, more rows) compares only the rows both heads share; set by the caller
+        # after it checked the tokenizers (kdforge.lm.vocab), never guessed here from the sizes alone.
+        self.compare_vocab = compare_vocab
+        # Causal LMs compute every term that has a per-token form over chunks of hidden states + head.
+        self.by_rows = {
+            n: self.adapters[t.student].causal_lm and t.objective.rows is not None for n, t in self.terms.items()
+        }
+        states = {n: self.terms[n].objective.new_state() for n, rows in self.by_rows.items() if rows}
+        self.term_states = {k: v for k, v in states.items() if v is not None}
+        self._last_values: dict[str, Tensor] = {}
         self.needs = Needs()
         self.student_needs = {k: Needs() for k in self.students}
         self.teacher_needs: dict[str, Needs] = {}
@@ -103,11 +147,23 @@ class Distiller(nn.Module):
 
     def _add_needs(self, term: Term) -> None:
         needs = term.objective.needs
+        rows = self.by_rows[term.name]
+        if rows:
+            needs = needs | Needs(student_hidden=True, teacher_hidden=needs.teacher_logits)
         self.needs = self.needs | needs
-        own = Needs(labels=needs.labels, student_features=needs.student_features, student_hidden=needs.student_hidden)
+        own = Needs(
+            labels=needs.labels,
+            student_features=needs.student_features,
+            student_hidden=needs.student_hidden,
+            student_logits=not rows,
+        )
         self.student_needs[term.student] = self.student_needs[term.student] | own
         if term.source in self.teachers:
-            asked = Needs(teacher_logits=needs.teacher_logits, teacher_features=needs.teacher_features)
+            asked = Needs(
+                teacher_logits=needs.teacher_logits,
+                teacher_features=needs.teacher_features,
+                teacher_hidden=needs.teacher_hidden,
+            )
             self.teacher_needs[term.source] = self.teacher_needs.get(term.source, Needs()) | asked
             self.taught_by.setdefault(term.source, term.student)
         elif term.source is not None:
@@ -212,7 +268,11 @@ class Distiller(nn.Module):
             users = [n for n, t in self.terms.items() if t.objective.needs.labels]
             raise ConfigError(f"objectives {users} need labels, but the batch has none")
         for term in self.terms.values():
-            logits = outs[term.student].logits
+            out = outs[term.student]
+            if out.logits is None:
+                self._check_tokens(term, batch, out, teachers)
+                continue
+            logits = out.logits
             if term.objective.needs.labels:
                 labels = batch["label"]
                 if labels.numel() != logits[..., 0].numel():
@@ -236,6 +296,43 @@ class Distiller(nn.Module):
                     "needs the same shape (same number of classes and positions)"
                 )
 
+    def vocab_sizes(self, term_name: str, outs: dict[str, StudentOutput], teachers: dict[str, TeacherOutput]):
+        """(student head rows, teaching side's vocabulary) of a term computed over hidden states + head."""
+        term = self.terms[term_name]
+        student_rows = _outputs(outs[term.student])
+        if term.source is None or not term.objective.needs.teacher_logits:
+            return student_rows, None
+        signal = teachers[term.source].logits if term.source in teachers else outs[term.source].as_teacher().logits
+        return student_rows, _signal_vocab(signal)
+
+    def _check_tokens(
+        self, term: Term, batch: dict[str, Any], out: StudentOutput, teachers: dict[str, TeacherOutput]
+    ) -> None:
+        """A token term: hidden states (B, S, H), labels (B, S), and vocabularies that are the same or aligned."""
+        hidden = out.hidden
+        if hidden is None or hidden.dim() != 3 or out.head is None:
+            raise ShapeMismatchError(
+                f"objectives.{term.name}: student {term.student!r} is a causal LM but returned no (batch, tokens, "
+                "hidden) states and head; expected a transformers …ForCausalLM or a model with return_hidden"
+            )
+        labels = batch.get("label")
+        if term.objective.needs.labels and (labels is None or tuple(labels.shape) != tuple(hidden.shape[:2])):
+            got = None if labels is None else tuple(labels.shape)
+            raise ShapeMismatchError(
+                f"objectives.{term.name}: labels of shape {got} do not fit a causal LM's tokens "
+                f"{tuple(hidden.shape[:2])}; expected next-token labels (batch, tokens) with -100 where there is no target"
+            )
+        student_rows, teacher_rows = self.vocab_sizes(term.name, {term.student: out}, teachers)
+        if teacher_rows is None or teacher_rows == student_rows:
+            return
+        shared = self.compare_vocab
+        if shared is None or shared > min(student_rows, teacher_rows):
+            raise ShapeMismatchError(
+                f"objectives.{term.name}: the teacher's vocabulary has {teacher_rows} rows but the student's head "
+                f"{student_rows}: expected the same tokenizer; a padded head (same tokenizer, extra rows) or another "
+                "tokenizer needs vocabulary alignment (kdforge run checks the tokenizers and reports the case)"
+            )
+
     def _check_labels(self, labels: Tensor, num_outputs: int) -> None:
         # Every batch, not just the first: a label out of range later would index out of bounds inside a loss.
         bad = labels[(labels >= num_outputs) | ((labels < 0) & (labels != IGNORE))]
@@ -254,8 +351,14 @@ class Distiller(nn.Module):
         step: int | None = None,
         epoch: float | None = None,
         progress: float | None = None,
+        tokens: float | None = None,
     ) -> DistillOutput:
-        """Teacher signals (only those needed), every student's forward, every term, the weighted total."""
+        """Teacher signals (only those needed), every student's forward, every term, the weighted total.
+
+        ``tokens``: what per-token sums are divided by — the global (all processes, all accumulated micro-batches)
+        number of target tokens divided by processes × micro-batches, so that averaging gradients over both gives
+        the mean over the global batch's tokens; by default this micro-batch's own target tokens.
+        """
         batch = as_batch(batch)
         first = batch["input"]
         if torch.is_tensor(first) and (first.dim() == 0 or first.shape[0] == 0):
@@ -269,20 +372,30 @@ class Distiller(nn.Module):
         outs = {k: self.adapters[k](batch, self.student_needs[k]) for k in self.students}
         if not self._num_outputs:
             self.check(batch, outs, teachers)
-            self._num_outputs = {k: o.logits.shape[-1] for k, o in outs.items()}
+            self._num_outputs = {k: _outputs(o) for k, o in outs.items()}
         labels = batch.get("label")
         if labels is not None and self.needs.labels:
             self._check_labels(labels, min(self._num_outputs.values()))
         when = Progress(step=step, epoch=epoch, progress=progress)
         pairs: dict[tuple[str, str | None], PairContext] = {}
         values: dict[str, Tensor] = {}
+        by_rows: dict[tuple[str, str | None], list[Term]] = {}
         for term in self.terms.values():
             if term.pair not in pairs:
-                pairs[term.pair] = self._pair(term, labels, outs, teachers, when)
+                pairs[term.pair] = self._pair(term, batch, outs, teachers, when, tokens)
+            if self.by_rows[term.name]:
+                by_rows.setdefault(term.pair, []).append(term)
+                continue
             ctx = pairs[term.pair]
             if term.name in self.connectors:
                 ctx = replace(ctx, connector=self.connectors[term.name])
             values[term.name] = term.objective.compute(ctx)
+        counted: int | None = None
+        for pair, group in by_rows.items():
+            row_values, counted = self._row_values(group, pairs[pair])
+            values.update(row_values)
+        values = {k: values[k] for k in self.terms}
+        self._last_values = {k: v.detach() for k, v in values.items()}
         total, weighted = self.balancer.combine(values, step, epoch)
         if self.training:
             for name, student in self.taught_by.items():
@@ -292,20 +405,23 @@ class Distiller(nn.Module):
             loss=total,
             terms={k: v.detach() for k, v in values.items()},
             weighted={k: w.detach() for k, w in weighted.items()},
-            student_logits=outs[main].logits,
+            student_logits=outs[main].logits if outs[main].logits is not None else outs[main].hidden,
             teacher=teachers.get("teacher", next(iter(teachers.values()), TeacherOutput())),
             outputs=outs,
+            tokens=counted if tokens is None and all(self.by_rows.values()) else None,
         )
 
     def _pair(
         self,
         term: Term,
-        labels: Tensor | None,
+        batch: dict[str, Any],
         outs: dict[str, StudentOutput],
         teachers: dict[str, TeacherOutput],
         when: Progress,
+        tokens: float | None = None,
     ) -> PairContext:
         """The masked view of one (student, source) pair, built once per batch and shared by its terms."""
+        labels = batch.get("label")
         student = outs[term.student]
         if term.source is None:
             teaching = TeacherOutput()
@@ -314,12 +430,73 @@ class Distiller(nn.Module):
         else:
             teaching = outs[term.source].as_teacher()
         mask = teaching.mask if teaching.mask is not None else student.mask
-        logits = student.logits
-        if mask is None or logits.dim() != 3 or tuple(mask.shape) != tuple(logits.shape[:2]):
+        shaped = student.logits if student.logits is not None else student.hidden
+        if mask is None or shaped is None or shaped.dim() != 3 or tuple(mask.shape) != tuple(shaped.shape[:2]):
             return PairContext(student, teaching, labels, when)
+        lm = self.adapters[term.student].causal_lm
+        if lm and labels is not None and tuple(labels.shape) == tuple(mask.shape):
+            # A causal LM learns at the positions that have a next-token target: not the last token, not padding,
+            # not a masked prompt — the tokens TRL's and torchtune's losses count.
+            mask = mask & (labels != IGNORE)
         # Sequences: every term sees real tokens only, whatever the teacher put at padding.
         hidden = None if student.hidden is None else student.hidden[mask]
-        student = replace(student, logits=logits[mask], hidden=hidden)
+        logits = None if student.logits is None else student.logits[mask]
+        student = replace(student, logits=logits, hidden=hidden)
         signal = teaching.logits.select(mask) if teaching.logits is not None else None
         teaching = replace(teaching, logits=signal)
-        return PairContext(student, teaching, None if labels is None else labels[mask], when)
+        fields = {}
+        for key in ROW_FIELDS:
+            if batch.get(key) is not None:
+                value = torch.as_tensor(batch[key]).to(mask.device)
+                fields[key] = value[:, None].expand(mask.shape)[mask] if value.dim() == 1 else value[mask]
+        return PairContext(
+            student, teaching, None if labels is None else labels[mask], when, tokens=tokens, fields=fields
+        )
+
+    def _row_values(self, group: list[Term], ctx: PairContext) -> tuple[dict[str, Tensor], int]:
+        """Terms with a per-token form over one pair: summed a chunk at a time, divided by the target tokens."""
+        student = ctx.student
+        shaped = student.hidden if student.hidden is not None else student.logits
+        assert shaped is not None
+        n = int(shaped.shape[0]) if shaped.dim() == 2 else int(shaped[..., 0].numel())
+        if ctx.tokens is None and n == 0:
+            raise ShapeMismatchError(
+                f"objectives {[t.name for t in group]}: every token of this batch is masked (no position has a "
+                "next-token target: labels all -100 or attention_mask all 0); expected at least one target token "
+                "per batch — check the prompt masking and max_len"
+            )
+        denominator = float(ctx.tokens) if ctx.tokens is not None else float(n)
+        fns = [t.objective.row_fn(ctx.progress, self.term_states.get(t.name)) for t in group]
+        signal = ctx.teacher.logits
+        teacher_rows = _signal_vocab(signal)
+        student_rows = _outputs(student)
+        vocab = self.compare_vocab or (teacher_rows if teacher_rows is not None else student_rows)
+        if student.hidden is not None and student.head is not None and student.hidden.dim() == 2:
+            softcap = self.adapters[group[0].student].softcap
+            plan = ChunkPlan(fns, signal, ctx.labels, self.chunk_size, vocab, softcap, ctx.fields)
+            sums = chunked_row_sums(student.hidden, student.head, plan)
+        else:
+            assert student.logits is not None
+            s = student.logits.reshape(-1, student.logits.shape[-1]).float()
+            target = ChunkTarget(signal, 0, s.shape[0], vocab, ctx.fields)
+            labels = None if ctx.labels is None else ctx.labels.reshape(-1)
+            sums = torch.stack([fn(s[:, :vocab], target, labels).sum() for fn in fns])
+        return {t.name: sums[j] / max(denominator, 1e-12) for j, t in enumerate(group)}, n
+
+    # -- state across steps (TAID's interpolation) ---------------------------------------------------------------
+
+    def on_optimizer_step(self, progress: float | None = None) -> None:
+        """Advance every stateful term with the last step's value (TAID's adaptive t)."""
+        for name, state in self.term_states.items():
+            if name in self._last_values:
+                state.update(float(self._last_values[name]), progress if progress is not None else 0.0)
+
+    def term_state_dict(self) -> dict[str, dict[str, float]]:
+        """Every stateful term's state, for a checkpoint."""
+        return {k: v.state_dict() for k, v in self.term_states.items()}
+
+    def load_term_state_dict(self, state: Mapping[str, Mapping[str, float]]) -> None:
+        """Restore what ``term_state_dict`` returned."""
+        for name, values in state.items():
+            if name in self.term_states:
+                self.term_states[name].load_state_dict(dict(values))

@@ -36,6 +36,7 @@ from kdforge.engine.resume import (
 )
 from kdforge.engine.rundir import RunDir
 from kdforge.errors import ConfigError, Interrupted, NonFiniteLossError
+from kdforge.evaluate.lm import lm_metrics
 from kdforge.evaluate.metrics import classification_metrics
 from kdforge.evaluate.predict import predict
 from kdforge.recipe import SelectConfig, TrainConfig
@@ -209,6 +210,7 @@ class Trainer:
         self.resume = resume
         self.stop = StopRequest()
         self.state = LoopState()
+        self._window_tokens = 0
         if run_dir is not None:
             run_dir.main = run_dir.main and self.accelerator.is_main_process
 
@@ -229,17 +231,29 @@ class Trainer:
         out: dict[str, dict[str, float]] = {}
         for i, (name, student) in enumerate(self.distiller.students.items()):
             for split, loader in loaders.items():
+                key = split if i == 0 else f"{split}@{name}"
+                if self.distiller.adapters[name].causal_lm:
+                    out[key] = self._lm_metrics(student, loader)
+                    continue
                 logits, labels = self._predict(loader, student)
                 if labels is None:
                     continue
-                key = split if i == 0 else f"{split}@{name}"
                 metrics = classification_metrics(logits, labels, teacher_logits.get(split))
                 out[key] = {**metrics, "n": int(labels.numel())}
         return out
 
+    def _lm_metrics(self, student: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
+        """Perplexity, accuracy and (with a teacher network) agreement and KL, streamed in chunks of tokens."""
+        teacher = self.distiller.teacher
+        live = teacher if evaluation_model(teacher) is not None else None
+        acc = self.accelerator
+        reduce = (lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None
+        return lm_metrics(student, loader, acc.device, live, self.distiller.chunk_size, reduce)
+
     def _teacher_eval_logits(self, loaders: dict[str, DataLoader]) -> dict[str, torch.Tensor]:
         model = evaluation_model(self.distiller.teacher)
-        if model is None:
+        if model is None or any(a.causal_lm for a in self.distiller.adapters.values()):
+            # A causal LM's teacher is evaluated streamed, batch by batch, never kept as whole logits.
             return {}
         model.to(self.accelerator.device)
         return {name: self._predict(loader, model)[0] for name, loader in loaders.items()}
@@ -376,7 +390,13 @@ class Trainer:
             self._check_finite(out.loss, out.terms, st.step)
         # Under N processes a rank must not leave alone: the others would wait for it in the gradient all-reduce
         # forever; every rank stops together at the checks below.
-        acc.backward(out.loss)
+        if out.tokens is not None:
+            # Token losses: backward on the micro-batch's token sum; at the optimizer step the gradients are divided
+            # by the target tokens of the whole accumulated global batch (TRL's and torchtune's normalization).
+            self._window_tokens += out.tokens
+            acc.backward(out.loss * out.tokens)
+        else:
+            acc.backward(out.loss)
         window.add(out)
         st.micro += 1
         self.callbacks.on_batch_end(self, out)
@@ -384,6 +404,8 @@ class Trainer:
         if acc.sync_gradients:
             if acc.num_processes > 1:
                 self._check_finite_everywhere(out, st.step)
+            if out.tokens is not None:
+                self._normalize_by_tokens(run.params)
             norm = acc.clip_grad_norm_(run.params, cfg.grad_clip or math.inf)
             if not torch.isfinite(torch.as_tensor(norm)):
                 if acc.scaler is None:
@@ -396,11 +418,29 @@ class Trainer:
             run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
 
+    def _normalize_by_tokens(self, params: list[torch.nn.Parameter]) -> None:
+        """Divide the accumulated gradients by the global batch's target tokens (all processes, all micro-batches)."""
+        acc = self.accelerator
+        count = torch.tensor([float(self._window_tokens)], device=acc.device)
+        total = float(acc.reduce(count, reduction="sum")) if acc.num_processes > 1 else float(count)
+        self._window_tokens = 0
+        if total <= 0:
+            raise ConfigError(
+                f"step {self.state.step}: every token of the global batch is masked (no next-token target in any "
+                "micro-batch); expected at least one target token — check prompt masking and max_len"
+            )
+        # Accelerate divided each micro-batch's loss by grad_accum and DDP averages over processes.
+        factor = acc.num_processes * self.config.grad_accum / total
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(factor)
+
     def _after_optimizer_step(self, run: Prepared, window: LogWindow, bar: Any) -> bool:
         """Log, end the epoch, evaluate, checkpoint, honour a stop request; True when the epoch's loop must end."""
         cfg, st = self.config, self.state
         st.step += 1
         loss = window.step()
+        self.distiller.on_optimizer_step(st.step / run.total)
         self.callbacks.on_optimizer_step(self, st.step)
         if bar is not None:
             bar.update(0, advance=1, info=f"loss {loss:.4f}")
@@ -466,6 +506,7 @@ class Trainer:
             "epoch_rng": st.epoch_rng,
             "metrics": {k: v for k, v in (st.last or {}).items() if k not in ("step", "epoch")},
             "seed": self.seed,
+            "term_states": self.distiller.term_state_dict(),
             "finished": finished,
             "accelerate_step": self.accelerator.step,
         }
@@ -512,6 +553,7 @@ class Trainer:
             state["last"],
         )
         st.epoch_rng = state.get("epoch_rng")
+        self.distiller.load_term_state_dict(state.get("term_states", {}))
         self.accelerator.step = state.get("accelerate_step", 0)
         if "rng.safetensors" in tensors:
             set_rng_state(tensors["rng.safetensors"], state["rng"])

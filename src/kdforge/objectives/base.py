@@ -15,6 +15,8 @@ from kdforge.signals import DenseSignal, Needs, Progress, SparseSignal, StudentO
 
 # Names a logit function may declare to receive training progress from the engine instead of from the recipe.
 CONTEXT_NAMES = ("epoch", "progress", "step")
+# A row function may also declare ``state``: the term's own state across steps (TAID's interpolation), checkpointed.
+ROW_CONTEXT = (*CONTEXT_NAMES, "state")
 LabelRule = bool | Callable[[Mapping[str, Any]], bool]
 
 
@@ -97,6 +99,36 @@ def register_sparse(name: str) -> Callable[[Callable[..., Tensor]], Callable[...
 
 
 @dataclass(frozen=True)
+class RowSpec:
+    """A per-token form of an objective: ``fn(student_rows, target: ChunkTarget, labels, *, params...)`` → (n,).
+
+    Summed over a chunk of tokens at a time by the chunked engine (objectives/chunked.py); the mean of its rows is the
+    objective's batch-mean value. ``state`` builds the term's state (an object with update/state_dict/load_state_dict).
+    """
+
+    fn: Callable[..., Tensor]
+    context: tuple[str, ...]
+    state: Callable[[Mapping[str, Any]], Any] | None = None
+
+
+# Objectives that have a per-token form, by name: causal LMs compute these over chunks of hidden states + head.
+ROW_FUNCTIONS: dict[str, RowSpec] = {}
+
+
+def register_rows(
+    name: str, *, state: Callable[[Mapping[str, Any]], Any] | None = None
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Register the per-token (row) form of objective ``name``, taking the same hyper-parameters."""
+
+    def add(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        kw = [k for k, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        ROW_FUNCTIONS[name] = RowSpec(fn, tuple(k for k in kw if k in ROW_CONTEXT), state)
+        return fn
+
+    return add
+
+
+@dataclass(frozen=True)
 class PairContext:
     """What one term sees: the trained side, the teaching side, labels and mask already applied, and progress.
 
@@ -109,6 +141,8 @@ class PairContext:
     labels: Tensor | None = None
     progress: Progress = field(default_factory=Progress)
     connector: Callable[[Tensor], Tensor] | None = None  # this term's student → teacher projector, when it has one
+    tokens: float | None = None  # what token sums are divided by (the global batch's target tokens), when known
+    fields: Mapping[str, Tensor] = field(default_factory=dict)  # per-token batch fields (e.g. from_student)
 
     def context(self, names: tuple[str, ...]) -> dict[str, Any]:
         """The training-progress values a function declared (epoch, progress, step), when known."""
@@ -189,6 +223,30 @@ class Objective:
             else:
                 raise ConfigError(f"objective {self.name!r} needs teacher logits, got {type(got).__name__}")
         return self(pair.student.logits, signal, pair.labels, **pair.context(self.spec.context))
+
+    @property
+    def rows(self) -> RowSpec | None:
+        """This objective's per-token form, when it has one."""
+        return ROW_FUNCTIONS.get(self.name)
+
+    def new_state(self) -> Any:
+        """A fresh per-term state for the row form (None when it keeps none)."""
+        spec = self.rows
+        return None if spec is None or spec.state is None else spec.state(self.params)
+
+    def row_fn(self, progress: Progress, state: Any = None) -> Callable[[Tensor, Any, Tensor | None], Tensor]:
+        """The row form bound to this term's parameters, the step's progress and the term's state."""
+        spec = self.rows
+        if spec is None:
+            raise ConfigError(f"objective {self.name!r} has no per-token form")
+        values = {"epoch": progress.epoch, "progress": progress.progress, "step": progress.step, "state": state}
+        extra = {k: values[k] for k in spec.context if values.get(k) is not None}
+        params = self.params
+
+        def bound(s: Tensor, target: Any, labels: Tensor | None) -> Tensor:
+            return spec.fn(s, target, labels, **params, **extra)
+
+        return bound
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())

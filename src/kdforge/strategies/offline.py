@@ -24,7 +24,7 @@ from kdforge.strategies.provision import (
     loaders,
     model_folder,
     provide_teacher,
-    require_classification,
+    require_task,
 )
 from kdforge.strategies.stage import Stage, run_stage
 
@@ -62,12 +62,12 @@ def offline(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome
     set_seed(recipe.seed)
     bundle = load_data(recipe)
     run_dir.write_json("labels.json", {"labels": bundle.class_names})
-    require_classification(bundle, "`kdforge run`")
     terms, _ = parse_objectives(recipe.objectives)
     needed = any(t.objective.needs.teacher for t in terms.values())
     teacher, teacher_info = provide_teacher(recipe, bundle, signals_needed=needed)
     set_seed(recipe.seed)  # the student's initial weights depend on the seed alone, not on what ran before
     student = build(recipe.student, bundle, "student")
+    require_task(bundle, student, "`kdforge run`")
     train_loader, evals = loaders(recipe, bundle, teacher)
     stage = Stage(
         students={"student": student},

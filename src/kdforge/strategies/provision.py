@@ -11,6 +11,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from torch import nn
 
+from kdforge.adapters import adapter_for
 from kdforge.data import DataBundle, load_dataset, make_loader
 from kdforge.data.base import with_augment
 from kdforge.engine.checkpoint import save_model
@@ -49,6 +50,24 @@ def model_folder(recipe: Recipe, which: str) -> str:
             "from; name a tokenizer folder or a built-in tokenizer instead"
         )
     return str(path)
+
+
+def pretrained_lm(cfg: ModelConfig | None) -> bool:
+    """Whether a model section names a pretrained transformers causal LM (a folder or GGUF file)."""
+    return (
+        cfg is not None and cfg.name == "hf" and bool(cfg.params.get("path")) and cfg.params.get("task") == "causal_lm"
+    )
+
+
+def require_task(bundle: DataBundle, student: nn.Module, what: str) -> None:
+    """Sequence data (a label per token) needs a causal-LM student; classification data any classifier."""
+    labels = bundle.train.labels
+    if labels is not None and labels.dim() > 1 and not adapter_for(student).causal_lm:
+        raise ConfigError(
+            f"data.name: {bundle.name!r} holds sequences (a next-token label per token); {what} needs a causal-LM "
+            f"student (e.g. {{name: hf, params: {{task: causal_lm, config: {{model_type: llama, ...}}}}}}), got "
+            f"{type(student).__name__}"
+        )
 
 
 def require_classification(bundle: DataBundle, what: str) -> None:
@@ -217,6 +236,9 @@ class Provision:
             model = build(t.model, self.bundle, "teacher.model")
             _load_weights(model, Path(t.checkpoint).expanduser(), "teacher.checkpoint")
             return model, {"checkpoint": t.checkpoint}
+        if pretrained_lm(t.model) and t.train is None:
+            # A pretrained causal LM is the teacher as it is: distillation never fine-tunes it first.
+            return build(t.model, self.bundle, "teacher.model").eval(), {"pretrained": t.model.params["path"]}
         return train_teacher(self.recipe, allow_training and self.allow_training)
 
 

@@ -31,6 +31,7 @@ class Stage:
     callbacks: Sequence[Callback] = ()
     run_dir: RunDir | None = None
     seed: int = 0
+    compare_vocab: int | None = None  # rows a padded LM head shares with the other one (vocabulary check at set-up)
 
 
 @dataclass
@@ -49,7 +50,14 @@ class StageResult:
 
 def run_stage(stage: Stage, resume: bool = False) -> StageResult:
     """Train the stage's students against its teachers; ``resume`` continues the run folder's last checkpoint."""
-    distiller = Distiller(dict(stage.students), dict(stage.teachers), stage.objectives, connectors=stage.connectors)
+    distiller = Distiller(
+        dict(stage.students),
+        dict(stage.teachers),
+        stage.objectives,
+        connectors=stage.connectors,
+        chunk_size=stage.train.chunk_size,
+        compare_vocab=stage.compare_vocab,
+    )
     trainer = Trainer(
         distiller, stage.train, run_dir=stage.run_dir, seed=stage.seed, callbacks=stage.callbacks, resume=resume
     )

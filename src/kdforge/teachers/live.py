@@ -10,7 +10,7 @@ from torch import nn
 from kdforge.adapters import ModelAdapter, adapter_for
 from kdforge.recipe import NetworkTeacherConfig
 from kdforge.registry import TEACHERS
-from kdforge.signals import DenseSignal, FeatureSignal, Needs, TeacherOutput
+from kdforge.signals import DenseSignal, FeatureSignal, HeadSignal, Needs, TeacherOutput
 from kdforge.teachers.base import Teacher, TeacherBuild, module_fingerprint
 
 
@@ -20,11 +20,20 @@ def run_frozen(adapter: ModelAdapter, batch: dict[str, Any], needs: Needs, devic
     if not needs.teacher:
         return TeacherOutput()
     moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    # A causal LM asked for hidden states sends them with its head: the loss makes logits a chunk at a time.
+    by_head = needs.teacher_hidden and needs.teacher_logits and adapter.causal_lm
     with torch.inference_mode():
-        out = adapter(moved, Needs())
+        out = adapter(moved, Needs(student_hidden=by_head))
     # Inference tensors cannot be saved for backward; a clone outside inference mode makes them plain
     # constants the student's loss may use. The copy is of outputs only, never of the graph.
-    logits = DenseSignal(out.logits.float().clone()) if needs.teacher_logits else None
+    logits: DenseSignal | HeadSignal | None = None
+    if by_head and out.hidden is not None:
+        head = out.head
+        bias = None if head.bias is None else head.bias.detach()
+        logits = HeadSignal(out.hidden.clone(), head.weight.detach(), bias, adapter.softcap)
+    elif needs.teacher_logits:
+        assert out.logits is not None
+        logits = DenseSignal(out.logits.float().clone())
     feats = FeatureSignal({k: v.clone() for k, v in out.features.items()}) if out.features else None
     mask = None if out.mask is None else out.mask.clone()
     return TeacherOutput(logits=logits, features=feats, mask=mask)

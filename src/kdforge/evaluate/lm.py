@@ -1,0 +1,114 @@
+"""Causal-LM evaluation, streamed over batches and chunks of tokens: perplexity, accuracy, teacher agreement, KL.
+
+No (tokens × vocabulary) tensor is gathered: every metric is a sum over tokens computed a chunk at a time by the same
+engine as the token losses, then divided by the number of target tokens (summed over processes when ``reduce`` is
+given).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdforge.adapters import adapter_for
+from kdforge.objectives.chunked import ChunkPlan, ChunkTarget, chunked_row_sums
+from kdforge.signals import Needs
+
+IGNORE = -100
+
+
+def _nll(s: Tensor, target: ChunkTarget, labels: Tensor | None) -> Tensor:
+    assert labels is not None
+    return F.cross_entropy(s, labels.long(), reduction="none")
+
+
+def _correct(s: Tensor, target: ChunkTarget, labels: Tensor | None) -> Tensor:
+    assert labels is not None
+    return (s.argmax(-1) == labels).float()
+
+
+def _agree(s: Tensor, target: ChunkTarget, labels: Tensor | None) -> Tensor:
+    return (s.argmax(-1) == target.logits().argmax(-1)).float()
+
+
+def _kl(s: Tensor, target: ChunkTarget, labels: Tensor | None) -> Tensor:
+    log_p = target.log_probs(1.0)
+    log_q = torch.log_softmax(s, dim=-1)
+    return torch.where(log_p > -math.inf, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p)).sum(-1)
+
+
+def _hidden_and_head(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, Any, float | None]:
+    adapter = adapter_for(model)
+    out = adapter(dict(batch), Needs(student_hidden=True))
+    return out.hidden, out.head, adapter.softcap
+
+
+def lm_metrics(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, Tensor]],
+    device: str | torch.device = "cpu",
+    teacher: Any = None,
+    chunk_size: int = 1024,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, float]:
+    """nll, perplexity, next-token accuracy (and with a teacher: top-1 agreement and KL(p_t ‖ p_s) per token)."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(5, dtype=torch.float64)  # nll, correct, agree, kl, tokens
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                hidden, head, softcap = _hidden_and_head(model, moved)
+                labels = moved["label"]
+                mask = labels != IGNORE
+                if moved.get("attention_mask") is not None:
+                    mask = mask & moved["attention_mask"].bool()
+                signal = None
+                if teacher is not None:
+                    needs = Needs(teacher_logits=True, teacher_hidden=True)
+                    signal = teacher.signals(moved, needs).logits
+                    signal = None if signal is None else signal.to(hidden.device).select(mask)
+                rows = [_nll, _correct] + ([_agree, _kl] if signal is not None else [])
+                vocab = int(head.weight.shape[0])
+                if signal is not None:
+                    vocab = min(vocab, int(getattr(signal, "vocab_size", vocab)))
+                plan = ChunkPlan(rows, signal, labels[mask], chunk_size, vocab, softcap)
+                got = chunked_row_sums(hidden[mask], head, plan).double().cpu()
+                sums[: len(got)] += got
+                sums[4] += float(mask.sum())
+    finally:
+        model.train(was_training)
+    if reduce is not None:
+        sums = reduce(sums.to(device)).double().cpu()
+    n = max(float(sums[4]), 1.0)
+    nll = float(sums[0]) / n
+    out = {"nll": nll, "perplexity": math.exp(min(nll, 700.0)), "accuracy": float(sums[1]) / n, "tokens": int(sums[4])}
+    if teacher is not None:
+        out.update({"agreement": float(sums[2]) / n, "kl": float(sums[3]) / n})
+    return out
+
+
+@torch.no_grad()
+def greedy_samples(
+    model: nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int = 24, device: str | torch.device = "cpu"
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (the KV cache of ``generate`` for transformers models), decoded."""
+    adapter = adapter_for(model)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for prompt in prompts:
+            ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
+            batch = {"input": ids, "attention_mask": torch.ones_like(ids)}
+            full = adapter.generate(batch, max_new_tokens)
+            out.append(tokenizer.decode(full[0, ids.shape[1] :].tolist(), skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return out
