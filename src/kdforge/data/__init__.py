@@ -14,6 +14,7 @@ from kdforge.data.base import (
 
 __all__ = [
     "ArrayDataset",
+    "austen_lm",
     "DataBundle",
     "collate_batch",
     "digits",

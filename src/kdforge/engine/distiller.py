@@ -320,7 +320,7 @@ class Distiller(nn.Module):
             got = None if labels is None else tuple(labels.shape)
             raise ShapeMismatchError(
                 f"objectives.{term.name}: labels of shape {got} do not fit a causal LM's tokens "
-                f"{tuple(hidden.shape[:2])}; expected next-token labels (batch, tokens) with -100 where there is no target"
+                f"{tuple(hidden.shape[:2])}; expected next-token labels (batch, tokens), -100 where there is no target"
             )
         student_rows, teacher_rows = self.vocab_sizes(term.name, {term.student: out}, teachers)
         if teacher_rows is None or teacher_rows == student_rows:

@@ -137,10 +137,8 @@ def taid_rows(
     progress: float | None = None,
 ) -> Tensor:
     """TAID per token: KL(p_t ‖ p_s), p_t = softmax((1−t)·sg(s) + t·teacher), t moved by its adaptive schedule."""
-    if state is not None:
-        t = state.value()
-    else:  # called outside a Distiller: the schedule's linear floor
-        t = t_start + (t_end - t_start) * (progress or 0.0)
+    # Called outside a Distiller (no state): the schedule's linear floor.
+    t = state.value() if state is not None else t_start + (t_end - t_start) * (progress or 0.0)
     return tm.taid_rows(s, target.log_probs(1.0), t)
 
 
