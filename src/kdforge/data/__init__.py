@@ -14,8 +14,8 @@ from kdforge.data.base import (
 
 __all__ = [
     "ArrayDataset",
-    "austen_lm",
     "DataBundle",
+    "austen_lm",
     "collate_batch",
     "digits",
     "fashion_mnist",
