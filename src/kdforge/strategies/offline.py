@@ -9,6 +9,7 @@ from typing import Any
 from accelerate.utils import set_seed
 from torch import nn
 
+from kdforge.adapters import adapter_for
 from kdforge.data.base import example_inputs
 from kdforge.engine.rundir import RunDir
 from kdforge.engine.terms import parse_objectives
@@ -18,6 +19,7 @@ from kdforge.files import atomic_replace_dir
 from kdforge.models.hf import is_hf_student, save_hf_folder, tokenizer_folder, tokenizer_name
 from kdforge.recipe import Recipe, dump
 from kdforge.registry import STRATEGIES
+from kdforge.strategies.lm import lm_samples, response_source
 from kdforge.strategies.provision import (
     build,
     load_data,
@@ -27,6 +29,7 @@ from kdforge.strategies.provision import (
     require_task,
 )
 from kdforge.strategies.stage import Stage, run_stage
+from kdforge.teachers.base import evaluation_model
 
 SUMMARY = "summary.json"
 
@@ -69,6 +72,7 @@ def offline(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome
     student = build(recipe.student, bundle, "student")
     require_task(bundle, student, "`kdforge run`")
     train_loader, evals = loaders(recipe, bundle, teacher)
+    source = response_source(recipe, bundle, student, teacher)
     stage = Stage(
         students={"student": student},
         teachers={"teacher": teacher} if teacher is not None else {},
@@ -78,6 +82,7 @@ def offline(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome
         eval_loaders=evals,
         run_dir=run_dir,
         seed=recipe.seed,
+        batch_source=source,
     )
     done = run_stage(stage, resume=resume)
     result, student = done.train, done.student
@@ -97,6 +102,10 @@ def offline(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome
         "test": (kept or {}).get("test"),
         "teacher": teacher_info,
     }
+    if source is not None:
+        summary["generation"] = {"source": recipe.responses.source, **source.stats()} if recipe.responses else {}
+    if acc.is_main_process and bundle.tokenizer is not None and adapter_for(student).causal_lm:
+        summary["samples"] = lm_samples(student, evaluation_model(teacher), bundle)
     if acc.is_main_process and is_hf_student(student):
         # A Hugging Face student leaves the run as a folder `from_pretrained` loads (config, weights, tokenizer).
         name = tokenizer_name(recipe.data.name, dict(recipe.data.params))
@@ -104,7 +113,8 @@ def offline(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome
         atomic_replace_dir(lambda tmp: save_hf_folder(student, tmp, tokenizer), run_dir.path / "student_hf")
         summary["hf_folder"] = str(run_dir.path / "student_hf")
     if acc.is_main_process and recipe.profile:
-        summary["profile"] = model_profile(student.to("cpu"), example_inputs(bundle.test, 256))
+        lm = adapter_for(student).causal_lm
+        summary["profile"] = model_profile(student.to("cpu"), example_inputs(bundle.test, 256), 8 if lm else 256)
     run_dir.write_json(SUMMARY, summary)
     acc.wait_for_everyone()
     return RunOutcome(summary, student=student, teacher=teacher, bundle=bundle)

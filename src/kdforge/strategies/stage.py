@@ -32,6 +32,7 @@ class Stage:
     run_dir: RunDir | None = None
     seed: int = 0
     compare_vocab: int | None = None  # rows a padded LM head shares with the other one (vocabulary check at set-up)
+    batch_source: Any = None  # turns each training batch into the one trained on (generated responses)
 
 
 @dataclass
@@ -59,7 +60,13 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         compare_vocab=stage.compare_vocab,
     )
     trainer = Trainer(
-        distiller, stage.train, run_dir=stage.run_dir, seed=stage.seed, callbacks=stage.callbacks, resume=resume
+        distiller,
+        stage.train,
+        run_dir=stage.run_dir,
+        seed=stage.seed,
+        callbacks=stage.callbacks,
+        resume=resume,
+        batch_source=stage.batch_source,
     )
     result = trainer.fit(stage.train_loader, dict(stage.eval_loaders))
     students = {name: distiller.export(name) for name in distiller.students}

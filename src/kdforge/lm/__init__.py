@@ -1,0 +1,1 @@
+"""Language-model distillation: vocabulary alignment between teacher and student causal LMs, and its signals."""

@@ -1,0 +1,146 @@
+"""Where a causal LM's responses come from: batched KV-cache generation, speculative KD, SeqKD's cache, GKD's λ mix,
+DistiLLM-2's paired responses, and the errors for models that cannot generate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdforge.errors import ConfigError
+from kdforge.lm.generation import Continuations, continue_prompts, pack
+from kdforge.lm.sources import ResponseSource, prompts_of
+from kdforge.recipe import ResponsesConfig
+
+transformers = pytest.importorskip("transformers")
+V = 50
+
+
+def tiny_llama(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=V,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+PROMPTS = [torch.tensor([5, 9, 13, 7]), torch.tensor([22, 3]), torch.tensor([8, 8, 40, 2, 17, 31])]
+
+
+def hf_greedy(model: torch.nn.Module, prompt: torch.Tensor, n: int) -> list[int]:
+    """Reference: transformers' own generate on one unpadded prompt."""
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=prompt[None],
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+def test_batched_greedy_generation_with_left_padding_equals_generate_one_by_one() -> None:
+    model = tiny_llama(0)
+    got = continue_prompts(model, PROMPTS, 6, temperature=0.0)
+    for i, prompt in enumerate(PROMPTS):
+        assert got.tokens[i].tolist() == hf_greedy(model, prompt, 6)
+    assert got.lengths.tolist() == [6, 6, 6]
+
+
+def test_speculative_keeps_accepted_proposals_and_replaces_the_rest_by_the_teacher() -> None:
+    student, teacher = tiny_llama(0), tiny_llama(1)
+    everything = continue_prompts(student, PROMPTS, 5, temperature=0.0, verifier=teacher, accept_top_k=V)
+    assert everything.replaced == 0  # every token is in the teacher's top-V
+    assert everything.tokens.tolist() == continue_prompts(student, PROMPTS, 5, temperature=0.0).tokens.tolist()
+    # With top-1, every token the teacher would not pick greedily is replaced: the teacher's own greedy text.
+    strict = continue_prompts(student, PROMPTS, 5, temperature=0.0, verifier=teacher, accept_top_k=1)
+    for i, prompt in enumerate(PROMPTS):
+        assert strict.tokens[i].tolist() == hf_greedy(teacher, prompt, 5)
+    assert strict.replaced > 0
+
+
+def test_generation_stops_rows_at_eos() -> None:
+    model = tiny_llama(0)
+    first = continue_prompts(model, PROMPTS, 4, temperature=0.0).tokens[:, 0]
+    eos = int(first[0])  # the first row's first token: that row ends at once
+    got = continue_prompts(model, PROMPTS, 4, temperature=0.0, eos_id=eos)
+    assert int(got.lengths[0]) == 1
+
+
+def test_pack_puts_labels_on_response_tokens_only() -> None:
+    prompts = [torch.tensor([4, 5, 6]), torch.tensor([7])]
+    cont = Continuations(torch.tensor([[10, 11, 12], [13, 14, 15]]), torch.tensor([2, 3]))
+    batch = pack(prompts, cont, pad_id=0)
+    assert batch["input"].tolist() == [[4, 5, 6, 10, 11], [7, 13, 14, 15, 0]]
+    assert batch["attention_mask"].tolist() == [[True] * 5, [True] * 4 + [False]]
+    # Position j predicts token j + 1: the last prompt token predicts the first response token.
+    assert batch["label"].tolist() == [[-100, -100, 10, 11, -100], [13, 14, 15, -100, -100]]
+
+
+def plain_batch(n: int = 3, s: int = 12) -> dict[str, torch.Tensor]:
+    ids = torch.randint(2, V, (n, s), generator=torch.Generator().manual_seed(0))
+    labels = torch.full_like(ids, -100)
+    labels[:, :-1] = ids[:, 1:]
+    return {
+        "input": ids,
+        "attention_mask": torch.ones_like(ids, dtype=torch.bool),
+        "label": labels,
+        "index": torch.arange(n),
+    }
+
+
+def test_prompts_of_plain_text_take_the_first_tokens_and_of_prompt_response_rows_the_prompt() -> None:
+    batch = plain_batch()
+    assert [len(p) for p in prompts_of(batch, 5)] == [5, 5, 5]
+    batch["label"][1, :6] = -100  # row 1: a 7-token prompt, its response starts at token 7
+    assert len(prompts_of(batch, 5)[1]) == 7
+
+
+def test_seqkd_generates_each_sample_once_and_reuses_it_from_the_cache(tmp_path) -> None:
+    cfg = ResponsesConfig(source="seqkd", prompt_tokens=4, max_new_tokens=5, cache_dir=str(tmp_path))
+    student, teacher = tiny_llama(0), tiny_llama(1)
+    src = ResponseSource(cfg, student, teacher, pad_id=0, eos_id=None, seed=0, cache_key="k")
+    first = src(plain_batch(), step=0)
+    assert src.stats()["gen_tokens"] == 15
+    again = ResponseSource(cfg, student, teacher, pad_id=0, eos_id=None, seed=1, cache_key="k")
+    second = again(plain_batch(), step=0)
+    assert again.stats()["gen_tokens"] == 0  # a new run with the same key sends nothing to the teacher
+    assert torch.equal(first["input"], second["input"])
+    prompt = plain_batch()["input"][0, :4]
+    assert first["input"][0, 4:].tolist() == hf_greedy(teacher, prompt, 5)
+
+
+def test_mixed_writes_the_student_share_of_batches() -> None:
+    cfg = ResponsesConfig(source="mixed", student_fraction=0.25, prompt_tokens=4, max_new_tokens=2)
+    src = ResponseSource(cfg, tiny_llama(0), tiny_llama(1), pad_id=0, eos_id=None, seed=0)
+    batch = plain_batch()
+    kept = sum(src(batch, step) is batch for step in range(40))
+    assert src.stats()["gen_batches"] == 40 - kept
+    assert 4 <= 40 - kept <= 18  # λ = 0.25 of 40 batches, seeded
+
+
+def test_contrastive_pairs_teacher_and_student_responses(tmp_path) -> None:
+    cfg = ResponsesConfig(source="contrastive", prompt_tokens=4, max_new_tokens=3, cache_dir=str(tmp_path))
+    src = ResponseSource(cfg, tiny_llama(0), tiny_llama(1), pad_id=0, eos_id=None, seed=0, cache_key="c")
+    out = src(plain_batch(), step=0)
+    assert out["input"].shape[0] == 6 and out["from_student"].tolist() == [False] * 3 + [True] * 3
+
+
+def test_sources_that_generate_refuse_models_that_cannot(tmp_path) -> None:
+    from kdforge.models.gpt import TinyGPT
+
+    own = TinyGPT(V, 16, 8, 1, 1)
+    with pytest.raises(ConfigError, match="student to generate text, but it is a TinyGPT"):
+        ResponseSource(ResponsesConfig(source="on_policy"), own, None, 0, None, 0)
+    with pytest.raises(ConfigError, match="needs a teacher network that generates"):
+        ResponseSource(ResponsesConfig(source="seqkd", cache_dir=str(tmp_path)), tiny_llama(0), None, 0, None, 0)
