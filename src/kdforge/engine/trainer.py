@@ -247,11 +247,10 @@ class Trainer:
 
     def _lm_metrics(self, student: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
         """Perplexity, accuracy and (with a teacher network) agreement and KL, streamed in chunks of tokens."""
-        teacher = self.distiller.teacher
-        live = teacher if evaluation_model(teacher) is not None else None
+        network = evaluation_model(self.distiller.teacher)
         acc = self.accelerator
         reduce = (lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None
-        return lm_metrics(student, loader, acc.device, live, self.distiller.chunk_size, reduce)
+        return lm_metrics(student, loader, acc.device, network, self.distiller.chunk_size, reduce)
 
     def _teacher_eval_logits(self, loaders: dict[str, DataLoader]) -> dict[str, torch.Tensor]:
         model = evaluation_model(self.distiller.teacher)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from kdforge.adapters import adapter_for
 from kdforge.objectives.chunked import ChunkPlan, ChunkTarget, chunked_row_sums
-from kdforge.signals import Needs
+from kdforge.signals import HeadSignal, Needs
 
 IGNORE = -100
 
@@ -48,15 +48,24 @@ def _hidden_and_head(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor
     return out.hidden, out.head, adapter.softcap
 
 
+def _teacher_signal(teacher: nn.Module, batch: Mapping[str, Any], device: torch.device) -> HeadSignal:
+    """The teacher network's last hidden states + head on ``batch`` (its logits are made per chunk)."""
+    t_device = next(teacher.parameters()).device
+    moved = {k: v.to(t_device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    hidden, head, softcap = _hidden_and_head(teacher, moved)
+    bias = None if head.bias is None else head.bias.to(device)
+    return HeadSignal(hidden.to(device), head.weight.to(device), bias, softcap)
+
+
 def lm_metrics(
     model: nn.Module,
     loader: Iterable[Mapping[str, Tensor]],
     device: str | torch.device = "cpu",
-    teacher: Any = None,
+    teacher: nn.Module | None = None,
     chunk_size: int = 1024,
     reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
-    """nll, perplexity, next-token accuracy (and with a teacher: top-1 agreement and KL(p_t ‖ p_s) per token)."""
+    """nll, perplexity, next-token accuracy; with a teacher network also top-1 agreement and KL(p_t ‖ p_s) per token."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64)  # nll, correct, agree, kl, tokens
@@ -69,15 +78,11 @@ def lm_metrics(
                 mask = labels != IGNORE
                 if moved.get("attention_mask") is not None:
                     mask = mask & moved["attention_mask"].bool()
-                signal = None
-                if teacher is not None:
-                    needs = Needs(teacher_logits=True, teacher_hidden=True)
-                    signal = teacher.signals(moved, needs).logits
-                    signal = None if signal is None else signal.to(hidden.device).select(mask)
+                signal = None if teacher is None else _teacher_signal(teacher, moved, hidden.device).select(mask)
                 rows = [_nll, _correct] + ([_agree, _kl] if signal is not None else [])
                 vocab = int(head.weight.shape[0])
                 if signal is not None:
-                    vocab = min(vocab, int(getattr(signal, "vocab_size", vocab)))
+                    vocab = min(vocab, signal.vocab_size)
                 plan = ChunkPlan(rows, signal, labels[mask], chunk_size, vocab, softcap)
                 got = chunked_row_sums(hidden[mask], head, plan).double().cpu()
                 sums[: len(got)] += got

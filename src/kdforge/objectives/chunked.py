@@ -40,11 +40,12 @@ class ChunkTarget:
         if not isinstance(self.signal, SparseSignal):
             return None
         s = self.signal
+        # A padded head's extra rows carry no probability: the tail is spread over the compared rows only.
         return SparseSignal(
             s.ids[self.start : self.end],
             s.logprobs[self.start : self.end],
             s.tail[self.start : self.end],
-            s.vocab_size,
+            min(s.vocab_size, self.vocab),
             s.temperature,
         )
 
@@ -128,13 +129,15 @@ class ChunkedRows(torch.autograd.Function):
                     if not grad_on or not total.requires_grad:
                         continue
                     (g,) = torch.autograd.grad(total, z, retain_graph=j < n_terms - 1)
-                    g = g.to(weight.dtype)
-                    if gh:
-                        gh[j][start:end] = g @ weight
-                    if gw:
-                        gw[j].addmm_(g.t(), h.to(weight.dtype))
-                    if gb:
-                        gb[j].add_(g.sum(0))
+                    # Outside autograd: recorded, these products would keep every chunk's gradient until backward.
+                    with torch.no_grad():
+                        g = g.to(weight.dtype)
+                        if gh:
+                            gh[j][start:end] = g @ weight.detach()
+                        if gw:
+                            gw[j].addmm_(g.t(), h.detach().to(weight.dtype))
+                        if gb:
+                            gb[j].add_(g.sum(0))
         ctx.grads = (gh, gw, gb)
         return sums
 

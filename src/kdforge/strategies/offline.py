@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from kdforge.engine.terms import parse_objectives
 from kdforge.engine.trainer import get_accelerator
 from kdforge.evaluate import model_profile
 from kdforge.files import atomic_replace_dir
+from kdforge.lm.setup import align_vocabularies
 from kdforge.models.hf import is_hf_student, save_hf_folder, tokenizer_folder, tokenizer_name
 from kdforge.recipe import Recipe, dump
 from kdforge.registry import STRATEGIES
@@ -71,6 +73,12 @@ def offline(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome
     set_seed(recipe.seed)  # the student's initial weights depend on the seed alone, not on what ran before
     student = build(recipe.student, bundle, "student")
     require_task(bundle, student, "`kdforge run`")
+    teacher, compare_vocab, vocab = align_vocabularies(recipe, bundle, student, teacher)
+    if vocab is not None:
+        # Reported before training: which vocabulary case this pair is and how it is handled.
+        run_dir.write_json("vocabulary.json", vocab.to_json())
+        if acc.is_main_process:
+            print(f"vocabulary: {vocab.describe()}", file=sys.stderr)
     train_loader, evals = loaders(recipe, bundle, teacher)
     source = response_source(recipe, bundle, student, teacher)
     stage = Stage(
@@ -83,6 +91,7 @@ def offline(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome
         run_dir=run_dir,
         seed=recipe.seed,
         batch_source=source,
+        compare_vocab=compare_vocab,
     )
     done = run_stage(stage, resume=resume)
     result, student = done.train, done.student
@@ -102,6 +111,8 @@ def offline(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome
         "test": (kept or {}).get("test"),
         "teacher": teacher_info,
     }
+    if vocab is not None:
+        summary["vocabulary"] = {**vocab.to_json(), **(teacher.stats() if hasattr(teacher, "stats") else {})}
     if source is not None:
         summary["generation"] = {"source": recipe.responses.source, **source.stats()} if recipe.responses else {}
     if acc.is_main_process and bundle.tokenizer is not None and adapter_for(student).causal_lm:

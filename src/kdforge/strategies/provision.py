@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -57,6 +58,29 @@ def pretrained_lm(cfg: ModelConfig | None) -> bool:
     return (
         cfg is not None and cfg.name == "hf" and bool(cfg.params.get("path")) and cfg.params.get("task") == "causal_lm"
     )
+
+
+def lm_vocab_size(cfg: ModelConfig) -> int:
+    """A pretrained causal LM's vocabulary size, read from its config (folder or GGUF file) without loading it."""
+    from kdforge.models.hf.gguf import gguf_location
+    from kdforge.models.hf.load import OFFLINE
+
+    path = Path(cfg.params["path"]).expanduser()
+    gguf = cfg.params.get("gguf_file")
+    try:
+        from transformers import AutoConfig
+
+        if gguf is not None or path.suffix == ".gguf":
+            folder, name = gguf_location(path, gguf)
+            config = AutoConfig.from_pretrained(str(folder), gguf_file=name, **OFFLINE)
+        else:
+            config = AutoConfig.from_pretrained(str(path), **OFFLINE)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"teacher.model.params.path {str(path)!r}: cannot read its config: {err}") from None
+    vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", None)
+    if not isinstance(vocab, int):
+        raise ConfigError(f"teacher.model.params.path {str(path)!r}: its config names no vocab_size")
+    return vocab
 
 
 def require_task(bundle: DataBundle, student: nn.Module, what: str) -> None:
@@ -237,8 +261,10 @@ class Provision:
             _load_weights(model, Path(t.checkpoint).expanduser(), "teacher.checkpoint")
             return model, {"checkpoint": t.checkpoint}
         if pretrained_lm(t.model) and t.train is None:
-            # A pretrained causal LM is the teacher as it is: distillation never fine-tunes it first.
-            return build(t.model, self.bundle, "teacher.model").eval(), {"pretrained": t.model.params["path"]}
+            # A pretrained causal LM is the teacher as it is: distillation never fine-tunes it first. It keeps its own
+            # vocabulary; how it maps onto the student's is checked at set-up (kdforge.lm.setup).
+            own = dataclasses.replace(self.bundle, num_classes=lm_vocab_size(t.model))
+            return build(t.model, own, "teacher.model").eval(), {"pretrained": t.model.params["path"]}
         return train_teacher(self.recipe, allow_training and self.allow_training)
 
 

@@ -1,0 +1,160 @@
+"""Causal-LM distillation end to end through `kdforge run`: Austen blocks of SmolLM2's tokenizer, a small teacher
+saved as a transformers folder, token losses, generated responses, vocabulary cases, and the refusals (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_cli
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("rdata", reason="rdata reads the Austen corpus; installed by `make setup`")
+
+STUDENT = {
+    "name": "hf",
+    "params": {
+        "task": "causal_lm",
+        "config": {
+            "model_type": "llama",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 128,
+            "tie_word_embeddings": True,
+        },
+    },
+}
+
+
+def smollm2_tokenizer() -> Path:
+    from kdforge.llm.assets import smollm2_folder
+
+    return smollm2_folder()
+
+
+def austen_available() -> bool:
+    from kdforge.data.austen import _candidates
+
+    return any((p / "Rdata.rdb").is_file() for p in _candidates(None))
+
+
+def tiny_teacher(folder: Path, rows: int) -> Path:
+    """A 1-layer Llama with ``rows`` head rows and SmolLM2's tokenizer files, saved as a transformers folder."""
+    import torch
+
+    torch.manual_seed(1)
+    config = transformers.LlamaConfig(
+        vocab_size=rows,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(str(folder))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2_tokenizer() / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    if not austen_available():
+        pytest.fail("the Austen corpus is missing: `make setup` unpacks it (scripts/get-austen.sh)")
+    root = tmp_path_factory.mktemp("lm_teachers")
+    return {"same": tiny_teacher(root / "same", 49152), "padded": tiny_teacher(root / "padded", 49216)}
+
+
+def recipe(tmp_path: Path, teacher: Path | None, **extra: object) -> Path:
+    tree = {
+        "name": "lm",
+        "data": {
+            "name": "austen_lm",
+            "batch_size": 4,
+            "eval_batch_size": 8,
+            "params": {"max_len": 48, "train_limit": 16, "test_limit": 8, "val_fraction": 0.002},
+        },
+        "student": STUDENT,
+        "objectives": {"kl": {"objective": "forward_kl", "weight": 0.5}, "ce": 0.5},
+        "train": {"max_steps": 2, "chunk_size": 64, "optimizer": {"name": "adamw", "lr": 0.001}},
+        "output_dir": str(tmp_path / "runs"),
+        **extra,
+    }
+    if teacher is not None:
+        tree["teacher"] = {
+            "kind": "live",
+            "model": {"name": "hf", "params": {"path": str(teacher), "task": "causal_lm"}},
+        }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def run_folder(tmp_path: Path) -> Path:
+    (folder,) = (tmp_path / "runs").iterdir()
+    return folder
+
+
+def test_run_distills_a_causal_lm_and_reports_perplexity_and_samples(tmp_path: Path, teachers) -> None:
+    done = run_cli("run", str(recipe(tmp_path, teachers["same"])))
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = run_folder(tmp_path)
+    summary = json.loads((folder / "summary.json").read_text())
+    test = summary["test"]
+    assert test["tokens"] == 8 * 47 and test["perplexity"] > 1 and 0 <= test["agreement"] <= 1 and test["kl"] > 0
+    assert summary["vocabulary"]["case"] == "identical"
+    assert len(summary["samples"]) == 3 and "teacher" in summary["samples"][0]
+    report = (folder / "report.md").read_text()
+    assert "perplexity" in report and "## Greedy samples" in report
+    train = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert train[0]["split"] == "train" and "term/kl" in train[0]
+    assert (folder / "student_hf" / "config.json").is_file()
+
+
+def test_a_padded_head_is_detected_and_only_shared_rows_are_compared(tmp_path: Path, teachers) -> None:
+    done = run_cli("run", str(recipe(tmp_path, teachers["padded"])))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "padded" in done.stderr  # reported before training
+    vocab = json.loads((run_folder(tmp_path) / "vocabulary.json").read_text())
+    assert vocab["case"] == "padded_head" and vocab["teacher_rows"] == 49216 and vocab["student_rows"] == 49152
+
+
+def test_mixed_on_policy_responses_report_generation_apart(tmp_path: Path, teachers) -> None:
+    responses = {"source": "mixed", "student_fraction": 1.0, "prompt_tokens": 8, "max_new_tokens": 6}
+    done = run_cli("run", str(recipe(tmp_path, teachers["same"], responses=responses)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((run_folder(tmp_path) / "summary.json").read_text())
+    gen = summary["generation"]
+    assert gen["source"] == "mixed" and gen["gen_batches"] == 2 and gen["gen_tokens"] == 2 * 4 * 6
+    assert gen["gen_s"] > 0
+
+
+def test_sequence_data_with_a_classifier_student_is_refused_before_training(tmp_path: Path) -> None:
+    path = recipe(tmp_path, None, objectives={"ce": 1.0})
+    tree = yaml.safe_load(path.read_text())
+    tree["student"] = {"name": "text_bag"}
+    path.write_text(yaml.safe_dump(tree))
+    done = run_cli("run", str(path))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs a causal-LM student" in lines[0] and "TextBag" in lines[0]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_on_policy_from_a_model_that_cannot_generate_is_refused(tmp_path: Path, teachers) -> None:
+    path = recipe(tmp_path, teachers["same"], responses={"source": "on_policy"})
+    tree = yaml.safe_load(path.read_text())
+    tree["student"] = {"name": "tiny_gpt", "params": {"width": 16, "layers": 1, "heads": 1}}
+    path.write_text(yaml.safe_dump(tree))
+    done = run_cli("run", str(path))
+    assert done.returncode == 2
+    assert "student to generate text, but it is a TinyGPT" in done.stderr.strip().splitlines()[-1]
