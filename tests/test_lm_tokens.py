@@ -207,12 +207,11 @@ def test_a_teacher_with_another_vocabulary_is_refused_with_both_sizes() -> None:
 def test_lm_metrics_equal_an_independent_computation() -> None:
     from kdforge.data.base import ArrayDataset, make_loader
     from kdforge.evaluate.lm import lm_metrics
-    from kdforge.teachers import Live
 
     batch = lm_batch(7, b=4)
     ds = ArrayDataset(batch["input"], batch["label"], fields={"attention_mask": batch["attention_mask"]})
     student, teacher = tiny_llama(0), tiny_llama(1)
-    got = lm_metrics(student, make_loader(ds, 3, shuffle=False, seed=0), teacher=Live(teacher), chunk_size=4)
+    got = lm_metrics(student, make_loader(ds, 3, shuffle=False, seed=0), teacher=teacher, chunk_size=4)
     target = (batch["label"] != -100) & batch["attention_mask"]
     with torch.no_grad():
         s = student(input_ids=batch["input"], attention_mask=batch["attention_mask"]).logits[target]
