@@ -20,6 +20,17 @@ from kdforge.recipe import Recipe
 from kdforge.teachers.base import Teacher, evaluation_model
 from kdforge.teachers.live import Live
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def _tokenizer(folder: Path, key: str) -> Any:
+    try:
+        return load_tokenizer(folder)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"{key}: cannot load the tokenizer in {str(folder)!r}: {' '.join(str(err).split())}"
+        ) from None
+
 
 def teacher_tokenizer_folder(recipe: Recipe) -> Path | None:
     """The folder of the teacher model (its tokenizer), when the recipe names one."""
@@ -39,10 +50,18 @@ def align_vocabularies(
     folder = teacher_tokenizer_folder(recipe)
     if network is None or folder is None or bundle.tokenizer is None or not adapter_for(student).causal_lm:
         return teacher, None, None
-    s_tok, t_tok = load_tokenizer(Path(bundle.tokenizer)), load_tokenizer(folder)
     t_rows = int(network.get_output_embeddings().weight.shape[0])
     head = student.get_output_embeddings() if hasattr(student, "get_output_embeddings") else student.head
     s_rows = int(head.weight.shape[0])
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        if t_rows == s_rows:
+            return teacher, None, None  # no tokenizer beside the teacher: the same head size is taken as the same one
+        raise ConfigError(
+            f"teacher.model.params.path {str(folder)!r} has no tokenizer ({', '.join(TOKENIZER_FILES)}) and its head "
+            f"has {t_rows} rows but the student's {s_rows}: expected the teacher's tokenizer files beside its "
+            "weights, so that the vocabularies can be aligned"
+        )
+    s_tok, t_tok = _tokenizer(Path(bundle.tokenizer), "data.params.tokenizer"), _tokenizer(folder, "teacher.model")
     report = compare_vocabularies(t_tok, s_tok, t_rows, s_rows)
     check_alignable(report)
     if report.case == "identical":

@@ -60,10 +60,8 @@ def files(
     off (stratified by label, seeded by ``seed``; ``val_fraction`` is not used when ``val`` is given). Sample ids are
     row numbers in the file (or the sorted folder listing). Text needs ``tokenizer``: a local tokenizer or model
     folder, or 'minilm'. A table of images names them in ``image_column`` (paths relative to the table's folder).
+    ``prompt_column`` + ``response_column`` make causal-LM rows (prompt + response + eos, loss on the response only).
     """
-    if prompt_column is not None or response_column is not None:
-        key = "prompt_column" if prompt_column is not None else "response_column"
-        raise ConfigError(f"data.params.{key}: prompt/response columns are coming with causal-LM data")
     if train is None:
         raise ConfigError("data.params.train: required; a file or folder holding the training data")
     p = Params(
@@ -73,8 +71,11 @@ def files(
     _check(p)
     try:
         from kdforge.data.files.bundle import assemble
+        from kdforge.data.files.pairs import assemble_pairs
     except ImportError as err:
         raise ConfigError(
             f"data.name: 'files' needs `pip install 'kdforge[files]'` (datasets, pyarrow, pillow): {err}"
         ) from None
+    if prompt_column is not None or response_column is not None:
+        return assemble_pairs(p, prompt_column, response_column)
     return assemble(p)
