@@ -337,7 +337,10 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[dict[str, Any], str]]:
             {"train": good, "test": write_csv(tmp / "test.csv", unseen), "tokenizer": m, "test_fraction": 0},
             r"data.params.test='.*test.csv' row 5 \(sample id 4\): label 'cooking' is not in the labels of",
         ),
-        "prompt": ({"train": good, "prompt_column": "q"}, r"prompt/response columns are coming with causal-LM data"),
+        "prompt": (
+            {"train": good, "prompt_column": "q"},
+            r"^data.params.response_column: required with data.params.prompt_column",
+        ),
         "no test": ({"train": good, "tokenizer": m, "test_fraction": 0}, r"^data.params.test: a run evaluates on a"),
         "both tests": ({"train": good, "test": good, "tokenizer": m}, r"test_fraction=0.2 and data.params.test="),
     }

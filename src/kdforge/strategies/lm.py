@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from kdforge.data.base import DataBundle
-from kdforge.lm.sources import ResponseSource, cache_key
+from kdforge.lm.sources import ResponseSource, cache_key, prompts_of
 from kdforge.recipe import Recipe
 from kdforge.teachers.base import evaluation_model
 
@@ -48,8 +48,9 @@ def lm_samples(student: nn.Module, teacher: nn.Module | None, bundle: DataBundle
     from kdforge.evaluate.lm import greedy_samples
 
     tok = load_tokenizer(bundle.tokenizer)
-    rows = bundle.test.inputs[:SAMPLE_PROMPTS, :SAMPLE_PROMPT_TOKENS]
-    prompts = [tok.decode(r.tolist()) for r in rows]
+    rows = bundle.test.__getitems__(list(range(min(SAMPLE_PROMPTS, len(bundle.test)))))
+    # A prompt/response row is prompted with its prompt; plain text with its first tokens.
+    prompts = [tok.decode(p.tolist()) for p in prompts_of(rows, SAMPLE_PROMPT_TOKENS)]
     student_text = greedy_samples(student.to("cpu"), tok, prompts)
     teacher_text = greedy_samples(teacher.to("cpu"), tok, prompts) if teacher is not None else [None] * len(prompts)
     return [
