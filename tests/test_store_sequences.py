@@ -126,14 +126,16 @@ def test_objectives_see_real_tokens_only_so_live_and_cached_agree(lm, tmp_path: 
     objectives = {"kd": {"T": 2.0, "alpha": 0.5}}
     via_live = Distiller(student, live, objectives)(batch).loss
     via_store = Distiller(student, Cached(store), objectives)(batch).loss
-    assert via_store.item() == pytest.approx(via_live.item(), rel=1e-6)
-    # The same value computed by hand over the real tokens only.
-    mask = batch["attention_mask"]
+    # The live teacher sends hidden states + head (logits made per chunk), the store its full logits: the same
+    # values up to the rounding of two matrix-product orders.
+    assert via_store.item() == pytest.approx(via_live.item(), rel=1e-5)
+    # The same value computed by hand over the tokens that have a next-token target (real, not the last one).
+    mask = batch["attention_mask"] & (batch["label"] != -100)
     with torch.no_grad():
         t = live.model(batch["input"])[mask]
     s = student(batch["input"])[mask]
     ref = kdforge.objective("kd", T=2.0, alpha=0.5)(s, t, batch["label"][mask])
-    assert via_live.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert via_live.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
 def test_run_refuses_sequence_data_with_a_clear_error(tmp_path: Path):
