@@ -10,27 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lm_models import LM_STUDENT
+
 from conftest import run_cli
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("rdata", reason="rdata reads the Austen corpus; installed by `make setup`")
 
-STUDENT = {
-    "name": "hf",
-    "params": {
-        "task": "causal_lm",
-        "config": {
-            "model_type": "llama",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "max_position_embeddings": 128,
-            "tie_word_embeddings": True,
-        },
-    },
-}
+STUDENT = LM_STUDENT
 
 
 def smollm2_tokenizer() -> Path:

@@ -10,26 +10,14 @@ from kdforge.errors import ConfigError
 from kdforge.lm.generation import Continuations, continue_prompts, pack
 from kdforge.lm.sources import ResponseSource, prompts_of
 from kdforge.recipe import ResponsesConfig
+from lm_models import tiny_llama as small_llama
 
 transformers = pytest.importorskip("transformers")
 V = 50
 
 
 def tiny_llama(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=V,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=0,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return small_llama(seed, V).eval()
 
 
 PROMPTS = [torch.tensor([5, 9, 13, 7]), torch.tensor([22, 3]), torch.tensor([8, 8, 40, 2, 17, 31])]

@@ -14,6 +14,7 @@ from kdforge.errors import ShapeMismatchError
 from kdforge.objectives import objective
 from kdforge.objectives.chunked import ChunkPlan, ChunkTarget, chunked_row_sums
 from kdforge.signals import DenseSignal, HeadSignal, SparseSignal
+from lm_models import tiny_llama as small_llama
 
 transformers = pytest.importorskip("transformers")
 
@@ -33,19 +34,7 @@ TOKEN_OBJECTIVES = {
 
 def tiny_llama(seed: int, vocab: int = V, hidden: int = 16) -> torch.nn.Module:
     """A 1-layer Llama built from a config (no download)."""
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        bos_token_id=0,
-        eos_token_id=1,
-    )
-    return transformers.LlamaForCausalLM(config)
+    return small_llama(seed, vocab, hidden)
 
 
 def lm_batch(
