@@ -145,3 +145,21 @@ def test_on_policy_from_a_model_that_cannot_generate_is_refused(tmp_path: Path, 
     done = run_cli("run", str(path))
     assert done.returncode == 2
     assert "student to generate text, but it is a TinyGPT" in done.stderr.strip().splitlines()[-1]
+
+
+def test_refine_keeps_the_documents_the_teacher_prefers_and_refuses_a_bad_fraction(tmp_path: Path, teachers) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    texts = [f"It is a truth universally acknowledged, number {i}." for i in range(6)]
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "refined.jsonl"
+    args = ["refine", str(corpus), "--teacher", str(teachers["same"]), "--reference", str(teachers["padded"])]
+    done = run_cli(*args, "--fraction", "0.5", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(kept) == 3 and all(k["text"] in texts for k in kept)
+    summary = json.loads(done.stdout)
+    assert summary["kept"] == 3 and summary["dropped"] == 3
+    # Difference sampling keeps the top half: every kept score is at least every dropped one.
+    assert summary["mean_score_kept"] >= summary["mean_score_dropped"]
+    bad = run_cli(*args, "--fraction", "1.5", "--out", str(tmp_path / "x.jsonl"))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "1.5" in bad.stderr

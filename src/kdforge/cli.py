@@ -219,6 +219,31 @@ def plan_memory(
     out.print(result.table(), soft_wrap=True, highlight=False, markup=False)
 
 
+@app.command()
+def refine(
+    corpus: Annotated[str, typer.Argument(help="a CSV/JSONL/Parquet file of documents")],
+    teacher: Annotated[str, typer.Option(help="the teacher: a local transformers causal-LM folder")],
+    reference: Annotated[str, typer.Option(help="the small reference LM: a local transformers causal-LM folder")],
+    fraction: Annotated[float, typer.Option(help="the share of documents kept")] = 0.5,
+    out_path: Annotated[str, typer.Option("--out", help="the refined corpus (JSONL of text, score)")] = "refined.jsonl",
+    text_column: Annotated[str, typer.Option(help="the column holding each document")] = "text",
+    mode: Annotated[str, typer.Option(help="difference (MiniPLM) or random (the control)")] = "difference",
+    max_len: Annotated[int, typer.Option(help="tokens scored per document")] = 512,
+    seed: Annotated[int, typer.Option(help="seed of the random control")] = 0,
+) -> None:
+    """MiniPLM difference sampling: keep the documents the teacher finds likelier than the reference LM does."""
+    from kdforge.data.files.source import read_source
+    from kdforge.errors import ConfigError
+    from kdforge.lm.miniplm import refine_corpus
+
+    column = read_source("corpus", corpus).column(text_column).to_pylist()
+    if any(not isinstance(t, str) for t in column):
+        row = next(i for i, t in enumerate(column) if not isinstance(t, str))
+        raise ConfigError(f"corpus {corpus!r}: row {row + 1} of column {text_column!r} holds no text")
+    summary = refine_corpus(column, teacher, reference, fraction, out_path, mode=mode, seed=seed, max_len=max_len)
+    out.print(json.dumps(summary, indent=2), soft_wrap=True, highlight=False, markup=False)
+
+
 def _job_tree(recipe: str, overrides: list[str] | None) -> tuple[dict[str, Any], str]:
     """A job recipe file with key=value overrides applied, and the name errors refer to it by."""
     from kdforge.recipe import apply_overrides, load_yaml
