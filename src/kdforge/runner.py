@@ -69,7 +69,7 @@ def run(recipe: Recipe, run_dir: RunDir | None = None, resume: bool = False) -> 
         if not resume:
             _remove_if_untouched(run_dir)
         raise
-    rows = comparison_rows({k: v.summary for k, v in results.items()}, _teacher_row(results))
+    rows = comparison_rows({k: v.summary for k, v in results.items()}, _teacher_row(results, recipe.profile))
     public = {k: v.summary for k, v in results.items()}
     samples = {k: v.summary["samples"] for k, v in results.items() if v.summary.get("samples")}
     run_dir.write_text("report.md", render_markdown(recipe, rows, samples))
@@ -98,8 +98,8 @@ def resume(path: str | Path) -> dict[str, Any]:
     return run(recipe, RunDir(folder, main=get_accelerator().is_main_process), resume=True)
 
 
-def _teacher_row(results: dict[str, RunOutcome]) -> dict[str, Any] | None:
-    """Test metrics and profile of the shared live teacher, for the first row of the table."""
+def _teacher_row(results: dict[str, RunOutcome], profile: bool = True) -> dict[str, Any] | None:
+    """Test metrics and (unless ``profile: false``) profile of the shared live teacher, for the table's first row."""
     for outcome in results.values():
         model, bundle = evaluation_model(outcome.teacher), outcome.bundle
         if model is not None and bundle is not None and get_accelerator().is_main_process:
@@ -108,6 +108,8 @@ def _teacher_row(results: dict[str, RunOutcome]) -> dict[str, Any] | None:
             return {
                 "name": "teacher",
                 "test": lm_metrics(model, test) if lm else test_metrics(model, test),
-                "profile": model_profile(model.to("cpu"), example_inputs(bundle.test, 256), 8 if lm else 256),
+                "profile": model_profile(model.to("cpu"), example_inputs(bundle.test, 256), 8 if lm else 256)
+                if profile
+                else {},
             }
     return None
