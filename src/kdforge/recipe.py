@@ -87,7 +87,7 @@ class TrainConfig(Strict):
     eval_every: int = Field(0, ge=0, description="optimizer steps between evaluations; 0 = every epoch")
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between resumable checkpoints; 0 = at evals")
-    chunk_size: int = Field(1024, ge=1, description="tokens per chunk of a causal LM's token losses (memory bound)")
+    chunk_size: int = Field(512, ge=1, description="tokens per chunk of a causal LM's token losses (memory bound)")
     select: SelectConfig = Field(default_factory=lambda: SelectConfig())
 
     @field_validator("select", mode="before")

@@ -97,7 +97,7 @@ class Distiller(nn.Module):
         *,
         connectors: Mapping[str, nn.Module] | None = None,
         adapters: Mapping[str, str] | None = None,
-        chunk_size: int = 1024,
+        chunk_size: int = 512,
         compare_vocab: int | None = None,
     ):
         super().__init__()

@@ -62,7 +62,7 @@ def lm_metrics(
     loader: Iterable[Mapping[str, Tensor]],
     device: str | torch.device = "cpu",
     teacher: nn.Module | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 512,
     reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """nll, perplexity, next-token accuracy; with a teacher network also top-1 agreement and KL(p_t ‖ p_s) per token."""
