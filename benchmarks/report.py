@@ -510,9 +510,11 @@ def llm_miniplm_section(data: dict) -> list[str]:
         f"Score = {data['score']}; teacher {data['teacher']}, reference {data['reference']['arch']}. Pool of "
         f"{data['pool']} Austen documents, {int(100 * data['fraction'])}% kept; students ({st['arch']}, "
         f"{st['params']:,} parameters) trained {st['steps']} steps on each selection, held-out perplexity on "
-        f"{data['held_out']['tokens']:,} tokens of *{data['held_out']['novel']}*, seeds {data['seeds']}. "
-        "**A smoke-scale run** (the shared machine was saturated): the selections differ as intended (mean "
-        "score), the perplexities do not separate at this budget.",
+        f"{data['held_out']['tokens']:,} tokens of *{data['held_out']['novel']}*; "
+        f"{max(a['final_ppl']['n'] for a in arms.values())} seed(s) finished"
+        + ("" if data.get("complete") else " (the run was stopped before its second seed: one seed only)")
+        + ". The difference-sampled half has a higher mean score by construction; the perplexities below are the "
+        "test of whether that helps the student.",
         "",
         *table(["selection", "documents", "mean score", "held-out perplexity"], rows),
         "",
