@@ -14,11 +14,13 @@ Losses: generalized JSD β=0.5 and forward KL (TRL's β=0), T=1. A step is forwa
 
 Measured per arm:
 
-* peak memory, two ways, each in a fresh subprocess per arm: the process RSS high-water mark
-  (``getrusage(RUSAGE_SELF).ru_maxrss``) during one step minus its value once the inputs are allocated, and the live
-  tensor bytes counted by kdforge's ``PeakBytes`` dispatch mode during a second step (inputs not counted; the
-  gradients it leaves in .grad are). A probe checks that ``PeakBytes`` sees allocations made inside a custom
-  autograd Function's forward and backward (ChunkedRows computes its gradient inside forward);
+* peak memory, in a fresh subprocess per arm, run before the parent allocates anything large: the process RSS
+  high-water mark over one step minus the RSS once the inputs are allocated, read two ways — VmHWM (reset through
+  /proc/self/clear_refs at the baseline) and ``getrusage(RUSAGE_SELF).ru_maxrss`` (which Linux carries over from
+  the launching process at exec, hence the ordering and the recorded baseline gap) — and the live tensor bytes
+  counted by kdforge's ``PeakBytes`` dispatch mode over a second step (inputs not counted; the gradients it leaves
+  in .grad are). A probe checks that ``PeakBytes`` sees allocations made inside a custom autograd Function's
+  forward and backward (ChunkedRows computes its gradient inside forward);
 * time per step: arms interleaved in one process, 1 warm-up round then ``--repeats`` rounds (order rotated each
   round); median / min / max seconds, and the median of the per-round ratios to the naive arm of the same loss;
 * agreement: loss values (relative) and the max abs difference of h_s.grad and W_s.grad against naive and TRL, plus
@@ -198,24 +200,42 @@ def step(fn: Callable[[Inputs], Tensor], inp: Inputs) -> float:
     return float(loss.detach())
 
 
-def rss_now() -> int:
-    """Current resident set size, bytes."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def proc_status(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: its high-water mark), bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
 
 
 def max_rss() -> int:
-    """This process's RSS high-water mark, bytes (ru_maxrss is KiB on Linux)."""
+    """getrusage's RSS high-water mark, bytes (ru_maxrss is KiB on Linux).
+
+    Linux carries the launching process's high-water mark into an exec'd child's ru_maxrss, so the per-arm
+    subprocesses are started before the parent allocates anything large (see ``main``) and the baseline gap is kept.
+    """
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def reset_high_water() -> bool:
+    """Reset this process's VmHWM to its current RSS (/proc/self/clear_refs, value 5); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def measure_arm(name: str) -> dict[str, Any]:
-    """Fresh-process memory of one arm: RSS high-water over one step, then PeakBytes over a second step."""
+    """Fresh-process memory of one arm: RSS high-water over one step (two ways), then PeakBytes over a second step."""
     inp = make_inputs(BATCH, SEQ, VOCAB, H_STUDENT, H_TEACHER)
     fn = arm_loss(name)
-    base_max, base_now = max_rss(), rss_now()
+    reset = reset_high_water()
+    base_rss, base_ru, base_hwm = proc_status("VmRSS"), max_rss(), proc_status("VmHWM")
     loss = step(fn, inp)
-    after_max = max_rss()
+    after_ru, after_hwm = max_rss(), proc_status("VmHWM")
     inp.clear()
     with PeakBytes(*inp.tensors) as mode:
         out = fn(inp)
@@ -223,13 +243,15 @@ def measure_arm(name: str) -> dict[str, Any]:
     return {
         "arm": name,
         "loss": loss,
-        # Valid while the step's high-water passes the one before it (the earlier, import-time high-water is
-        # ~58 MB above the RSS once the inputs are allocated; subtracting it would hide that much).
-        "rss_peak_bytes": after_max - base_now,
-        "rss_step_above_earlier_high_water": after_max > base_max,
-        "rss_baseline_bytes": base_now,
-        "rss_high_water_before_bytes": base_max,
-        "rss_high_water_after_bytes": after_max,
+        # ru_maxrss after the step minus before it (inputs allocated); valid when the before value is this process's
+        # RSS then (gap ≈ 0), not an earlier or inherited high-water mark.
+        "ru_maxrss_peak_bytes": after_ru - base_ru,
+        "ru_maxrss_baseline_gap_bytes": base_ru - base_rss,
+        # VmHWM reset to the RSS at the baseline, then read after the step: the step's own high-water mark.
+        "vmhwm_peak_bytes": after_hwm - base_rss,
+        "vmhwm_reset": reset,
+        "vmhwm_baseline_gap_bytes": base_hwm - base_rss,
+        "rss_baseline_bytes": base_rss,
         "peakbytes_bytes": mode.peak,
         "peakbytes_live_after_bytes": mode.live,  # the .grad tensors left behind
     }
@@ -439,24 +461,19 @@ def summarise(names: list[str], memory: dict[str, Any], timing: dict[str, Any]) 
     out: dict[str, Any] = {}
     for name in names:
         kind, impl = name.split("/")
-        rec: dict[str, Any] = {
-            "rss_peak_mb": memory[name]["rss_peak_bytes"] / MB,
-            "peakbytes_mb": memory[name]["peakbytes_bytes"] / MB,
-            "median_s": timing[name]["median_s"],
-        }
+        measures = {"rss": "vmhwm_peak_bytes", "ru_maxrss": "ru_maxrss_peak_bytes", "peakbytes": "peakbytes_bytes"}
+        rec: dict[str, Any] = {f"{m}_peak_mb": memory[name][field] / MB for m, field in measures.items()}
+        rec["median_s"] = timing[name]["median_s"]
         for ref in ("naive", "trl"):
             key = f"{kind}/{ref}"
             if key not in memory:
                 continue
-            rec[f"rss_peak_vs_{ref}"] = memory[name]["rss_peak_bytes"] / memory[key]["rss_peak_bytes"]
-            rec[f"peakbytes_vs_{ref}"] = memory[name]["peakbytes_bytes"] / memory[key]["peakbytes_bytes"]
+            for m, field in measures.items():
+                rec[f"{m}_peak_vs_{ref}"] = memory[name][field] / memory[key][field]
             rec[f"time_vs_{ref}"] = timing[name]["median_s"] / timing[key]["median_s"]
         rec["time_vs_naive_median_of_round_ratios"] = timing[name]["ratio_to_naive_median_of_rounds"]
         if impl.startswith("kdforge"):
-            rec["target_peak_le_quarter_naive"] = {
-                "rss": rec["rss_peak_vs_naive"] <= 0.25,
-                "peakbytes": rec["peakbytes_vs_naive"] <= 0.25,
-            }
+            rec["target_peak_le_quarter_naive"] = {m: rec[f"{m}_peak_vs_naive"] <= 0.25 for m in measures}
             rec["target_time_le_1.3x_naive"] = rec["time_vs_naive"] <= 1.3
         out[name] = rec
     return out
@@ -475,16 +492,16 @@ def main() -> None:
         return
     names = arm_names()
     started = time.time()
+    memory = {}
+    for name in names:  # first, while this process is small: a child's ru_maxrss starts at this one's high-water
+        memory[name] = m = run_arm_subprocess(name, args.threads)
+        shown = {k: round(m[k] / MB) for k in ("vmhwm_peak_bytes", "ru_maxrss_peak_bytes", "peakbytes_bytes")}
+        print(f"memory {name}: MB {shown}, ru_maxrss gap {m['ru_maxrss_baseline_gap_bytes'] / MB:.0f} MB", flush=True)
     probe = probe_peakbytes()
     print("PeakBytes probe:", probe, flush=True)
     small = small_check()
     print("small check:", json.dumps(small, indent=1), flush=True)
     accounting = chunk_accounting()
-    memory = {}
-    for name in names:
-        memory[name] = run_arm_subprocess(name, args.threads)
-        m = memory[name]
-        print(f"memory {name}: rss {m['rss_peak_bytes'] / MB:.0f} MB, PeakBytes {m['peakbytes_bytes'] / MB:.0f} MB")
     timing, agreement = timing_and_agreement(names, args.repeats)
     payload = {
         "command": " ".join(
@@ -514,7 +531,9 @@ def main() -> None:
         },
         "method": {
             "step": "forward + backward from the student's hidden states and head weight (LM-head matmuls included)",
-            "rss": "fresh subprocess per arm: ru_maxrss after one step minus ru_maxrss once the inputs are allocated",
+            "rss": "fresh subprocess per arm, first step: VmHWM (reset by /proc/self/clear_refs once the inputs are "
+            "allocated) minus VmRSS then; and ru_maxrss after minus before the step (the brief's measure; valid when "
+            "ru_maxrss_baseline_gap_bytes ≈ 0, the subprocesses being started before this process grows)",
             "peakbytes": "kdforge.evaluate.memory.PeakBytes over a second step in the same subprocess; inputs excluded",
             "time": f"one process, arms interleaved (order rotated), 1 warm-up round + {args.repeats} timed rounds",
             "agreement": f"warm-up round: loss rel diff ≤ {LOSS_RTOL}, grad max abs diff ≤ {GRAD_RTOL} × max |grad|",

@@ -5,10 +5,11 @@ SmolLM2-135M-Instruct (fp32). Reference: a tiny Llama on the SmolLM2 tokenizer, 
 slice of the same novels (the paper's recipe: a small LM on a small part of the corpus). Score = mean teacher log-prob
 per token − mean reference log-prob per token (kdforge.lm.miniplm). Students: a ~2.6M-parameter Llama on a 4,096-token
 BPE learnt from the five novels (so scoring and student tokenizers differ), plain next-token CE, the same steps and
-tokens for every arm. Teacher and reference scores are cached under ~/.cache/kdforge/bench/miniplm, so a re-run
-only retrains the students.
+tokens for every arm; a third arm trains on the bottom fraction (does the ordering matter at all?). The reference
+model, both models' scores (per document) and every finished student are cached under ~/.cache/kdforge/bench/miniplm,
+so a stopped run resumes and a re-run only trains what is missing (e.g. ``--seeds 0 1 2`` adds one seed).
 
-    .venv/bin/python benchmarks/llm_miniplm.py            # ~25 min on 2 cores (7 of them teacher scoring)
+    .venv/bin/python benchmarks/llm_miniplm.py     # ~30 min on 2 idle cores (estimate); see "seconds" in the JSON
 """
 
 from __future__ import annotations
@@ -128,23 +129,23 @@ def perplexity(model: torch.nn.Module, data: torch.Tensor, batch: int = 32) -> f
     return math.exp(total / count)
 
 
-def cached_logprobs(
-    name: str, texts: list[str], model: Any, ids: list[list[int]], batch: int
-) -> list[tuple[float, int]]:
-    """sequence_logprobs of each text, cached per text and saved every few batches (a stopped run resumes)."""
+def cached_logprobs(name: str, texts: list[str], model: Any, ids: list[list[int]], batch: int) -> tuple[list, float]:
+    """(Σ log p, tokens) of each text and the seconds they took; cached per text, saved every 16 batches."""
     path = cache_dir() / f"logprobs-{name}.json"
-    cache: dict[str, list[float]] = json.loads(path.read_text()) if path.is_file() else {}
+    cache: dict[str, list[float]] = json.loads(path.read_text()) if path.is_file() else {}  # digest: [lp, n, s]
     keys = [digest(t) for t in texts]
     todo = [i for i, k in enumerate(keys) if k not in cache]
     for start in range(0, len(todo), 16 * batch):
         t0, part = time.time(), todo[start : start + 16 * batch]
-        for i, (lp, n) in zip(part, sequence_logprobs(model, [ids[i] for i in part], batch, 2 * BLOCK), strict=True):
-            cache[keys[i]] = [lp, n]
+        results = sequence_logprobs(model, [ids[i] for i in part], batch, 2 * BLOCK)
+        share = (time.time() - t0) / len(part)
+        for i, (lp, n) in zip(part, results, strict=True):
+            cache[keys[i]] = [lp, n, share]
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cache))
         tmp.replace(path)
-        log(f"{name}: scored {start + len(part)}/{len(todo)} new documents ({time.time() - t0:.1f}s for {len(part)})")
-    return [(float(cache[k][0]), int(cache[k][1])) for k in keys]
+        log(f"{name}: scored {start + len(part)}/{len(todo)} new documents ({share * len(part):.1f}s for {len(part)})")
+    return [(float(cache[k][0]), int(cache[k][1])) for k in keys], sum(cache[k][2] for k in keys)
 
 
 def student_tokenizer(texts: list[str], vocab: int) -> Any:
@@ -256,13 +257,14 @@ def documents(smol: Any, novels: dict[str, str], args: argparse.Namespace) -> tu
     return docs[: args.pool], docs[REF_START : REF_START + args.ref_docs]
 
 
-def pool_scores(folder: Path, smol: Any, pool: list[str], reference: Any, ref_key: str) -> list[DocScore]:
-    """Teacher and reference log-likelihoods of the pool (both cached per document)."""
+def pool_scores(folder: Path, smol: Any, pool: list[str], reference: Any, ref_key: str) -> tuple[list, dict]:
+    """Teacher and reference log-likelihoods of the pool (cached per document), and the seconds scoring took."""
     pool_ids = [smol(t)["input_ids"] for t in pool]
-    ref_lp = cached_logprobs(f"reference-{ref_key}", pool, reference, pool_ids, 16)
+    ref_lp, ref_s = cached_logprobs(f"reference-{ref_key}", pool, reference, pool_ids, 16)
     teacher = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
-    teacher_lp = cached_logprobs("teacher-smollm2-135m", pool, teacher, pool_ids, 8)
-    return [DocScore(t, n, r, m) for (t, n), (r, m) in zip(teacher_lp, ref_lp, strict=True)]
+    teacher_lp, teacher_s = cached_logprobs("teacher-smollm2-135m", pool, teacher, pool_ids, 8)
+    scores = [DocScore(t, n, r, m) for (t, n), (r, m) in zip(teacher_lp, ref_lp, strict=True)]
+    return scores, {"teacher_scoring": round(teacher_s, 1), "reference_scoring": round(ref_s, 1)}
 
 
 def main() -> None:
@@ -277,9 +279,7 @@ def main() -> None:
     smol_test = blocks([smol(novels[HELD_OUT], add_special_tokens=False)["input_ids"]], smol.convert_tokens_to_ids(EOT))
     ref_info["test_ppl_smollm2_tokens"] = round(perplexity(reference, evenly(smol_test, args.eval_blocks), 8), 2)
     log(f"reference perplexity on {HELD_OUT}: {ref_info['test_ppl_smollm2_tokens']}")
-    t0 = time.time()
-    scores = pool_scores(folder, smol, pool, reference, ref_key)
-    scoring_s = time.time() - t0
+    scores, seconds = pool_scores(folder, smol, pool, reference, ref_key)
 
     bpe = student_tokenizer([t for name, t in novels.items() if name != HELD_OUT], 4096)
     eos, vocab = bpe.token_to_id(EOT), bpe.get_vocab_size()
@@ -297,7 +297,6 @@ def main() -> None:
         "pool": len(pool),
         "fraction": args.fraction,
         "kept_documents": len(select(scores, args.fraction)),
-        "scoring_s": round(scoring_s, 1),
         "student": student,
         "held_out": {"novel": HELD_OUT, "blocks": len(test), "tokens": len(test) * (BLOCK - 1)},
         "seeds": args.seeds,
@@ -321,7 +320,12 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "arms": arms,
             "complete": all(k in done for k in wanted),
-            "wall_s": round(time.time() - START, 1),
+            "seconds": {  # summed over the invocations that filled the caches
+                "reference_training": ref_info["train_s"],
+                **seconds,
+                "students": round(sum(r["train_s"] for a in arms.values() for r in a["runs"]), 1),
+                "this_invocation": round(time.time() - START, 1),
+            },
             "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],  # the machine is shared
         }
         save("llm_miniplm", payload, merge_key=None)
