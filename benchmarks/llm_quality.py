@@ -37,6 +37,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "llm_quality.json"
+OUTPUT = {"path": RESULTS}  # --results replaces it
 KDFORGE = str(ROOT / ".venv" / "bin" / "kdforge")
 TEACHER = {"name": "hf", "params": {"path": "~/.cache/kdforge/llm/smollm2-135m-instruct", "task": "causal_lm"}}
 STUDENT = {
@@ -253,17 +254,18 @@ def aggregate(results: dict[str, Any]) -> None:
 def save(results: dict[str, Any]) -> None:
     """Write the results file atomically."""
     aggregate(results)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
+    target = OUTPUT["path"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(RESULTS)
+    tmp.replace(target)
 
 
 def load(args: argparse.Namespace) -> dict[str, Any]:
     """The results so far when they share this budget; otherwise a fresh record."""
     budget = budget_of(args)
-    if RESULTS.is_file():
-        old = json.loads(RESULTS.read_text())
+    if args.results.is_file():
+        old = json.loads(args.results.read_text())
         if old.get("budget") == budget:
             return old
         log("results file has another budget: starting a fresh one")
@@ -301,6 +303,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--arms", nargs="+", default=list(ARMS))
     p.add_argument("--note", action="append", default=[], help="a line recorded in the results' notes")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where the results JSON goes")
     p.add_argument("--deadline-min", type=float, default=0.0, help="start no run after this many minutes (0: none)")
     return p.parse_args()
 
@@ -308,6 +311,7 @@ def parse() -> argparse.Namespace:
 def main() -> None:
     """Build the stores, run every (arm, seed) not yet recorded, write benchmarks/results/llm_quality.json."""
     args = parse()
+    OUTPUT["path"] = args.results
     results = load(args)
     results["notes"] += [n for n in args.note if n not in results["notes"]]
     for arm, seed in plan(args):

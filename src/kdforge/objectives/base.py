@@ -128,6 +128,21 @@ def register_rows(
     return add
 
 
+# Closed-form gradients of row forms: ``fn(student_rows, target, labels, *, params...)`` → (rows, ∂Σrows/∂rows) or
+# None when it does not apply to this target (the engine then takes the autograd path). Same parameters as the rows.
+ROW_GRADS: dict[str, Callable[..., tuple[Tensor, Tensor] | None]] = {}
+
+
+def register_row_grad(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the closed-form gradient of objective ``name``'s row form (saves the autograd graph's memory)."""
+
+    def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+        ROW_GRADS[name] = fn
+        return fn
+
+    return add
+
+
 @dataclass(frozen=True)
 class PairContext:
     """What one term sees: the trained side, the teaching side, labels and mask already applied, and progress.
@@ -246,6 +261,13 @@ class Objective:
         def bound(s: Tensor, target: Any, labels: Tensor | None) -> Tensor:
             return spec.fn(s, target, labels, **params, **extra)
 
+        closed = ROW_GRADS.get(self.name)
+        if closed is not None:
+
+            def with_grad(s: Tensor, target: Any, labels: Tensor | None) -> tuple[Tensor, Tensor] | None:
+                return closed(s, target, labels, **params, **extra)
+
+            bound.grad = with_grad  # type: ignore[attr-defined]
         return bound
 
     def __repr__(self) -> str:

@@ -2,7 +2,8 @@
 
 The student's logits are made from its last hidden states and output head one chunk of tokens at a time, and so are
 the teacher's when it sends hidden states (a HeadSignal). The gradient is computed during the forward pass, chunk by
-chunk (a local autograd on the chunk's logits, then ``g @ W`` and ``gᵀ @ h``): three matrix products per chunk, as
+chunk (the term's closed-form gradient where it has one, else a local autograd on the chunk's logits; then ``g @ W``
+and ``gᵀ @ h``): three matrix products per chunk, as
 without chunks, and no recomputation in backward. Peak memory is O(chunk × vocabulary) instead of O(tokens ×
 vocabulary). The backward only scales the stored gradients by the weights the Balancer gave the terms.
 """
@@ -31,7 +32,6 @@ class ChunkTarget:
     end: int
     vocab: int  # columns compared: both heads' shared rows (a padded head's extra rows are never compared)
     fields: Mapping[str, Tensor] = field(default_factory=dict)  # per-row batch fields (e.g. from_student)
-    _logits: Tensor | None = None
     _log_probs: dict[float, Tensor] = field(default_factory=dict)
 
     @property
@@ -51,26 +51,31 @@ class ChunkTarget:
 
     def logits(self) -> Tensor:
         """Dense float32 teacher logits of the rows (a sparse signal is reconstructed, its tail spread uniformly)."""
-        if self._logits is None:
-            s = self.signal
-            if isinstance(s, HeadSignal):
-                z = s.logits(self.start, self.end)
-            elif isinstance(s, DenseSignal):
-                z = s.logits.reshape(-1, s.logits.shape[-1])[self.start : self.end].float()
-            elif isinstance(s, SparseSignal):
-                sparse = self.sparse
-                assert sparse is not None
-                z = sparse.to_dense_logits()
-            else:
-                raise ValueError("this term needs a teacher signal, but the pair has none")
-            self._logits = z[:, : self.vocab]
-        return self._logits
+        return self._logits_and_owned()[0]
+
+    def _logits_and_owned(self) -> tuple[Tensor, bool]:
+        """(the logits, whether they are a fresh buffer that may be overwritten rather than a view of the signal)."""
+        s = self.signal
+        if isinstance(s, HeadSignal):
+            return s.logits(self.start, self.end)[:, : self.vocab], True
+        if isinstance(s, DenseSignal):
+            rows = s.logits.reshape(-1, s.logits.shape[-1])[self.start : self.end]
+            return rows.float()[:, : self.vocab], rows.dtype != torch.float32
+        if isinstance(s, SparseSignal):
+            sparse = self.sparse
+            assert sparse is not None
+            return sparse.to_dense_logits()[:, : self.vocab], True
+        raise ValueError("this term needs a teacher signal, but the pair has none")
 
     def log_probs(self, T: float = 1.0) -> Tensor:
         """Teacher log-probabilities at temperature ``T`` (computed once per chunk and temperature)."""
         if T not in self._log_probs:
-            z = self.logits()
-            self._log_probs[T] = torch.log_softmax(z if T == 1 else z / T, dim=-1)
+            z, owned = self._logits_and_owned()
+            if T != 1:
+                z, owned = z / T, True
+            lse = torch.logsumexp(z, dim=-1, keepdim=True)
+            # Normalised in place when the buffer is ours: the chunk's teacher side then costs one (rows × V) buffer.
+            self._log_probs[T] = z.sub_(lse) if owned else z - lse
         return self._log_probs[T]
 
     def field(self, name: str) -> Tensor | None:
@@ -92,15 +97,44 @@ class ChunkPlan:
     fields: Mapping[str, Tensor] = field(default_factory=dict)
 
 
-def _chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None, plan: ChunkPlan, grad: bool) -> tuple[Tensor, Tensor]:
-    """(leaf logits that gradients are taken at, the float32 logits the terms see)."""
-    z = F.linear(h, weight, bias).float()
-    if grad:
-        z.requires_grad_()
+def _chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None, plan: ChunkPlan) -> Tensor:
+    """The chunk's float32 logits, no autograd graph."""
+    with torch.no_grad():
+        return F.linear(h, weight, bias).float()
+
+
+def _seen(z: Tensor, plan: ChunkPlan) -> Tensor:
+    """The logits the terms see: the compared columns, soft-capped when the model caps them."""
     seen = z[:, : plan.vocab] if plan.vocab < z.shape[-1] else z
     if plan.softcap is not None:
         seen = torch.tanh(seen / plan.softcap) * plan.softcap
-    return z, seen
+    return seen
+
+
+def _row_grad(row_fn: RowFn, z: Tensor, target: ChunkTarget, labels: Tensor | None, plan: ChunkPlan) -> Any:
+    """(sum of rows, gradient w.r.t. z) from the term's closed form, or None where it has none (or cannot apply)."""
+    closed = getattr(row_fn, "grad", None)
+    if closed is None or plan.softcap is not None:
+        return None
+    with torch.no_grad():
+        out = closed(_seen(z, plan), target, labels)
+    if out is None:
+        return None
+    rows, g = out
+    if g.shape[-1] < z.shape[-1]:  # a padded head's extra rows are never compared: zero gradient there
+        g = F.pad(g, (0, z.shape[-1] - g.shape[-1]))
+    return rows.sum(), g
+
+
+def _autograd_rows(row_fn: RowFn, z: Tensor, target: ChunkTarget, labels: Tensor | None, plan: ChunkPlan) -> Any:
+    """(sum of rows, gradient w.r.t. z) by autograd over the chunk, the graph freed before returning."""
+    with torch.enable_grad():
+        leaf = z.detach().requires_grad_()
+        total = row_fn(_seen(leaf, plan), target, labels).sum()
+        if not total.requires_grad:
+            return total.detach(), None
+        (g,) = torch.autograd.grad(total, leaf)
+    return total.detach(), g
 
 
 class ChunkedRows(torch.autograd.Function):
@@ -115,29 +149,32 @@ class ChunkedRows(torch.autograd.Function):
         gh = [torch.zeros_like(hidden) for _ in range(n_terms)] if want[0] else []
         gw = [torch.zeros_like(weight) for _ in range(n_terms)] if want[1] else []
         gb = [torch.zeros_like(bias) for _ in range(n_terms)] if bias is not None and want[2] else []
+        w = weight.detach()
         for start in range(0, n, plan.chunk):
             end = min(n, start + plan.chunk)
-            h = hidden[start:end]
+            h = hidden[start:end].detach()
             labels = None if plan.labels is None else plan.labels[start:end]
             target = ChunkTarget(plan.signal, start, end, plan.vocab, plan.fields)
-            with torch.set_grad_enabled(grad_on):
-                b = None if bias is None else bias.detach()
-                z, seen = _chunk_logits(h.detach(), weight.detach(), b, plan, grad_on)
-                for j, row_fn in enumerate(plan.rows):
-                    total = row_fn(seen, target, labels).sum()
-                    sums[j] += total.detach()
-                    if not grad_on or not total.requires_grad:
-                        continue
-                    (g,) = torch.autograd.grad(total, z, retain_graph=j < n_terms - 1)
-                    # Outside autograd: recorded, these products would keep every chunk's gradient until backward.
+            z = _chunk_logits(h, w, None if bias is None else bias.detach(), plan)
+            for j, row_fn in enumerate(plan.rows):
+                if not grad_on:
                     with torch.no_grad():
-                        g = g.to(weight.dtype)
-                        if gh:
-                            gh[j][start:end] = g @ weight.detach()
-                        if gw:
-                            gw[j].addmm_(g.t(), h.detach().to(weight.dtype))
-                        if gb:
-                            gb[j].add_(g.sum(0))
+                        sums[j] += row_fn(_seen(z, plan), target, labels).sum()
+                    continue
+                total, g = _row_grad(row_fn, z, target, labels, plan) or _autograd_rows(row_fn, z, target, labels, plan)
+                sums[j] += total
+                if g is None:
+                    continue
+                # Products outside autograd: recorded, they would keep every chunk's gradient until backward.
+                with torch.no_grad():
+                    g = g.to(weight.dtype)
+                    if gh:
+                        gh[j][start:end] = g @ w
+                    if gw:
+                        gw[j].addmm_(g.t(), h.to(weight.dtype))
+                    if gb:
+                        gb[j].add_(g.sum(0))
+                del g
         ctx.grads = (gh, gw, gb)
         return sums
 

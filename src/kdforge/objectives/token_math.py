@@ -229,3 +229,74 @@ def distillm2_rows(
 def ce_rows(s: Tensor, labels: Tensor) -> Tensor:
     """Per-row cross-entropy −log softmax(s)[label], 0 where the label is −100."""
     return F.cross_entropy(_f32(s), labels.reshape(-1).long(), ignore_index=-100, reduction="none")
+
+
+# Closed-form gradients: (rows, ∂Σrows/∂s) without an autograd graph over (n, V) tensors. The chunked engine uses
+# them where they exist; autograd would keep every intermediate of the formula alive for the backward, which made
+# JSD peak at ~25 (chunk × V) buffers. Each equals the autograd gradient of its row function above (tested).
+
+
+def _softmax_backward(q: Tensor, g: Tensor) -> Tensor:
+    """∂L/∂z = q ⊙ (g − Σ q·g) for q = softmax(z) and g = ∂L/∂q, computed in place into g."""
+    return g.sub_((q * g).sum(-1, keepdim=True)).mul_(q)
+
+
+def _weighted_diff_rows(w: Tensor, log_a: Tensor, log_b: Tensor) -> Tensor:
+    """Σ_v w·(log_a − log_b) per row over the ids where w > 0 (0·(−inf) never reached), one temporary."""
+    d = log_a - log_b
+    d.masked_fill_(w <= 0, 0.0)
+    return d.mul_(w).sum(-1)
+
+
+def forward_kl_rows_grad(s: Tensor, log_p: Tensor, T: float = 1.0) -> tuple[Tensor, Tensor]:
+    """forward_kl_rows and its gradient T·(q − p) with respect to s."""
+    log_p = _f32(log_p)
+    log_q = _student_log_probs(s, T)
+    p = log_p.exp()
+    rows = _weighted_diff_rows(p, log_p, log_q) * (T * T)
+    g = log_q.exp_().sub_(p)
+    return rows, g.mul_(T) if T != 1 else g
+
+
+def reverse_kl_rows_grad(s: Tensor, log_p: Tensor, T: float = 1.0) -> tuple[Tensor, Tensor]:
+    """reverse_kl_rows and its gradient T·q ⊙ (r − Σ q·r), r = log q − log p."""
+    r = _student_log_probs(s, T)
+    q = r.exp()
+    r.sub_(_f32(log_p)).masked_fill_(q <= 0, 0.0)
+    rows = (q * r).sum(-1)
+    g = _softmax_backward(q, r)
+    return rows * (T * T), g.mul_(T) if T != 1 else g
+
+
+def jsd_rows_grad(s: Tensor, log_p: Tensor, beta: float = 0.5, T: float = 1.0) -> tuple[Tensor, Tensor]:
+    """jsd_rows and its gradient: ∂/∂q of β·KL(p ‖ m) + (1−β)·KL(q ‖ m) is (1−β)·(log q − log m), then softmax's."""
+    if beta == 0:
+        rows, g = forward_kl_rows_grad(s, log_p, T)
+        return rows / (T * T), g.div_(T * T) if T != 1 else g
+    if beta == 1:
+        rows, g = reverse_kl_rows_grad(s, log_p, T)
+        return rows / (T * T), g.div_(T * T) if T != 1 else g
+    log_p = _f32(log_p)
+    log_q = _student_log_probs(s, T)
+    # In place where the buffer is ours: each (n, V) temporary is a chunk-sized allocation at the step's peak.
+    log_m = log_p + math.log(beta)
+    torch.logaddexp(log_m, log_q + math.log1p(-beta), out=log_m)
+    p = log_p.exp()
+    rows = beta * _weighted_diff_rows(p, log_p, log_m)
+    del p
+    q = log_q.exp()
+    r = log_m.neg_().add_(log_q).masked_fill_(q <= 0, 0.0)  # log q − log m
+    del log_q
+    rows += (1.0 - beta) * (q * r).sum(-1)
+    g = _softmax_backward(q, r).mul_((1.0 - beta) / T)
+    return rows, g
+
+
+def taid_rows_grad(s: Tensor, log_p: Tensor, t: float) -> tuple[Tensor, Tensor]:
+    """taid_rows (T = 1) and its gradient q − p_t (the target is detached from the student)."""
+    log_q = _student_log_probs(s, 1.0)
+    log_t = taid_target_log_probs(s, log_p, t)
+    pt = log_t.exp()
+    rows = _weighted_diff_rows(pt, log_t, log_q)
+    del log_t
+    return rows, log_q.exp_().sub_(pt)

@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from kdforge.objectives import token_math as tm
-from kdforge.objectives.base import register_objective, register_rows
+from kdforge.objectives.base import register_objective, register_row_grad, register_rows
 from kdforge.objectives.chunked import ChunkTarget
 from kdforge.objectives.functional import rows as flat_rows
 from kdforge.objectives.sparse import sparse_forward_kl, sparse_jsd, sparse_reverse_kl, sparse_tv
@@ -52,6 +52,14 @@ def forward_kl_rows(s: Tensor, target: ChunkTarget, labels: Tensor | None, *, T:
     return _fkl(s, target, T)
 
 
+@register_row_grad("forward_kl")
+def forward_kl_grad(
+    s: Tensor, target: ChunkTarget, labels: Tensor | None, *, T: float = 1.0
+) -> tuple[Tensor, Tensor] | None:
+    """Closed-form forward KL rows and gradient for a dense or hidden-state teacher (top-k rows: autograd)."""
+    return None if target.sparse is not None else tm.forward_kl_rows_grad(s, target.log_probs(T), T)
+
+
 @register_objective("forward_kl")
 def forward_kl(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None, *, T: float = 1.0) -> Tensor:
     """T²·KL(p_t ‖ p_s), mean over rows (tokens or samples)."""
@@ -67,6 +75,14 @@ def reverse_kl_rows(s: Tensor, target: ChunkTarget, labels: Tensor | None, *, T:
     return tm.reverse_kl_rows(s, target.log_probs(T), T)
 
 
+@register_row_grad("reverse_kl")
+def reverse_kl_grad(
+    s: Tensor, target: ChunkTarget, labels: Tensor | None, *, T: float = 1.0
+) -> tuple[Tensor, Tensor] | None:
+    """Closed-form reverse KL rows and gradient for a dense or hidden-state teacher."""
+    return None if target.sparse is not None else tm.reverse_kl_rows_grad(s, target.log_probs(T), T)
+
+
 @register_rows("jsd")
 def jsd_rows(s: Tensor, target: ChunkTarget, labels: Tensor | None, *, beta: float = 0.5, T: float = 1.0) -> Tensor:
     """Generalized JSD(β) per token, TRL's GKD convention (β=0 forward KL, β=1 reverse KL)."""
@@ -74,6 +90,14 @@ def jsd_rows(s: Tensor, target: ChunkTarget, labels: Tensor | None, *, beta: flo
     if sparse is not None:
         return sparse_jsd(s, sparse, beta, T)
     return tm.jsd_rows(s, target.log_probs(T), beta, T)
+
+
+@register_row_grad("jsd")
+def jsd_grad(
+    s: Tensor, target: ChunkTarget, labels: Tensor | None, *, beta: float = 0.5, T: float = 1.0
+) -> tuple[Tensor, Tensor] | None:
+    """Closed-form generalized JSD rows and gradient for a dense or hidden-state teacher."""
+    return None if target.sparse is not None else tm.jsd_rows_grad(s, target.log_probs(T), beta, T)
 
 
 @register_rows("tv")
@@ -140,6 +164,24 @@ def taid_rows(
     # Called outside a Distiller (no state): the schedule's linear floor.
     t = state.value() if state is not None else t_start + (t_end - t_start) * (progress or 0.0)
     return tm.taid_rows(s, target.log_probs(1.0), t)
+
+
+@register_row_grad("taid")
+def taid_grad(
+    s: Tensor,
+    target: ChunkTarget,
+    labels: Tensor | None,
+    *,
+    t_start: float = 0.4,
+    t_end: float = 1.0,
+    momentum_step: float = 5e-4,
+    beta: float = 0.99,
+    state: Any = None,
+    progress: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Closed-form TAID rows and gradient (any teacher signal: the target is a dense tensor either way)."""
+    t = state.value() if state is not None else t_start + (t_end - t_start) * (progress or 0.0)
+    return tm.taid_rows_grad(s, target.log_probs(1.0), t)
 
 
 @register_objective("taid")
