@@ -125,6 +125,23 @@ def test_mixed_on_policy_responses_report_generation_apart(tmp_path: Path, teach
     assert gen["gen_s"] > 0
 
 
+def test_an_int8_teacher_on_its_own_device_distills_and_a_missing_device_is_refused(tmp_path: Path, teachers) -> None:
+    path = recipe(tmp_path, teachers["same"])
+    tree = yaml.safe_load(path.read_text())
+    tree["teacher"].update(dtype="int8", device="cpu")
+    path.write_text(yaml.safe_dump(tree))
+    done = run_cli("run", str(path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run_folder(tmp_path) / "summary.json").read_text())["test"]["kl"] >= 0
+    tree["teacher"]["device"] = "cuda:5"
+    tree["output_dir"] = str(tmp_path / "refused")
+    path.write_text(yaml.safe_dump(tree))
+    bad = run_cli("run", str(path))
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "teacher.device 'cuda:5'" in lines[0], bad.stderr
+
+
 def test_sequence_data_with_a_classifier_student_is_refused_before_training(tmp_path: Path) -> None:
     path = recipe(tmp_path, None, objectives={"ce": 1.0})
     tree = yaml.safe_load(path.read_text())

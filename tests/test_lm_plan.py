@@ -198,3 +198,22 @@ def test_cli_plan(recipe_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 if __name__ == "__main__":  # the measured run, in a fresh process (see test_estimate_matches_measured_peak)
     print(json.dumps(measure(sys.argv[1])))
+
+
+def test_plan_counts_the_teacher_format_and_its_own_device(recipe_file: Path) -> None:
+    tree = json.loads(recipe_file.read_text())
+    plans = {}
+    for fmt, device in (("float32", None), ("bfloat16", None), ("int8", None), ("float32", "cpu")):
+        variant = json.loads(json.dumps(tree))
+        variant["teacher"].update(dtype=fmt, device=device)
+        plans[fmt, device] = estimate(resolve(variant))
+    full = plans["float32", None]
+    assert plans["bfloat16", None].teacher_weights == full.teacher_weights // 2
+    # int8: the Linear layers in 1 byte, the tied embedding/head (VOCAB × 64) in float32.
+    table = VOCAB * 64
+    assert plans["int8", None].teacher_weights == (full.teacher_weights // 4 - table) + 4 * table
+    own = plans["float32", "cpu"]  # a teacher on a device of its own: not in the student device's peak
+    assert own.weights == full.weights - full.teacher_weights
+    assert own.total <= full.total - full.teacher_weights
+    assert own.teacher_device_total == full.teacher_weights + full.teacher_activations
+    assert "teacher device cpu" in own.table()

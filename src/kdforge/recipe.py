@@ -113,7 +113,10 @@ class NetworkTeacherConfig(TeacherConfig):
     train: TrainConfig | None = None
     cache_dir: str = "~/.cache/kdforge/teachers"
     seed: int | None = Field(None, description="seed of the teacher's training; default: the recipe's seed")
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "int8"] = Field(
+        "float32", description="the teacher's weights: a float cast, or int8 dynamic quantization (CPU, not the head)"
+    )
+    device: str | None = Field(None, description="run the teacher here (e.g. cuda:1); default: the student's device")
 
 
 class StoreConfig(Strict):

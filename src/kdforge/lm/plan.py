@@ -95,13 +95,14 @@ class MemoryPlan:
     placement: dict[str, str] = field(default_factory=dict)
     groups: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    teacher_device: str | None = None  # set when the teacher runs on a device of its own
 
     def phases(self) -> dict[str, int]:
         """Bytes above weights + optimizer state in each phase of a steady-state micro-batch."""
         kept = self.gradients if self.grad_accum > 1 else 0  # earlier micro-batches' gradients
         acts = self.student_activations
         return {
-            "teacher forward": kept + self.teacher_activations,
+            "teacher forward": kept + (0 if self.teacher_device else self.teacher_activations),
             "student forward + loss": kept + acts + self.teacher_signal + self.loss_peak,
             # The loss's retained buffers and the activations are freed as the gradients appear.
             "backward": max(kept + acts + self.loss_retained, self.gradients + acts),
@@ -111,7 +112,12 @@ class MemoryPlan:
     @property
     def weights(self) -> int:
         """Teacher and student weights (what is resident once the models are loaded)."""
-        return self.teacher_weights + self.student_weights
+        return (0 if self.teacher_device else self.teacher_weights) + self.student_weights
+
+    @property
+    def teacher_device_total(self) -> int:
+        """The peak on the teacher's own device (0 when it shares the student's): weights + its forward."""
+        return self.teacher_weights + self.teacher_activations if self.teacher_device else 0
 
     @property
     def training(self) -> int:
@@ -127,6 +133,7 @@ class MemoryPlan:
         """Every part, the phases, the total, sizes and placement as plain values."""
         out = asdict(self)
         out.update(phases=self.phases(), training=self.training, total=self.total)
+        out["teacher_device_total"] = self.teacher_device_total
         return out
 
     def to_json(self) -> str:
@@ -140,7 +147,7 @@ class MemoryPlan:
         largest = max(phases, key=lambda k: phases[k])
         opt = s["optimizer"]
         rows: list[tuple[str, int | None, str]] = [
-            ("teacher weights", self.teacher_weights, f"{_count(s['teacher_params'])} × {s['teacher_bytes']} B"),
+            ("teacher weights", self.teacher_weights, f"{_count(s['teacher_params'])} in {s['teacher_format']}"),
             ("student weights + gradients + optimizer state", None, f"{_count(s['student_params'])} parameters"),
             ("  weights", self.student_weights, "4 B each"),
             ("  gradients", self.gradients, "4 B each"),
@@ -165,6 +172,8 @@ class MemoryPlan:
             ("  chunked loss at its peak", self.loss_peak, f"{s['tokens']} tokens"),
             ("total (peak per process)", self.total, f"weights + optimizer state + {largest}"),
         ]
+        if self.teacher_device:
+            rows.append((f"teacher device {self.teacher_device}", self.teacher_device_total, "weights + forward"))
         width = max(len(r[0]) for r in rows) + 2
         lines = [f"memory plan: {self.name} (steady state, one process)"]
         for label, value, why in rows:
@@ -224,6 +233,14 @@ def _header_counts(folder: Path) -> tuple[int, int] | None:
         with safe_open(str(path), framework="pt") as f:
             sizes += [math.prod(f.get_slice(k).get_shape()) for k in f.keys()]  # noqa: SIM118 (not iterable)
     return sum(sizes), max(sizes)
+
+
+def _teacher_weight_bytes(teacher: Arch, t_format: str) -> int:
+    """The teacher's resident weights in its number format (int8: the embedding/head stay float32, not quantized)."""
+    if t_format == "int8":
+        table = teacher.vocab * teacher.hidden
+        return (teacher.params - table) + 4 * table
+    return teacher.params * {"bfloat16": 2, "float16": 2}.get(t_format, 4)
 
 
 def _arch(cfg: ModelConfig, vocab: Callable[[], int], where: str) -> Arch:
@@ -378,8 +395,13 @@ def estimate(recipe: Recipe) -> MemoryPlan:
     teacher = None
     if isinstance(t, NetworkTeacherConfig) and t.model is not None:
         teacher = _arch(t.model, lambda: student.vocab, "teacher.model")
-    t_bytes = 2 if isinstance(t, NetworkTeacherConfig) and t.dtype == "bfloat16" else 4
-    t_dtype = None if teacher is None else (torch.bfloat16 if t_bytes == 2 else torch.float32)
+    t_format = t.dtype if isinstance(t, NetworkTeacherConfig) else "float32"
+    # int8 dynamic quantization stores Linear weights in 1 byte and computes (activations, signal) in float32.
+    t_bytes = {"bfloat16": 2, "float16": 2}.get(t_format, 4)
+    t_dtype = (
+        None if teacher is None else {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(t_format, torch.float32)
+    )
+    t_device = t.device if isinstance(t, NetworkTeacherConfig) else None
 
     rows, max_len = _micro_batch(recipe, bundle)
     tokens = rows * max_len  # every position counted: an upper bound on the target tokens
@@ -421,14 +443,19 @@ def estimate(recipe: Recipe) -> MemoryPlan:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     placement = {"student": f"float32 on {device}, trained (DDP-wrapped under several processes)"}
     if teacher is not None:
+        where = (
+            f"on {t_device} (teacher.device; its signals are moved to the student's device)"
+            if t_device
+            else f"on {device} (the student's device: the Trainer moves every teacher to accelerator.device)"
+        )
         placement["teacher"] = (
-            f"{'bfloat16' if t_bytes == 2 else 'float32'} on {device} (the student's device: the Trainer moves every "
-            "teacher to accelerator.device), frozen under inference_mode, never wrapped in DDP (the Trainer prepares "
+            f"{t_format} {where}, frozen under inference_mode, never wrapped in DDP (the Trainer prepares "
             "only distiller.trainable(): students and connectors); one copy per process"
         )
     return MemoryPlan(
         name=recipe.name,
-        teacher_weights=0 if teacher is None else teacher.params * t_bytes,
+        teacher_weights=0 if teacher is None else _teacher_weight_bytes(teacher, t_format),
+        teacher_device=t_device if teacher is not None else None,
         student_weights=4 * p,
         gradients=4 * p,
         optimizer_state=4 * states * p,
@@ -451,6 +478,7 @@ def estimate(recipe: Recipe) -> MemoryPlan:
             "teacher_params": 0 if teacher is None else teacher.params,
             "teacher_layers": 0 if teacher is None else teacher.layers,
             "teacher_bytes": t_bytes,
+            "teacher_format": t_format,
             "optimizer": opt.name,
             "optimizer_states": states,
         },

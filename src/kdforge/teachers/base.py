@@ -82,11 +82,26 @@ def module_fingerprint(model: nn.Module, extra: str = "") -> str:
     """sha256 over the class name, parameter/buffer names, shapes, dtypes and values."""
     h = hashlib.sha256(type(model).__name__.encode())
     h.update(extra.encode())
-    for name, tensor in model.state_dict().items():
-        t: Tensor = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for name, value in model.state_dict().items():
+        _hash_value(h, name, value)
     return h.hexdigest()[:16]
+
+
+def _hash_value(h: Any, name: str, value: Any) -> None:
+    """Feed one state_dict entry to ``h``: a tensor's bytes, or a quantized layer's packed (weight, bias) and dtype."""
+    if isinstance(value, (tuple, list)):
+        for i, part in enumerate(value):
+            _hash_value(h, f"{name}.{i}", part)
+        return
+    if not isinstance(value, Tensor):
+        h.update(f"{name}={value!r}".encode())
+        return
+    t: Tensor = value.detach().to("cpu")
+    if t.is_quantized:
+        t = t.int_repr()
+    t = t.contiguous()
+    h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def evaluation_model(teacher: object) -> nn.Module | None:

@@ -8,10 +8,12 @@ import torch
 from torch import nn
 
 from kdforge.adapters import ModelAdapter, adapter_for
+from kdforge.errors import ConfigError
 from kdforge.recipe import NetworkTeacherConfig
 from kdforge.registry import TEACHERS
 from kdforge.signals import DenseSignal, FeatureSignal, HeadSignal, Needs, TeacherOutput
 from kdforge.teachers.base import Teacher, TeacherBuild, module_fingerprint
+from kdforge.teachers.precision import teacher_device, with_precision
 
 
 def run_frozen(adapter: ModelAdapter, batch: dict[str, Any], needs: Needs, device: torch.device) -> TeacherOutput:
@@ -53,20 +55,33 @@ class Live(Teacher):
 
     Config = NetworkTeacherConfig
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None, adapter: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        dtype: torch.dtype | None = None,
+        adapter: str | None = None,
+        home: torch.device | None = None,
+    ):
         self.network = frozen(model)
         self.dtype = dtype
+        self.home = home  # a fixed device of its own: the trainer's moves leave it there
         self.adapter = adapter_for(self.network, adapter)
         self.fingerprint = module_fingerprint(model)
+        if home is not None:
+            self.network.to(home)
 
     @classmethod
     def from_recipe(cls, cfg: NetworkTeacherConfig, build: TeacherBuild) -> tuple[Teacher | None, dict[str, Any]]:
         """The recipe's teacher network (checkpoint or trained once and cached), run live."""
+        # Checked before the weights load: a wrong device is known without them.
+        home = teacher_device(cfg.device)
+        if cfg.dtype == "int8" and home is not None and home.type != "cpu":
+            raise ConfigError(f"teacher.dtype int8 runs on CPU only, but teacher.device is {cfg.device!r}")
         model, info = build.network()
         if model is None:
             return None, info
-        dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
-        return cls(model.to(dtype) if dtype is not None else model, dtype=dtype), {"kind": "live", **info}
+        model, dtype = with_precision(model, cfg.dtype)
+        return cls(model, dtype=dtype, home=home), {"kind": "live", **info}
 
     @property
     def model(self) -> nn.Module:
@@ -74,13 +89,16 @@ class Live(Teacher):
         return self.network
 
     def to(self, device: torch.device | str) -> Live:
-        """Move the teacher's weights to ``device``."""
-        self.network.to(device)
+        """Move the teacher's weights to ``device`` (unless it has a device of its own: its signals are moved)."""
+        if self.home is None:
+            self.network.to(device)
         return self
 
     @property
     def device(self) -> torch.device:
         """Where the teacher's weights live."""
+        if self.home is not None:
+            return self.home
         first = next(self.network.parameters(), None)
         return first.device if first is not None else torch.device("cpu")
 
