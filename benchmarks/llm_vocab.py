@@ -41,11 +41,13 @@ from common import save
 CHARS, BATCH, K, START = 512, 8, 64, 20_000  # chunks start past the title pages
 SAMPLE = 48  # aligned rows per batch re-scored for the top-1 and ULD checks
 CHOICE = (
-    "GOLD-style hybrid: direct mapping of shared tokens at aligned positions (consumed by the sparse KL/JSD "
-    "kernels), ULD only at the student positions that do not align. The direct map covers most positions and keeps "
-    "almost all of the teacher's mass with its token identity (mapped top-1 accuracy close to the teacher's own); "
-    "ULD scores a token-shuffled copy of the teacher exactly as well as the teacher itself, so used alone it cannot "
-    "teach which token comes next, and the paper's index pairing compares different prefixes most of the time."
+    "Direct mapping of shared tokens at aligned positions (consumed by the sparse KL/JSD kernels); the st"
+    "udent positions that do not align get no teacher target (the run's CE term still covers them). The d"
+    "irect map covers most positions and keeps almost all of the teacher's mass with its token identity ("
+    "mapped top-1 accuracy close to the teacher's own); ULD scores a token-shuffled copy of the teacher e"
+    "xactly as well as the teacher itself, so neither alone nor on the unaligned rest (GOLD's hybrid) can"
+    " it teach which token comes next, and the paper's index pairing compares different prefixes most of "
+    "the time."
 )
 
 

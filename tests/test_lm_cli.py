@@ -32,8 +32,8 @@ def austen_available() -> bool:
     return any((p / "Rdata.rdb").is_file() for p in _candidates(None))
 
 
-def tiny_teacher(folder: Path, rows: int) -> Path:
-    """A 1-layer Llama with ``rows`` head rows and SmolLM2's tokenizer files, saved as a transformers folder."""
+def tiny_teacher(folder: Path, rows: int, tokenizer: Path | None = None) -> Path:
+    """A 1-layer Llama with ``rows`` head rows and a real tokenizer's files (SmolLM2's by default), saved."""
     import torch
 
     torch.manual_seed(1)
@@ -49,7 +49,7 @@ def tiny_teacher(folder: Path, rows: int) -> Path:
     )
     transformers.LlamaForCausalLM(config).save_pretrained(str(folder))
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(smollm2_tokenizer() / name, folder / name)
+        shutil.copy((tokenizer or smollm2_tokenizer()) / name, folder / name)
     return folder
 
 
@@ -113,6 +113,22 @@ def test_a_padded_head_is_detected_and_only_shared_rows_are_compared(tmp_path: P
     assert "padded" in done.stderr  # reported before training
     vocab = json.loads((run_folder(tmp_path) / "vocabulary.json").read_text())
     assert vocab["case"] == "padded_head" and vocab["teacher_rows"] == 49216 and vocab["student_rows"] == 49152
+
+
+def test_a_teacher_with_gemmas_tokenizer_teaches_a_smollm2_student_through_shared_tokens(tmp_path: Path) -> None:
+    from kdforge.llm.assets import GEMMA_FOLDER, llm_cache
+
+    gemma = llm_cache() / GEMMA_FOLDER
+    if not (gemma / "tokenizer.json").is_file():
+        pytest.skip(f"Gemma-3-270M's tokenizer is not converted at {gemma}")
+    teacher = tiny_teacher(tmp_path / "gemma_tok", 262_144, tokenizer=gemma)  # Gemma-3's real 262,144 tokens
+    done = run_cli("run", str(recipe(tmp_path, teacher)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "shared" in done.stderr  # the vocabulary case, reported before training
+    vocab = json.loads((run_folder(tmp_path) / "summary.json").read_text())["vocabulary"]
+    assert vocab["case"] == "shared" and vocab["shared"] == 46_146 and vocab["teacher_rows"] == 262_144
+    # Most student positions end where a Gemma token ends; the mass on Gemma-only tokens is dropped and reported.
+    assert 0.85 < vocab["aligned_fraction"] <= 1.0 and 0.0 < vocab["mean_dropped_mass"] < 1.0
 
 
 def test_mixed_on_policy_responses_report_generation_apart(tmp_path: Path, teachers) -> None:

@@ -1,9 +1,10 @@
 """A teacher with another tokenizer: it reads the student's text in its own tokens, and its next-token distributions
 at positions where both tokenizations end at the same character are mapped onto the student's vocabulary.
 
-Shared tokens keep their probability (renormalised, the lost mass counted); positions without a common boundary get
-no target (they are masked out of the token losses). The measurement behind this choice: kdforge/lm/cross_tokenizer.py
-and benchmarks/results/llm_vocab.json (93.5% of Gemma → SmolLM2 student positions align, 97.3% of the mass kept).
+Shared tokens keep their probability (renormalised, the lost mass counted); positions without a common boundary
+get no teacher target (they are masked out of the teacher terms; a CE term still trains on them). The measurement
+behind this choice: kdforge/lm/cross_tokenizer.py and benchmarks/results/llm_vocab.json (93.5% of Gemma → SmolLM2
+student positions align, 97.3% of the mass kept).
 """
 
 from __future__ import annotations

@@ -7,15 +7,18 @@ vocabulary: shared tokens keep their probability, teacher-only tokens are droppe
 rest is renormalised and stored as a top-k ``SparseSignal`` that the sparse objectives consume unchanged.
 
 Every other student position (its prefix ends inside a teacher token) is paired with the last teacher position
-whose prefix it contains, for the sequence-alignment path: ULD (Boizard et al. 2024), an L1 distance between the
-two distributions sorted by probability, which needs no shared vocabulary but carries no token identity either.
+whose prefix it contains. That is where a sequence-alignment loss would apply: ULD (Boizard et al. 2024), an L1
+distance between the two distributions sorted by probability (``uld_rows``, ``uld_rest_rows``), which needs no shared
+vocabulary but carries no token identity either.
 
-The choice, direct mapping where positions align plus ULD only for the rest (the hybrid of TRL's GOLD trainer)
-rather than ULD everywhere, is measured in ``benchmarks/llm_vocab.py`` (Gemma-3-270M → SmolLM2, held-out Austen):
-93.5% of student positions align, the map keeps 97.3% of the teacher's mass there, and the mapped target's top-1
-is the student's next token as often as the teacher's own top-1 is its own (28.3% vs 29.5%). ULD gives a student
-equal to the mapped teacher and a token-shuffled copy of it the same loss (0.268 both; 9.4 nats apart in KL), and
-the paper's pairing by index lines up the same prefix at only 22% of positions.
+The choice, measured in ``benchmarks/llm_vocab.py`` (Gemma-3-270M → SmolLM2, held-out Austen): direct mapping where
+positions align, and no teacher target elsewhere (a run's CE term still covers those positions), rather than ULD
+everywhere or ULD on the rest (the hybrid of TRL's GOLD trainer). 93.5% of student positions align, the map keeps
+97.3% of the teacher's mass there, and the mapped target's top-1 is the student's next token as often as the
+teacher's own top-1 is its own (28.3% vs 29.5%). ULD gives a student equal to the mapped teacher and a
+token-shuffled copy of it the same loss (0.268 both; 9.4 nats apart in KL), so on the 6.5% of positions left it
+would pull the student's sorted probabilities toward the teacher's without saying which token; and the paper's
+pairing by index lines up the same prefix at only 22% of positions.
 """
 
 from __future__ import annotations
