@@ -25,8 +25,8 @@ from PIL import Image
 from kdforge.data import make_loader
 from kdforge.data.fashion_mnist import CLASS_NAMES, FILES, locate
 from kdforge.data.idx import read_idx
+from kdforge.data.recipe_data import load_data
 from kdforge.runner import resolve
-from kdforge.strategies.provision import load_data
 
 from common import accuracy_record, adamw_cosine, mean_std, run_recipe, save
 

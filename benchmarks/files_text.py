@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kdforge.data.recipe_data import load_data
 from kdforge.data.text import orange_datasets_dir
 from kdforge.engine.rundir import RunDir
 from kdforge.runner import resolve, run
-from kdforge.strategies.provision import load_data
 
 from common import accuracy_record, mean_std, run_recipe, save
 

@@ -485,7 +485,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after the warm-up round")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--arm", help="internal: measure one arm's memory in this (fresh) process, print JSON")
+    parser.add_argument("--chunks", type=int, nargs="+", default=list(CHUNKS), help="kdforge chunk sizes measured")
     args = parser.parse_args()
+    global CHUNKS
+    CHUNKS = tuple(args.chunks)
     torch.set_num_threads(args.threads)
     if args.arm:
         print(json.dumps(measure_arm(args.arm)))

@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 
+from kdforge.data.recipe_data import load_data
 from kdforge.engine.distiller import Distiller
 from kdforge.models import build_model
 from kdforge.recipe import apply_overrides
 from kdforge.runner import resolve
 from kdforge.strategies.cache import build_from_recipe
-from kdforge.strategies.provision import live_teacher, load_data
+from kdforge.strategies.provision import live_teacher
 from kdforge.teachers import Cached
 
 from common import run_recipe, save

@@ -390,8 +390,8 @@ def test_recipe_params_are_type_checked_by_preflight(tmp_path: Path):
 
 
 def test_tokenizer_named_by_the_model_that_uses_it(tmp_path):
+    from kdforge.data.recipe_data import model_folder
     from kdforge.recipe import validate
-    from kdforge.strategies.provision import model_folder
 
     recipe = validate({"student": {"name": "hf", "params": {"path": "/models/bert"}}, "data": {"name": "files"}})
     assert model_folder(recipe, "student") == "/models/bert"

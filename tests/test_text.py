@@ -61,3 +61,10 @@ def test_text_models_reject_image_shapes():
         build_model("tiny_gpt", 100, (16,), width=30, heads=4)
     with pytest.raises(ConfigError, match="must be positive"):
         build_model("tiny_gpt", 100, (16,), heads=0)
+
+
+def test_the_text_models_vocabulary_is_the_data_sets_tokenizer() -> None:
+    from kdforge.data.text import TOKENIZERS
+    from kdforge.models.text import BERT_VOCAB
+
+    assert TOKENIZERS["minilm"] == BERT_VOCAB  # two layers state it; this keeps them one number

@@ -6,6 +6,7 @@ from kdforge import teachers
 from kdforge.capture import Recorder
 from kdforge.engine.balancer import Balancer
 from kdforge.engine.distiller import Distiller, DistillOutput
+from kdforge.llm import assets as llm_assets  # noqa: F401  registers the tokenizer aliases smollm2, gemma3
 from kdforge.llm import teachers as llm_teachers  # noqa: F401  registers the teacher kinds served, local, embedding
 from kdforge.objectives import Objective, objective
 from kdforge.registry import DATASETS, MODELS, OBJECTIVES, STRATEGIES, TEACHERS

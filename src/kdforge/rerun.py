@@ -9,6 +9,7 @@ from torch import nn
 
 from kdforge.data import DataBundle, make_loader
 from kdforge.data.base import example_inputs
+from kdforge.data.recipe_data import load_data
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.rundir import RunDir
 from kdforge.errors import ConfigError
@@ -16,7 +17,7 @@ from kdforge.evaluate import model_profile, test_metrics
 from kdforge.files import readable_dir
 from kdforge.recipe import Recipe, load_yaml, validate
 from kdforge.report import row
-from kdforge.strategies.provision import build, load_data, provide_teacher
+from kdforge.strategies.provision import build, provide_teacher
 from kdforge.teachers import evaluation_model
 
 PROFILE_ROWS = 256  # real test inputs the speed profile is timed on (one full batch-256 forward)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +15,20 @@ from kdforge.data.base import ArrayDataset, DataBundle, subset, train_val_split
 from kdforge.errors import ConfigError
 from kdforge.registry import DATASETS
 
-# Short names for the tokenizers of the LLMs kdforge finds offline (their converted folders).
-TOKENIZER_ALIASES = ("smollm2", "gemma3")
+# Short names for the tokenizers of the LLMs kdforge finds offline → their folders; kdforge.llm.assets fills it
+# (the LLM layer knows where its converted models live; the data layer only asks).
+TOKENIZER_FOLDERS: dict[str, Callable[[], Path]] = {}
 
 
 def tokenizer_path(name: str) -> Path:
     """The folder of tokenizer ``name``: an alias (smollm2, gemma3) or a local transformers folder."""
-    if name in TOKENIZER_ALIASES:
-        from kdforge.llm import assets
-
-        return assets.smollm2_folder() if name == "smollm2" else assets.gemma_folder()
+    if name in TOKENIZER_FOLDERS:
+        return TOKENIZER_FOLDERS[name]()
     folder = Path(name).expanduser()
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
         raise ConfigError(
             f"data.params.tokenizer={name!r}: not a tokenizer folder (no tokenizer.json); expected a local "
-            f"transformers folder, 'teacher', 'student' or one of {', '.join(TOKENIZER_ALIASES)}"
+            f"transformers folder, 'teacher', 'student' or one of {', '.join(TOKENIZER_FOLDERS)}"
         )
     return folder
 

@@ -54,7 +54,7 @@ def _spec(loaded: RunStudent) -> StudentSpec:
     recipe, bundle = loaded.recipe, loaded.bundle
     name = tokenizer_name(recipe.data.name, dict(recipe.data.params))
     if name in ("teacher", "student"):  # data.params.tokenizer names the model whose folder holds it
-        from kdforge.strategies.provision import model_folder
+        from kdforge.data.recipe_data import model_folder
 
         name = model_folder(recipe, name)
     tokenizer = tokenizer_folder(name)

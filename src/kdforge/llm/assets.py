@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from kdforge.data.austen_lm import TOKENIZER_FOLDERS
 from kdforge.errors import ConfigError
 
 CACHE_ENV = "KDFORGE_CACHE"  # the same variable kdforge.data.files.cache honours
@@ -213,6 +214,8 @@ def gemma_folder() -> Path:
     """Gemma-3-270M (base) as a plain fp32 HF folder (1.1 GB), converted once from its GGUF; for benchmarks."""
     return _cached_folder(GEMMA_FOLDER, gemma_gguf)
 
+
+TOKENIZER_FOLDERS.update(smollm2=smollm2_folder, gemma3=gemma_folder)  # data.params.tokenizer aliases
 
 ALIASES: dict[str, Callable[[], Path]] = {
     "smollm2": smollm2_folder,

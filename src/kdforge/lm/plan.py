@@ -367,7 +367,7 @@ def _micro_batch(recipe: Recipe, bundle: Any) -> tuple[int, int]:
 
 def estimate(recipe: Recipe) -> MemoryPlan:
     """Estimate a causal-LM recipe's peak memory per process, without loading weights (meta device, file headers)."""
-    from kdforge.strategies.provision import load_data
+    from kdforge.data.recipe_data import load_data
 
     if not _is_causal_lm(recipe.student):
         raise ConfigError(

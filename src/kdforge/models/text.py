@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from kdforge.data.text import TOKENIZERS
 from kdforge.errors import ConfigError
 from kdforge.registry import MODELS
 
-BERT_VOCAB = TOKENIZERS["minilm"]  # WordPiece vocabulary of all-MiniLM-L6-v2 (and BERT-base uncased)
+BERT_VOCAB = 30522  # WordPiece vocabulary of all-MiniLM-L6-v2 (and BERT-base uncased): data.text's "minilm"
 
 
 def padding_mask(ids: Tensor, attention_mask: Tensor | None) -> Tensor:

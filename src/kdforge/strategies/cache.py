@@ -10,11 +10,12 @@ from accelerate.utils import gather_object
 
 import kdforge.progress as progress
 from kdforge.data.base import with_augment
+from kdforge.data.recipe_data import load_data
 from kdforge.engine.trainer import get_accelerator
 from kdforge.errors import ConfigError
 from kdforge.recipe import Recipe
 from kdforge.store import StoreReader, build_store, finalize_store, plan_store
-from kdforge.strategies.provision import live_teacher, load_data
+from kdforge.strategies.provision import live_teacher
 
 
 def build_from_recipe(recipe: Recipe) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from torch import nn
 
 from kdforge.adapters import adapter_for
 from kdforge.data.base import example_inputs
+from kdforge.data.recipe_data import load_data, model_folder
 from kdforge.engine.rundir import RunDir
 from kdforge.engine.terms import parse_objectives
 from kdforge.engine.trainer import get_accelerator
@@ -22,14 +23,7 @@ from kdforge.models.hf import is_hf_student, save_hf_folder, tokenizer_folder, t
 from kdforge.recipe import Recipe, dump
 from kdforge.registry import STRATEGIES
 from kdforge.strategies.lm import lm_samples, response_source
-from kdforge.strategies.provision import (
-    build,
-    load_data,
-    loaders,
-    model_folder,
-    provide_teacher,
-    require_task,
-)
+from kdforge.strategies.provision import build, loaders, provide_teacher, require_task
 from kdforge.strategies.stage import Stage, run_stage
 from kdforge.teachers.base import evaluation_model
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kdforge.adapters import adapter_for
-from kdforge.data import DataBundle, load_dataset, make_loader
-from kdforge.data.base import with_augment
+from kdforge.data import DataBundle, make_loader
+from kdforge.data.recipe_data import load_data
 from kdforge.engine.checkpoint import save_model
 from kdforge.engine.distiller import Distiller
 from kdforge.engine.trainer import Trainer, get_accelerator
@@ -24,33 +24,6 @@ from kdforge.models import build_model
 from kdforge.recipe import ModelConfig, NetworkTeacherConfig, Recipe, TrainConfig
 from kdforge.registry import TEACHERS
 from kdforge.teachers import Live, Teacher
-
-
-def load_data(recipe: Recipe, augment_seed: int | None = None, **override: Any) -> DataBundle:
-    """The recipe's data set, with optional parameter overrides (e.g. full labels for the teacher)."""
-    # The split seed is a property of the data (data.params.seed, default 0), never the run's seed: students of
-    # every seed and their shared teacher must see the same train/validation/test partition.
-    params = {**recipe.data.params, **override}
-    if params.get("tokenizer") in ("teacher", "student"):
-        params["tokenizer"] = model_folder(recipe, params["tokenizer"])
-    bundle = load_dataset(recipe.data.name, **params)
-    if bundle.train.augmented:
-        # Augmentation draws are the run's: another seed sees other views of the same samples.
-        seed = recipe.seed if augment_seed is None else augment_seed
-        bundle.train = with_augment(bundle.train, bundle.train.augment, augment_seed=seed)
-    return bundle
-
-
-def model_folder(recipe: Recipe, which: str) -> str:
-    """The local folder of the teacher or student model (``data.params.tokenizer: teacher`` uses its tokenizer)."""
-    cfg = recipe.student if which == "student" else getattr(recipe.teacher, "model", None)
-    path = None if cfg is None else cfg.params.get("path")
-    if not path:
-        raise ConfigError(
-            f"data.params.tokenizer={which!r}: the {which} model has no folder (params.path) to take a tokenizer "
-            "from; name a tokenizer folder or a built-in tokenizer instead"
-        )
-    return str(path)
 
 
 def pretrained_lm(cfg: ModelConfig | None) -> bool:
