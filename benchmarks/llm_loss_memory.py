@@ -481,13 +481,13 @@ def summarise(names: list[str], memory: dict[str, Any], timing: dict[str, Any]) 
 
 def main() -> None:
     """Run the probe, the small check, the per-arm memory subprocesses and the interleaved timing; write the JSON."""
+    global CHUNKS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after the warm-up round")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--arm", help="internal: measure one arm's memory in this (fresh) process, print JSON")
     parser.add_argument("--chunks", type=int, nargs="+", default=list(CHUNKS), help="kdforge chunk sizes measured")
     args = parser.parse_args()
-    global CHUNKS
     CHUNKS = tuple(args.chunks)
     torch.set_num_threads(args.threads)
     if args.arm:

@@ -386,3 +386,20 @@ def test_gemma_teacher_padded_smollm2_student_end_to_end(gemma: Any, smol: Any, 
         opt.step()
         losses.append(loss.item())
     assert losses[1] < losses[0], losses  # the gradient of both terms moves the student
+
+
+def test_ids_that_do_not_survive_a_round_trip_are_aligned_from_prefix_decodes(smol: Any) -> None:
+    from kdforge.lm.cross_tokenizer import align_ids, decoded_offsets
+
+    newline = smol("\n", add_special_tokens=False).input_ids
+    ids = smol(" all.", add_special_tokens=False).input_ids + newline + newline  # a block cut inside "\n\n"
+    assert smol(smol.decode(ids), add_special_tokens=False).input_ids != ids  # the re-encode merges the newlines
+    text, offsets = decoded_offsets(smol, ids)
+    assert text == " all.\n\n" and [text[a:b] for a, b in offsets] == [smol.decode([i]) for i in ids]
+    pair = align_ids(ids, smol, smol)  # the same tokenizer as teacher: "\n\n" is one teacher token
+    assert pair is not None and pair.student_ids == ids
+    assert pair.alignment.aligned.tolist() == [True, True, False, True]  # the first "\n" ends inside "\n\n"
+    # A partial UTF-8 character is zero width until the token that completes it.
+    accented = smol("café", add_special_tokens=False).input_ids
+    text, offsets = decoded_offsets(smol, accented)
+    assert text == "café" and offsets[-1][1] == 4

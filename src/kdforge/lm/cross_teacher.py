@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdforge.lm.cross_tokenizer import align_text, cross_tokenizer_signal
+from kdforge.lm.cross_tokenizer import Alignment, align_ids, cross_tokenizer_signal
 from kdforge.signals import Needs, TeacherOutput
 from kdforge.teachers.base import Teacher
 from kdforge.teachers.live import Live
@@ -62,14 +62,15 @@ class CrossTokenizerTeacher(Teacher):
         alignments, teacher_rows = [], []
         for i in range(ids.shape[0]):
             own = ids[i][real[i]].tolist()
-            text = self.s_tok.decode(own)
-            pair = align_text(text, self.t_tok, self.s_tok)
-            alignment = pair.alignment
-            if pair.student_ids != own:
-                # The text does not re-tokenize to the same ids (a block cut inside a word): no target for this row.
+            pair = align_ids(own, self.t_tok, self.s_tok)
+            if pair is None:
+                # Neither the round trip nor the prefix decodes give the row's character spans: no target for it.
                 self.unmatched_rows += 1
-                alignment = type(alignment)(alignment.teacher_index[:0], alignment.aligned[:0])
-            alignments.append(alignment)
+                empty = torch.zeros(0, dtype=torch.long)
+                alignments.append(Alignment(empty, empty.bool()))
+                teacher_rows.append(torch.tensor([self.pad_id]))
+                continue
+            alignments.append(pair.alignment)
             teacher_rows.append(torch.tensor(pair.teacher_ids or [self.pad_id]))
         width = max(len(r) for r in teacher_rows)
         t_ids = torch.full((len(teacher_rows), width), self.pad_id, dtype=torch.long)

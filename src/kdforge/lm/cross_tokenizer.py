@@ -116,6 +116,47 @@ def align_text(text: str, teacher_tokenizer: Any, student_tokenizer: Any) -> Tex
     return TextAlignment(t_ids, s_ids, align_positions(t_off, s_off))
 
 
+def decoded_offsets(tokenizer: Any, ids: Sequence[int]) -> tuple[str, Offsets] | None:
+    """The text of ``ids`` and each token's character span in it, from decoding every prefix of the ids.
+
+    For ids that do not survive a decode/re-encode round trip (a block cut between two tokens the tokenizer would
+    merge, such as "\\n" "\\n" at its end). Quadratic in the length, so only the fallback. Special tokens decode to
+    nothing (zero width). A piece of a multi-byte character is zero width until the token that completes it. None
+    when a prefix's text is not a prefix of the whole (a decoder that rewrites earlier text).
+    """
+    opts = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
+    prefixes = tokenizer.batch_decode([list(ids[: i + 1]) for i in range(len(ids))], **opts)
+    text = prefixes[-1] if prefixes else ""
+    offsets, end = [], 0
+    for prefix in prefixes:
+        if not prefix.endswith("\ufffd"):  # a partial character: its span closes at a later token
+            if not text.startswith(prefix) or len(prefix) < end:
+                return None
+            offsets.append((end, len(prefix)))
+            end = len(prefix)
+        else:
+            offsets.append((end, end))
+    return text, offsets
+
+
+def align_ids(ids: Sequence[int], teacher_tokenizer: Any, student_tokenizer: Any) -> TextAlignment | None:
+    """Pair the positions of the student's own ``ids`` with the teacher's tokenization of their text.
+
+    The fast path re-encodes the decoded text; ids that do not come back the same are spanned by
+    ``decoded_offsets`` instead. None when neither works (the row then gets no teacher target).
+    """
+    text = student_tokenizer.decode(list(ids))
+    pair = align_text(text, teacher_tokenizer, student_tokenizer)
+    if pair.student_ids == list(ids):
+        return pair
+    decoded = decoded_offsets(student_tokenizer, ids)
+    if decoded is None:
+        return None
+    text, s_off = decoded
+    t_ids, t_off = encode_with_offsets(teacher_tokenizer, text)
+    return TextAlignment(t_ids, list(ids), align_positions(t_off, s_off))
+
+
 def map_rows(
     teacher_logprobs: Tensor, token_map: Tensor, student_rows: int, k: int = 64
 ) -> tuple[SparseSignal, Tensor]:
