@@ -236,9 +236,11 @@ def ce_rows(s: Tensor, labels: Tensor) -> Tensor:
 # JSD peak at ~25 (chunk × V) buffers. Each equals the autograd gradient of its row function above (tested).
 
 
-def _softmax_backward(q: Tensor, g: Tensor) -> Tensor:
-    """∂L/∂z = q ⊙ (g − Σ q·g) for q = softmax(z) and g = ∂L/∂q, computed in place into g."""
-    return g.sub_((q * g).sum(-1, keepdim=True)).mul_(q)
+def _softmax_backward(q: Tensor, g: Tensor, qg: Tensor | None = None) -> Tensor:
+    """∂L/∂z = q ⊙ (g − Σ q·g) for q = softmax(z) and g = ∂L/∂q, in place into g (``qg``: Σ q·g when known)."""
+    if qg is None:
+        qg = (q * g).sum(-1)
+    return g.sub_(qg.unsqueeze(-1)).mul_(q)
 
 
 def _weighted_diff_rows(w: Tensor, log_a: Tensor, log_b: Tensor) -> Tensor:
@@ -264,7 +266,7 @@ def reverse_kl_rows_grad(s: Tensor, log_p: Tensor, T: float = 1.0) -> tuple[Tens
     q = r.exp()
     r.sub_(_f32(log_p)).masked_fill_(q <= 0, 0.0)
     rows = (q * r).sum(-1)
-    g = _softmax_backward(q, r)
+    g = _softmax_backward(q, r, rows)  # Σ q·r is both the row value and the softmax Jacobian's centring term
     return rows * (T * T), g.mul_(T) if T != 1 else g
 
 
@@ -287,8 +289,9 @@ def jsd_rows_grad(s: Tensor, log_p: Tensor, beta: float = 0.5, T: float = 1.0) -
     q = log_q.exp()
     r = log_m.neg_().add_(log_q).masked_fill_(q <= 0, 0.0)  # log q − log m
     del log_q
-    rows += (1.0 - beta) * (q * r).sum(-1)
-    g = _softmax_backward(q, r).mul_((1.0 - beta) / T)
+    qr = (q * r).sum(-1)
+    rows += (1.0 - beta) * qr
+    g = _softmax_backward(q, r, qr).mul_((1.0 - beta) / T)
     return rows, g
 
 
