@@ -8,7 +8,8 @@ head (no grad) — so the LM-head matmuls are part of every arm:
 * ``naive``: logits_s = h_s @ W_sᵀ and logits_t = h_t @ W_tᵀ (4096 × 49,152 each), then the loss in plain PyTorch;
 * ``trl``: the same logits, shaped (4, 1024, V), fed to TRL's ``GKDTrainer.generalized_jsd_loss`` (labels all kept,
   so its batchmean is the mean over the 4,096 tokens, as ``GKDTrainer.compute_loss`` calls it);
-* ``kdforge_c{512,1024,2048}``: ``chunked_row_sums`` with a ``HeadSignal`` teacher, chunks of 512 / 1024 / 2048 rows.
+* ``kdforge_c{512,1024,2048}``: ``chunked_row_sums`` with a ``HeadSignal`` teacher, chunks of 512 / 1024 / 2048 rows
+  (``--chunks``), the objective's row form as the Distiller binds it (closed-form gradient for JSD and forward KL).
 
 Losses: generalized JSD β=0.5 and forward KL (TRL's β=0), T=1. A step is forward + backward to h_s.grad / W_s.grad.
 
@@ -66,10 +67,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdforge.evaluate.memory import PeakBytes
+from kdforge.objectives import objective
 from kdforge.objectives import token_math as tm
 from kdforge.objectives.chunked import ChunkPlan, chunked_row_sums
-from kdforge.objectives.tokens import forward_kl_rows, jsd_rows
-from kdforge.signals import HeadSignal
+from kdforge.signals import HeadSignal, Progress
 
 BATCH, SEQ, VOCAB, H_STUDENT, H_TEACHER = 4, 1024, 49_152, 576, 576  # 576: SmolLM2-135M's hidden size
 CHUNKS = (512, 1024, 2048)
@@ -170,7 +171,9 @@ class Head(torch.nn.Module):
 
 def kdforge_loss(inp: Inputs, beta: float, chunk: int) -> Tensor:
     """kdforge's chunked engine: per-chunk student and teacher (HeadSignal) logits, gradient made in forward."""
-    row = partial(jsd_rows, beta=beta, T=1.0) if beta > 0 else partial(forward_kl_rows, T=1.0)
+    # The objective's bound row form, as the Distiller uses it: with its closed-form gradient where it has one.
+    term = objective("jsd", beta=beta, T=1.0) if beta > 0 else objective("forward_kl", T=1.0)
+    row = term.row_fn(Progress(step=0, epoch=0.0, progress=0.0))
     plan = ChunkPlan(rows=[row], signal=HeadSignal(inp.h_t, inp.w_t), labels=None, chunk=chunk, vocab=inp.w_s.shape[0])
     return chunked_row_sums(inp.h_s, Head(inp.w_s), plan)[0] / inp.h_s.shape[0]
 
@@ -401,6 +404,16 @@ def small_check() -> dict[str, Any]:
     return out
 
 
+def _autograd_grad(row_fn: Callable[..., Tensor], z: Tensor, log_p: Tensor) -> Tensor:
+    """The gradient of Σ row_fn(z, log_p) at ``z`` by autograd."""
+    return torch.autograd.grad(row_fn(z, log_p).sum(), z)[0]
+
+
+def _closed_grad(grad_fn: Callable[..., tuple[Tensor, Tensor]], z: Tensor, log_p: Tensor) -> Tensor:
+    """The gradient a closed-form row function returns."""
+    return grad_fn(z.detach(), log_p)[1]
+
+
 def chunk_accounting(chunk: int = 512, repeats: int = 3) -> dict[str, Any]:
     """Where kdforge's chunked peak goes, in chunk tensors (chunk × V float32): engine over 1 vs 2 chunks, rows alone.
 
@@ -425,17 +438,23 @@ def chunk_accounting(chunk: int = 512, repeats: int = 3) -> dict[str, Any]:
             z = (inp.h_s @ inp.w_s.t()).requires_grad_()
             log_p = F.log_softmax(inp.h_t @ inp.w_t.t(), dim=-1)
         kd_rows = partial(tm.jsd_rows, beta=beta, T=1.0) if beta > 0 else partial(tm.forward_kl_rows, T=1.0)
-        rows = {"kdforge_token_math": kd_rows, "plain_rows": partial(plain_rows, beta=beta)}
-        times: dict[str, list[float]] = {name: [] for name in rows}
+        closed = partial(tm.jsd_rows_grad, beta=beta, T=1.0) if beta > 0 else partial(tm.forward_kl_rows_grad, T=1.0)
+
+        grads = {
+            "kdforge_closed_form": partial(_closed_grad, closed, z, log_p),  # what the engine runs for this loss
+            "kdforge_token_math": partial(_autograd_grad, kd_rows, z, log_p),  # the same row form through autograd
+            "plain_rows": partial(_autograd_grad, partial(plain_rows, beta=beta), z, log_p),
+        }
+        times: dict[str, list[float]] = {name: [] for name in grads}
         for r in range(repeats + 1):
-            for name, row_fn in rows.items():
+            for name, grad in grads.items():
                 t0 = time.perf_counter()
-                torch.autograd.grad(row_fn(z, log_p).sum(), z)
+                grad()
                 if r:
                     times[name].append(time.perf_counter() - t0)
-        for name, row_fn in rows.items():
+        for name, grad in grads.items():
             with PeakBytes(z, log_p) as mode:
-                (g,) = torch.autograd.grad(row_fn(z, log_p).sum(), z)
+                g = grad()
             del g
             rec[f"rows_{name}_peak_units"] = mode.peak / unit  # includes the gradient (1 unit)
             rec[f"rows_{name}_median_s"] = statistics.median(times[name])
