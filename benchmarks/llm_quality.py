@@ -59,6 +59,8 @@ ARMS: dict[str, tuple[dict[str, Any], str, dict[str, Any] | None]] = {
     "taid": ({"kl": {"objective": "taid", "weight": 1.0}}, "store64", None),
     "forward_kl_dense_live": (FKL, "live", None),
     "forward_kl_top32": (FKL, "store32", None),
+    # The top-64 store with the teacher's remaining mass compared as one outcome instead of spread uniformly.
+    "forward_kl_bucket": ({"kl": {"objective": "forward_kl", "weight": 1.0, "tail": "bucket"}}, "store64", None),
     "mixed": (
         FKL,
         "live",
@@ -66,7 +68,7 @@ ARMS: dict[str, tuple[dict[str, Any], str, dict[str, Any] | None]] = {
     ),
 }
 # Seed 0 of every arm first, then the second seeds; the dense and top-32 arms get one seed (the check, not the table).
-ONE_SEED = {"forward_kl_dense_live", "forward_kl_top32"}
+ONE_SEED = {"forward_kl_dense_live", "forward_kl_top32", "forward_kl_bucket"}
 
 
 def log(message: str) -> None:
@@ -235,7 +237,7 @@ def aggregate(results: dict[str, Any]) -> None:
     results["means"] = means
     dense = results["runs"].get("forward_kl_dense_live", {}).get("0")
     check: dict[str, Any] = {"dense": "forward_kl_dense_live seed 0", "note": "the same seed, steps and blocks"}
-    for name, arm in (("top64", "forward_kl"), ("top32", "forward_kl_top32")):
+    for name, arm in (("top64", "forward_kl"), ("top32", "forward_kl_top32"), ("top64_bucket", "forward_kl_bucket")):
         run = results["runs"].get(arm, {}).get("0")
         if dense and run and dense.get("perplexity") and run.get("perplexity"):
             ratio = run["perplexity"] / dense["perplexity"]

@@ -502,18 +502,19 @@ def llm_quality_section(data: dict) -> list[str]:
         ),
     ]
     svd = data.get("store_vs_dense", {})
-    for k in ("top64", "top32"):
+    names = {"top64": "Top-64", "top32": "Top-32", "top64_bucket": "Top-64 with the bucket tail"}
+    for k, label in names.items():
         c = svd.get(k)
         if c:
             verdict = "within" if c["within_2pct"] else "not within"
             lines += [
                 "",
-                f"{k.replace('top', 'Top-')} from the store vs the dense live teacher (seed 0, same blocks and steps): "
+                f"{label} from the store vs the dense live teacher (seed 0, same blocks and steps): "
                 f"perplexity {c['perplexity']:,.1f} vs {c['dense_perplexity']:,.1f} "
                 f"(ratio {c['perplexity_ratio']:.3f}, {verdict} 2%), "
                 f"step time {c['s_per_step']:.2f} vs {c['dense_s_per_step']:.2f} s "
                 f"({c['step_time_ratio']:.2f}×; the store was built once in "
-                f"{data['stores'].get(k, {}).get('build_s', float('nan')):.0f} s).",
+                f"{data['stores'].get(k.split('_')[0], {}).get('build_s', float('nan')):.0f} s).",
             ]
     return [*lines, ""]
 

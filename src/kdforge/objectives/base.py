@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,7 +166,16 @@ class PairContext:
         return {k: values[k] for k in names if values.get(k) is not None}
 
 
-def _coerce(objective: str, key: str, value: Any, default: Any) -> Any:
+def _choices(fn: Callable[..., Any], key: str) -> tuple[str, ...]:
+    """The values a ``Literal[...]`` annotation allows for parameter ``key`` of ``fn`` (empty when it has none)."""
+    try:
+        hint = typing.get_type_hints(fn).get(key)
+    except (NameError, TypeError):
+        return ()
+    return tuple(typing.get_args(hint)) if typing.get_origin(hint) is typing.Literal else ()
+
+
+def _coerce(objective: str, key: str, value: Any, default: Any, choices: tuple[str, ...] = ()) -> Any:
     """Check a hyper-parameter against the type of its default, so a bad value fails before training."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -177,6 +187,8 @@ def _coerce(objective: str, key: str, value: Any, default: Any) -> Any:
         return float(value) if isinstance(default, float) else value
     if isinstance(default, str) and not isinstance(value, str):
         raise ConfigError(f"objective {objective!r}: parameter {key}={value!r} must be a string")
+    if choices and value not in choices:
+        raise ConfigError(f"objective {objective!r}: parameter {key}={value!r} must be one of {', '.join(choices)}")
     return value
 
 
@@ -193,7 +205,8 @@ class Objective:
             )
         self.spec = spec
         self.params = {
-            k: _coerce(spec.name, k, params[k], p.default) if k in params else p.default for k, p in spec.params.items()
+            k: _coerce(spec.name, k, params[k], p.default, _choices(spec.fn, k)) if k in params else p.default
+            for k, p in spec.params.items()
         }
         self.name = spec.name
         # Fixed once the parameters are bound; read on every call, so computed once here.

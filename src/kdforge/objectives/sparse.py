@@ -56,8 +56,13 @@ def _plogp(p: Tensor, log_p: Tensor) -> Tensor:
     return torch.where(p > 0, p * log_p, torch.zeros_like(p))
 
 
-def sparse_forward_kl(student_logits: Tensor, signal: SparseSignal, T: float = 1.0) -> Tensor:
-    """Per-row KL(p_t ‖ p_s) at temperature T, shape (N,); the caller takes the mean and applies T²."""
+def sparse_forward_kl(student_logits: Tensor, signal: SparseSignal, T: float = 1.0, tail: str = "uniform") -> Tensor:
+    """Per-row KL(p_t ‖ p_s) at temperature T, shape (N,); the caller takes the mean and applies T².
+
+    ``tail="uniform"``: the teacher's mass off its top-k spread evenly over the other ids (the dense reconstruction).
+    ``tail="bucket"``: that mass compared as one outcome with the student's own mass off the top-k ids, a (k + 1)-way
+    KL that leaves the shape of the student's tail to the data rather than pulling it flat.
+    """
     log_p, log_c, r = sparse_teacher(signal, T)
     log_q = torch.log_softmax(_scaled(student_logits, T), dim=-1)
     ids = signal.ids.long()
@@ -65,6 +70,10 @@ def sparse_forward_kl(student_logits: Tensor, signal: SparseSignal, T: float = 1
     kl = kl_rows(log_p, log_q_top)
     if r == 0:
         return kl
+    if tail == "bucket":
+        log_tail = log_c + math.log(r)  # the teacher's whole mass off its top-k
+        q_rest = (1.0 - log_q_top.exp().sum(-1)).clamp(min=_TINY)
+        return kl + _plogp(log_tail.exp(), log_tail) - log_tail.exp() * q_rest.log()
     c = log_c.exp()
     # Σ_tail c·(log c − log q_j) = r·c·log c − c·Σ_tail log q_j, with Σ_tail = Σ_all − Σ_top-k.
     tail_log_q = log_q.sum(-1) - log_q_top.sum(-1)
@@ -152,6 +161,15 @@ def sparse_kd(
     if alpha < 1.0 and labels is not None:
         loss = loss + (1.0 - alpha) * F.cross_entropy(s, labels.reshape(-1).long(), ignore_index=-100)
     return loss
+
+
+@register_sparse("forward_kl")
+def sparse_forward_kl_term(
+    student_logits: Tensor, signal: SparseSignal, labels: Tensor | None, *, T: float = 1.0, tail: str = "uniform"
+) -> Tensor:
+    """T²·KL(p_t ‖ p_s) against a top-k signal, its tail spread uniformly or compared as one bucket."""
+    s, sig = _flat(student_logits, signal)
+    return sparse_forward_kl(s, sig, T, tail).mean() * T * T
 
 
 @register_sparse("reverse_kl")

@@ -8,7 +8,7 @@ Row values are summed over tokens and divided by the number of target tokens of 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -19,12 +19,14 @@ from kdforge.objectives.functional import rows as flat_rows
 from kdforge.objectives.sparse import sparse_forward_kl, sparse_jsd, sparse_reverse_kl, sparse_tv
 from kdforge.signals import DenseSignal
 
+TailMode = Literal["uniform", "bucket"]
 
-def _fkl(s: Tensor, target: ChunkTarget, T: float) -> Tensor:
-    """T²·KL(p_t ‖ p_s) per row."""
+
+def _fkl(s: Tensor, target: ChunkTarget, T: float, tail: str = "uniform") -> Tensor:
+    """T²·KL(p_t ‖ p_s) per row (``tail``: how a top-k teacher's remaining mass is compared, see sparse_forward_kl)."""
     sparse = target.sparse
     if sparse is not None:
-        return sparse_forward_kl(s, sparse, T) * (T * T)
+        return sparse_forward_kl(s, sparse, T, tail) * (T * T)
     return tm.forward_kl_rows(s, target.log_probs(T), T)
 
 
@@ -47,23 +49,27 @@ def kd_rows(s: Tensor, target: ChunkTarget, labels: Tensor | None, *, T: float =
 
 
 @register_rows("forward_kl")
-def forward_kl_rows(s: Tensor, target: ChunkTarget, labels: Tensor | None, *, T: float = 1.0) -> Tensor:
+def forward_kl_rows(
+    s: Tensor, target: ChunkTarget, labels: Tensor | None, *, T: float = 1.0, tail: TailMode = "uniform"
+) -> Tensor:
     """T²·KL(p_t ‖ p_s) per token: mean-seeking, the plain word-level KD of SeqKD and MiniLLM's baseline."""
-    return _fkl(s, target, T)
+    return _fkl(s, target, T, tail)
 
 
 @register_row_grad("forward_kl")
 def forward_kl_grad(
-    s: Tensor, target: ChunkTarget, labels: Tensor | None, *, T: float = 1.0
+    s: Tensor, target: ChunkTarget, labels: Tensor | None, *, T: float = 1.0, tail: TailMode = "uniform"
 ) -> tuple[Tensor, Tensor] | None:
     """Closed-form forward KL rows and gradient for a dense or hidden-state teacher (top-k rows: autograd)."""
     return None if target.sparse is not None else tm.forward_kl_rows_grad(s, target.log_probs(T), T)
 
 
 @register_objective("forward_kl")
-def forward_kl(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None, *, T: float = 1.0) -> Tensor:
-    """T²·KL(p_t ‖ p_s), mean over rows (tokens or samples)."""
-    return _mean_rows(forward_kl_rows, student_logits, teacher_logits, labels, T=T)
+def forward_kl(
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None, *, T: float = 1.0, tail: TailMode = "uniform"
+) -> Tensor:
+    """T²·KL(p_t ‖ p_s), mean over rows; ``tail`` (uniform | bucket) only matters for a top-k teacher."""
+    return _mean_rows(forward_kl_rows, student_logits, teacher_logits, labels, T=T, tail=tail)
 
 
 @register_rows("reverse_kl")
