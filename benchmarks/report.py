@@ -492,15 +492,15 @@ def llm_quality_section(data: dict) -> list[str]:
         f"every arm {b['steps']} steps × {b['batch_size']} × {b['max_len']} tokens ({b['tokens_per_arm']:,} tokens, "
         f"one epoch of the same blocks), AdamW lr {b['lr']}; test = {b['test_tokens']:,} tokens of *Persuasion*. "
         "Perplexity is mean ± sd over the seeds listed. Teacher signals come from a top-64 store built once "
-        "(`kdforge cache`) except where the arm says live. "
-        + " ".join(data.get("notes", [])[:1])
-        + " — a small budget on a 2-core CPU: the student is far from converged, so the table ranks objectives "
-        "early in training, not at their best.",
+        "(`kdforge cache`) except where the arm says live. A small budget on a 2-core CPU (chosen so the slowest, "
+        "live-teacher arm stays within 10 minutes): the student is far from converged, so the table ranks objectives "
+        "early in training, not at their best. No GPU was lent for a larger budget.",
         "",
         *table(
             ["arm", "test perplexity", "token acc", "agreement", "KL/token", "s/step", "generation s", "seeds"], rows
         ),
     ]
+    lines += ["", *(f"- {n[0].upper()}{n[1:]}." for n in data.get("notes", [])[1:])]
     svd = data.get("store_vs_dense", {})
     names = {"top64": "Top-64", "top32": "Top-32", "top64_bucket": "Top-64 with the bucket tail"}
     for k, label in names.items():
