@@ -547,7 +547,8 @@ def llm_cross_quality_section(data: dict) -> list[str]:
             f"student positions with a teacher target: {100 * vocab['aligned_fraction']:.1f}%; teacher mass dropped "
             f"there: {100 * vocab['mean_dropped_mass']:.1f}% on average."
         )
-    return [*lines, "", *table(["arm", "test perplexity", "token acc", "s/step", "seeds"], rows), ""]
+    notes = [f"- {n[0].upper()}{n[1:]}." for n in data.get("notes", [])]
+    return [*lines, "", *table(["arm", "test perplexity", "token acc", "s/step", "seeds"], rows), "", *notes, ""]
 
 
 def llm_miniplm_section(data: dict) -> list[str]:
