@@ -28,7 +28,7 @@ Measured per arm:
   a small exact check (V=1000, N=300, H=64, chunks not dividing N) of kdforge against TRL to 1e-6.
 
 TRL lives in a throwaway environment outside the repository, never a kdforge dependency (torch pinned to the local
-CPU wheel in the same command; torchvision is never installed)::
+CPU wheel in the same command; torch's vision add-on is never installed)::
 
     python3 -m venv /tmp/trlenv
     /tmp/trlenv/bin/pip install torch==2.13.0

@@ -180,7 +180,7 @@ def reference_lm(smol: Any, ref_texts: list[str], steps: int) -> tuple[LlamaForC
     model = llama(len(smol), 64, 2, 4, seed=0)
     info: dict[str, Any] = {"params": sum(q.numel() for q in model.parameters()), "steps": steps, "batch": 8}
     if path.is_file():
-        model.load_state_dict(torch.load(path))
+        model.load_state_dict(torch.load(path, weights_only=True))
         info["train_s"] = json.loads(path.with_suffix(".json").read_text())["train_s"]
     else:
         ids = [smol(t, add_special_tokens=False)["input_ids"] for t in ref_texts]

@@ -153,6 +153,11 @@ def _taid_state(params: Any) -> tm.TaidSchedule:
     )
 
 
+def _taid_t(state: Any, t_start: float, t_end: float, progress: float | None) -> float:
+    """TAID's current t: the term's adaptive schedule, or outside a Distiller (no state) its linear floor."""
+    return state.value() if state is not None else t_start + (t_end - t_start) * (progress or 0.0)
+
+
 @register_rows("taid", state=_taid_state)
 def taid_rows(
     s: Tensor,
@@ -167,8 +172,7 @@ def taid_rows(
     progress: float | None = None,
 ) -> Tensor:
     """TAID per token: KL(p_t ‖ p_s), p_t = softmax((1−t)·sg(s) + t·teacher), t moved by its adaptive schedule."""
-    # Called outside a Distiller (no state): the schedule's linear floor.
-    t = state.value() if state is not None else t_start + (t_end - t_start) * (progress or 0.0)
+    t = _taid_t(state, t_start, t_end, progress)
     return tm.taid_rows(s, target.log_probs(1.0), t)
 
 
@@ -186,7 +190,7 @@ def taid_grad(
     progress: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Closed-form TAID rows and gradient (any teacher signal: the target is a dense tensor either way)."""
-    t = state.value() if state is not None else t_start + (t_end - t_start) * (progress or 0.0)
+    t = _taid_t(state, t_start, t_end, progress)
     return tm.taid_rows_grad(s, target.log_probs(1.0), t)
 
 
