@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kdforge.data import load_dataset, make_loader
-from kdforge.data.base import ArrayDataset, with_augment
+from kdforge.data.base import ArrayDataset, EpochSampler, subset, with_augment, with_views
 from kdforge.engine.trainer import get_accelerator
 from kdforge.errors import ConfigError
 from kdforge.models import build_model
@@ -78,6 +78,43 @@ def test_loader_tags_each_epoch_through_accelerate():
     assert not torch.equal(epochs[0][0]["index"], epochs[1][0]["index"]), "each epoch reshuffles"
     plain = make_loader(ArrayDataset(ds.inputs, ds.labels), 8, shuffle=True, seed=3)
     assert "view" not in next(iter(plain))
+
+
+def test_extra_views_are_drawn_apart_from_the_main_view_and_travel_with_the_data():
+    plain = images()
+    ds = with_views(plain, {"weak": "flip_crop", "strong": "strong"})
+    batch = ds.__getitems__(list(range(40)))
+    assert torch.equal(batch["input"], plain.__getitems__(list(range(40)))["input"]), "the main view is unchanged"
+    assert batch["input@weak"].shape == batch["input@strong"].shape == batch["input"].shape
+    # Same augmentation, other draws: the weak extra view is a flip-crop of the sample, not the main view's one.
+    assert all(decision(w, x) for w, x in zip(batch["input@weak"], ds.inputs, strict=True))
+    differ = sum(not torch.equal(a, b) for a, b in zip(batch["input@weak"], batch["input"], strict=True))
+    assert differ > 20
+    backward = ds.__getitems__(list(range(39, -1, -1)))
+    assert torch.equal(backward["input@strong"].flip(0), batch["input@strong"]), "keyed on the sample, not the batch"
+    epoch1 = ds.__getitems__([40 + p for p in range(40)])
+    assert not torch.equal(epoch1["input@strong"], batch["input@strong"]), "each epoch draws another view"
+    part = subset(ds, torch.arange(10, 20))
+    assert part.extra_views == ds.extra_views
+    assert torch.equal(part.__getitems__(list(range(10)))["input@strong"], batch["input@strong"][10:20])
+    reseeded = with_augment(ds, "flip_crop", augment_seed=1)
+    assert reseeded.extra_views == ds.extra_views
+    assert not torch.equal(reseeded.__getitems__(list(range(40)))["input@strong"], batch["input@strong"])
+    assert "input@strong" not in plain.__getitems__([0]) and "extra_views" in repr(ds)
+
+
+def test_extra_views_tag_epochs_even_when_the_main_input_is_not_augmented():
+    base = images()
+    ds = ArrayDataset(base.inputs, base.labels, extra_views={"strong": "strong"})
+    assert ds.augmented, "an extra view needs the epoch tag"
+    loader = make_loader(ds, 8, shuffle=True, seed=3)
+    assert isinstance(loader.sampler, EpochSampler) and loader.sampler.tag
+    epochs = [list(loader) for _ in range(2)]
+    first = {int(i): x for b in epochs[0] for i, x in zip(b["index"], b["input@strong"], strict=True)}
+    second = {int(i): x for b in epochs[1] for i, x in zip(b["index"], b["input@strong"], strict=True)}
+    assert sum(not torch.equal(first[i], second[i]) for i in first) > 30
+    for b in epochs[0]:
+        assert torch.equal(b["input"], base.inputs[b["index"]]), "the main input stays plain"
 
 
 def _digits_teacher() -> tuple[object, Live]:

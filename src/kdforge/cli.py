@@ -128,9 +128,11 @@ def recipes(as_json: Annotated[bool, typer.Option("--json", help="machine-readab
     items = []
     for name, path in builtin.builtin().items():
         data = load_yaml(path)
+        given = data.get("strategy", "offline")
         items.append(
             {
                 "name": name,
+                "strategy": given.get("name", "offline") if isinstance(given, dict) else str(given),
                 "path": str(path),
                 "description": " ".join(str(data.get("description", "")).split()),
             }
@@ -140,9 +142,10 @@ def recipes(as_json: Annotated[bool, typer.Option("--json", help="machine-readab
         return
     table = Table(title="built-in recipes")
     table.add_column("name")
+    table.add_column("strategy")
     table.add_column("description")
     for item in items:
-        table.add_row(item["name"], item["description"])
+        table.add_row(item["name"], item["strategy"], item["description"])
     out.print(table)
 
 
@@ -279,8 +282,10 @@ def teach(
     from kdforge.runner import run as run_recipe
 
     tree = load_yaml(recipe)
-    if tree.get("strategy", "teaching_loop") != "teaching_loop":
-        raise typer.BadParameter(f"{recipe!r} has strategy {tree['strategy']!r}; `kdforge teach` runs teaching_loop")
+    given = tree.get("strategy", "teaching_loop")
+    name = given.get("name") if isinstance(given, dict) else given
+    if name != "teaching_loop":
+        raise typer.BadParameter(f"{recipe!r} has strategy {name!r}; `kdforge teach` runs teaching_loop")
     resolved = resolve({**tree, "strategy": "teaching_loop"}, list(overrides or []))
     result = run_recipe(resolved)
     for summary in result["runs"].values():

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_serializer
 from pydantic_core import PydanticCustomError
 
 from kdforge.errors import ConfigError
@@ -153,6 +153,22 @@ class ResponsesConfig(Strict):
     cache_dir: str = "~/.cache/kdforge/responses"
 
 
+class StrategyConfig(Strict):
+    """The strategy section: ``name`` picks a registered strategy whose own section (its ``Config``) checks the rest.
+
+    ``strategy: mutual`` is shorthand for ``strategy: {name: mutual}``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "offline"
+
+    @model_serializer(mode="wrap")
+    def _plain_name(self, handler: Any) -> Any:
+        # A strategy without settings is written back as its bare name, as the user wrote it.
+        data = handler(self)
+        return data["name"] if isinstance(data, dict) and set(data) == {"name"} else data
+
+
 class Recipe(Strict):
     """One run: data, teacher, student, objectives, training; optional variants compared side by side."""
 
@@ -160,7 +176,7 @@ class Recipe(Strict):
     description: str = ""
     # Strict: `seed: 1.5` or `seed: true` is a mistake, not a seed; 32 bits is what every RNG seeded from it takes.
     seed: int = Field(0, ge=0, le=2**32 - 1, strict=True)
-    strategy: str = "offline"
+    strategy: SerializeAsAny[StrategyConfig] = Field(default_factory=StrategyConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: SerializeAsAny[TeacherConfig] | None = None
     student: ModelConfig
@@ -178,6 +194,11 @@ class Recipe(Strict):
     def _name(cls, value: str) -> str:
         # A name becomes a folder name (run folders, variant sub-folders): no path separators, no hidden files.
         return check_name(value, "name")
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
 
     @field_validator("variants")
     @classmethod
@@ -301,7 +322,22 @@ def validate(tree: Mapping[str, Any], source: str = "recipe") -> Recipe:
         raise ConfigError(format_validation_error(err, source)) from None
     if recipe.teacher is not None and type(recipe.teacher) is TeacherConfig:
         recipe = recipe.model_copy(update={"teacher": teacher_section(recipe.teacher, source)})
+    if type(recipe.strategy) is StrategyConfig:
+        recipe = recipe.model_copy(update={"strategy": strategy_section(recipe.strategy, source)})
     return recipe
+
+
+def strategy_section(cfg: StrategyConfig, source: str = "recipe") -> StrategyConfig:
+    """The strategy section validated by its strategy's own schema (its ``Config`` in STRATEGIES), when registered."""
+    from kdforge.registry import STRATEGIES
+
+    if cfg.name not in STRATEGIES:
+        return cfg  # an unknown name is reported by the runner, which lists the registered strategies
+    kind = getattr(STRATEGIES.get(cfg.name), "Config", StrategyConfig)
+    try:
+        return kind.model_validate({**(cfg.model_extra or {}), "name": cfg.name})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source, root=kind, prefix=("strategy",))) from None
 
 
 def teacher_section(cfg: TeacherConfig, source: str = "recipe") -> TeacherConfig:

@@ -22,7 +22,7 @@ from kdforge.preflight import preflight
 from kdforge.recipe import Recipe, apply_overrides, dump, load_yaml, validate
 from kdforge.registry import STRATEGIES
 from kdforge.report import comparison_rows, render_markdown
-from kdforge.strategies.offline import SUMMARY, RunOutcome
+from kdforge.strategies.common import SUMMARY, RunOutcome
 from kdforge.teachers import evaluation_model
 
 
@@ -30,15 +30,17 @@ def resolve(tree: Mapping[str, Any], overrides: Iterable[str] = ()) -> Recipe:
     """Apply key=value overrides to a raw recipe and validate it (and every variant) before anything runs."""
     recipe = validate(apply_overrides(dict(tree), list(overrides)))
     try:
-        STRATEGIES.get(recipe.strategy)
+        strategy = STRATEGIES.get(recipe.strategy.name)
     except ConfigError as err:
         raise ConfigError(f"strategy: {err}") from None
     preflight(recipe)  # the base first: a mistake there is not a variant's
+    getattr(strategy, "check", lambda r: None)(recipe)
     base = recipe.model_dump(mode="json")
     for name, changes in recipe.variants.items():
         variant = validate(apply_overrides({**base, "variants": {}}, changes), source=f"variant {name!r}")
         try:
             preflight(variant)
+            getattr(STRATEGIES.get(variant.strategy.name), "check", lambda r: None)(variant)
         except ConfigError as err:
             raise ConfigError(f"variant {name!r}: {err}") from None
     return recipe
@@ -55,7 +57,7 @@ def run(recipe: Recipe, run_dir: RunDir | None = None, resume: bool = False) -> 
     if not resume:
         # Written first, so that a stopped run can always be resumed from its folder alone.
         run_dir.write_text("recipe.yaml", dump(recipe))
-    strategy = STRATEGIES.get(recipe.strategy)
+    strategy = STRATEGIES.get(recipe.strategy.name)
     results: dict[str, RunOutcome] = {}
     try:
         if not recipe.variants:
@@ -69,13 +71,25 @@ def run(recipe: Recipe, run_dir: RunDir | None = None, resume: bool = False) -> 
         if not resume:
             _remove_if_untouched(run_dir)
         raise
-    rows = comparison_rows({k: v.summary for k, v in results.items()}, _teacher_row(results, recipe.profile))
+    rows = comparison_rows(
+        _with_stages({k: v.summary for k, v in results.items()}), _teacher_row(results, recipe.profile)
+    )
     public = {k: v.summary for k, v in results.items()}
     samples = {k: v.summary["samples"] for k, v in results.items() if v.summary.get("samples")}
     run_dir.write_text("report.md", render_markdown(recipe, rows, samples))
     if recipe.variants:
         run_dir.write_json(SUMMARY, {"rows": rows, "runs": public})
     return {"run_dir": str(run_dir.path), "rows": rows, "runs": public}
+
+
+def _with_stages(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A row per stage of a multi-stage run (generations, chain links, mutual students) before the run's own row."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, summary in summaries.items():
+        for stage in summary.get("stages") or []:
+            out[f"{name}/{stage['name']}"] = {"test": stage.get("test")}
+        out[name] = summary
+    return out
 
 
 def _remove_if_untouched(run_dir: RunDir) -> None:

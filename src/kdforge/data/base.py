@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data import default_collate as _default_collate
 
-from kdforge.data.augment import get_augment, sample_keys
+from kdforge.data.augment import get_augment, salted_keys, sample_keys
 from kdforge.errors import ConfigError
 from kdforge.registry import DATASETS, did_you_mean
 
@@ -27,6 +27,9 @@ class ArrayDataset(Dataset):
     With an augmentation, a loader index ``e * len(ds) + p`` means sample ``p`` seen in epoch ``e``
     (see ``EpochSampler``); its view is ``e`` (or ``e % views`` when the views cycle, as a store's do), and the
     augmentation is drawn from (``augment_seed``, view, sample id) alone.
+
+    ``extra_views`` {name: augmentation}: each batch also carries ``input@name``, the same samples under that
+    augmentation, drawn from the same (seed, view, sample id) salted by the name (independent of the main draws).
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class ArrayDataset(Dataset):
         augment_seed: int = 0,
         views: int | None = None,
         fields: dict[str, Tensor] | None = None,
+        extra_views: dict[str, str] | None = None,
     ):
         n = len(inputs)
         if labels is not None and len(labels) != n:
@@ -61,12 +65,18 @@ class ArrayDataset(Dataset):
             raise ConfigError(f"views must be >= 1, got {views}")
         self.augment_seed = augment_seed
         self.views = views
-        self._augment = get_augment(augment, inputs.dim())
+        integer = not (inputs.is_floating_point() or inputs.is_complex())
+        self._augment = get_augment(augment, inputs.dim(), integer)
+        self.extra_views = dict(extra_views or {})
+        self._extra = {
+            name: get_augment(aug, inputs.dim(), integer, key=f"view {name!r} (input@{name})")
+            for name, aug in self.extra_views.items()
+        }
 
     @property
     def augmented(self) -> bool:
-        """Whether samples differ between views."""
-        return self.augment != "none"
+        """Whether samples differ between views (extra views count: they need the epoch's tag too)."""
+        return self.augment != "none" or bool(self.extra_views)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -82,8 +92,11 @@ class ArrayDataset(Dataset):
         if self.augmented:
             epoch = flat // len(self)
             view = epoch % self.views if self.views is not None else epoch
-            ids = self.indices[pos]
-            batch["input"] = self._augment(batch["input"], sample_keys(self.augment_seed, view, ids))
+            keys = sample_keys(self.augment_seed, view, self.indices[pos])
+            plain = batch["input"]
+            batch["input"] = self._augment(plain, keys)
+            for name, fn in self._extra.items():
+                batch[f"input@{name}"] = fn(plain, salted_keys(keys, name))
             batch["view"] = view
         if self.labels is not None:
             batch["label"] = self.labels[pos]
@@ -95,7 +108,8 @@ class ArrayDataset(Dataset):
     def __repr__(self) -> str:
         return (
             f"ArrayDataset(split={self.split!r}, n={len(self)}, input_shape={tuple(self.inputs.shape[1:])}, "
-            f"labelled={self.labels is not None}, augment={self.augment!r})"
+            f"labelled={self.labels is not None}, augment={self.augment!r}"
+            + (f", extra_views={self.extra_views!r})" if self.extra_views else ")")
         )
 
 
@@ -167,6 +181,7 @@ def subset(ds: ArrayDataset, positions: Sequence[int] | Tensor, augment: str | N
         augment_seed=ds.augment_seed,
         views=ds.views,
         fields={k: v[pos] for k, v in ds.fields.items()},
+        extra_views=ds.extra_views,
     )
 
 
@@ -183,6 +198,22 @@ def with_augment(
         augment_seed=ds.augment_seed if augment_seed is None else augment_seed,
         views=ds.views if views == "keep" else views,  # type: ignore[arg-type]
         fields=ds.fields,
+        extra_views=ds.extra_views,
+    )
+
+
+def with_views(ds: ArrayDataset, extra_views: dict[str, str] | None) -> ArrayDataset:
+    """The same samples (tensors shared) whose batches also carry ``input@name`` for each extra view."""
+    return ArrayDataset(
+        ds.inputs,
+        ds.labels,
+        augment=ds.augment,
+        indices=ds.indices,
+        split=ds.split,
+        augment_seed=ds.augment_seed,
+        views=ds.views,
+        fields=ds.fields,
+        extra_views=extra_views,
     )
 
 
@@ -199,13 +230,18 @@ def _stratified_pick(ds: ArrayDataset, count: Callable[[int], int], seed: int) -
     return torch.sort(torch.cat(picked)).values
 
 
+def fraction_positions(ds: ArrayDataset, fraction: float, seed: int) -> Tensor:
+    """Sorted positions of ``fraction`` of each class (at least one per class): what ``stratified_fraction`` keeps."""
+    return _stratified_pick(ds, lambda n: max(1, round(fraction * n)), seed)
+
+
 def stratified_fraction(ds: ArrayDataset, fraction: float, seed: int) -> ArrayDataset:
     """Keep ``fraction`` of each class (at least one sample per class), chosen reproducibly from ``seed``."""
     if not 0 < fraction <= 1:
         raise ConfigError(f"data.label_fraction must be in (0, 1], got {fraction}")
     if fraction == 1:
         return ds
-    return subset(ds, _stratified_pick(ds, lambda n: max(1, round(fraction * n)), seed))
+    return subset(ds, fraction_positions(ds, fraction, seed))
 
 
 def train_val_split(ds: ArrayDataset, val_fraction: float, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:

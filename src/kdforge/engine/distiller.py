@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -99,6 +99,7 @@ class Distiller(nn.Module):
         adapters: Mapping[str, str] | None = None,
         chunk_size: int = 512,
         compare_vocab: int | None = None,
+        views: Sequence[str] = (),
     ):
         super().__init__()
         self.students = nn.ModuleDict(_named(student, "student"))
@@ -115,7 +116,13 @@ class Distiller(nn.Module):
         clash = set(self.teachers) & set(self.students)
         if clash:
             raise ConfigError(f"Distiller: {sorted(clash)} name both a student and a teacher")
-        self.terms, self.balancer = parse_objectives(objectives or {"ce": 1.0}, list(self.students), list(teachers))
+        # A view ``name@v`` is student ``name`` run on the batch's ``input@v`` (a strongly augmented copy, say): an
+        # extra forward of the same weights that terms may name as a pupil or a source; it is never a module of its own.
+        self.views = {f"{k}@{v}": (k, v) for v in views for k in self.students}
+        pupils = [*self.students, *self.views]
+        self.terms, self.balancer = parse_objectives(objectives or {"ce": 1.0}, pupils, list(teachers))
+        used = {t.student for t in self.terms.values()} | {t.source for t in self.terms.values()}
+        self.views = {k: v for k, v in self.views.items() if k in used}
         self.connectors = nn.ModuleDict(dict(connectors or {}))
         self.adapters: dict[str, ModelAdapter] = {
             k: adapter_for(m, (adapters or {}).get(k)) for k, m in self.students.items()
@@ -128,13 +135,13 @@ class Distiller(nn.Module):
         self.compare_vocab = compare_vocab
         # Causal LMs compute every term that has a per-token form over chunks of hidden states + head.
         self.by_rows = {
-            n: self.adapters[t.student].causal_lm and t.objective.rows is not None for n, t in self.terms.items()
+            n: self.adapter(t.student).causal_lm and t.objective.rows is not None for n, t in self.terms.items()
         }
-        states = {n: self.terms[n].objective.new_state() for n, rows in self.by_rows.items() if rows}
+        states = {n: self.terms[n].objective.new_state(by_rows=rows) for n, rows in self.by_rows.items()}
         self.term_states = {k: v for k, v in states.items() if v is not None}
         self._last_values: dict[str, Tensor] = {}
         self.needs = Needs()
-        self.student_needs = {k: Needs() for k in self.students}
+        self.student_needs = {k: Needs() for k in [*self.students, *self.views]}
         self.teacher_needs: dict[str, Needs] = {}
         self.taught_by: dict[str, str] = {}  # teacher → the first student it teaches (what PS-KD observes)
         for term in self.terms.values():
@@ -181,6 +188,10 @@ class Distiller(nn.Module):
     def teacher(self) -> Teacher | None:
         """The teacher named ``teacher`` (or the first one), None when there is none."""
         return self.teachers.get("teacher", next(iter(self.teachers.values()), None))
+
+    def adapter(self, name: str) -> ModelAdapter:
+        """The adapter a student (or a view of one, ``name@v``) runs through."""
+        return self.adapters[self.views[name][0] if name in self.views else name]
 
     def trainable(self) -> dict[str, nn.Module]:
         """Every module the optimizer updates, by name: the students, then ``connector.<term>``."""
@@ -370,6 +381,8 @@ class Distiller(nn.Module):
         device = first.device if torch.is_tensor(first) else torch.device("cpu")
         teachers = {k: _to(self.teachers[k].signals(batch, needs), device) for k, needs in self.teacher_needs.items()}
         outs = {k: self.adapters[k](batch, self.student_needs[k]) for k in self.students}
+        for name, (student, view) in self.views.items():
+            outs[name] = self.adapters[student](self._view(batch, view), self.student_needs[name])
         if not self._num_outputs:
             self.check(batch, outs, teachers)
             self._num_outputs = {k: _outputs(o) for k, o in outs.items()}
@@ -389,6 +402,8 @@ class Distiller(nn.Module):
             ctx = pairs[term.pair]
             if term.name in self.connectors:
                 ctx = replace(ctx, connector=self.connectors[term.name])
+            if term.name in self.term_states:
+                ctx = replace(ctx, state=self.term_states[term.name])
             values[term.name] = term.objective.compute(ctx)
         counted: int | None = None
         for pair, group in by_rows.items():
@@ -410,6 +425,17 @@ class Distiller(nn.Module):
             outputs=outs,
             tokens=counted if tokens is None and all(self.by_rows.values()) else None,
         )
+
+    @staticmethod
+    def _view(batch: dict[str, Any], view: str) -> dict[str, Any]:
+        """The batch with ``input@view`` as its input (the other view of the same samples)."""
+        key = f"input@{view}"
+        if key not in batch:
+            raise ConfigError(
+                f"objectives name the view {view!r}, but the batch has no {key!r}; expected the data to draw that "
+                f"view (an extra view of the training set), got keys {sorted(batch)}"
+            )
+        return {**batch, "input": batch[key]}
 
     def _pair(
         self,
@@ -433,7 +459,7 @@ class Distiller(nn.Module):
         shaped = student.logits if student.logits is not None else student.hidden
         if mask is None or shaped is None or shaped.dim() != 3 or tuple(mask.shape) != tuple(shaped.shape[:2]):
             return PairContext(student, teaching, labels, when)
-        lm = self.adapters[term.student].causal_lm
+        lm = self.adapter(term.student).causal_lm
         if lm and labels is not None and tuple(labels.shape) == tuple(mask.shape):
             # A causal LM learns at the positions that have a next-token target: not the last token, not padding,
             # not a masked prompt — the tokens TRL's and torchtune's losses count.
@@ -472,7 +498,7 @@ class Distiller(nn.Module):
         student_rows = _outputs(student)
         vocab = self.compare_vocab or (teacher_rows if teacher_rows is not None else student_rows)
         if student.hidden is not None and student.head is not None and student.hidden.dim() == 2:
-            softcap = self.adapters[group[0].student].softcap
+            softcap = self.adapter(group[0].student).softcap
             plan = ChunkPlan(fns, signal, ctx.labels, self.chunk_size, vocab, softcap, ctx.fields)
             sums = chunked_row_sums(student.hidden, student.head, plan)
         else:
@@ -488,7 +514,8 @@ class Distiller(nn.Module):
     def on_optimizer_step(self, progress: float | None = None) -> None:
         """Advance every stateful term with the last step's value (TAID's adaptive t)."""
         for name, state in self.term_states.items():
-            if name in self._last_values:
+            # Logit objectives' states (FreeMatch) update themselves inside the call, from the batch's targets.
+            if self.by_rows[name] and name in self._last_values:
                 state.update(float(self._last_values[name]), progress if progress is not None else 0.0)
 
     def term_state_dict(self) -> dict[str, dict[str, float]]:

@@ -92,6 +92,13 @@ def _term(name: str, bound: Objective, pair: Any, students: Sequence[str], sourc
                 if sources
                 else f"objectives {[name]} need a teacher, but none was given"
             )
+    elif "<-" not in str(pair):
+        # `pair: b` names the trained student of a term without a teacher (b's own CE in mutual learning).
+        student, source = str(pair).strip(), None
+        if student not in students:
+            raise ConfigError(f"objectives.{name}.pair: {student!r} is not a student; students: {list(students)}")
+        if taught:
+            raise ConfigError(f"objectives.{name}.pair={pair!r}: this objective needs a source: '{student} <- SOURCE'")
     else:
         student, source = parse_pair(pair, f"objectives.{name}")
         if student not in students:

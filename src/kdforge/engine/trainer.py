@@ -170,6 +170,14 @@ class Prepared:
     steps_per_epoch: int
 
 
+def epoch_sampler(loader: Any) -> Any:
+    """The loader's sampler that counts epochs (an EpochSampler, or a batch sampler with an ``epoch``), if any."""
+    for candidate in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+        if isinstance(candidate, EpochSampler) or hasattr(candidate, "epoch"):
+            return candidate
+    return None
+
+
 def metric_of(record: dict[str, Any], select: SelectConfig) -> float | None:
     """The selection metric of an evaluation record (None when its split was not evaluated)."""
     split = record.get(select.split)
@@ -273,7 +281,7 @@ class Trainer:
                 f"train.select.mode=best needs a {select.split!r} split to choose on (never the test set); "
                 "set data.params.val_fraction > 0 or train.select=last"
             )
-        sampler, generator = getattr(train_loader, "sampler", None), getattr(train_loader, "generator", None)
+        sampler, generator = epoch_sampler(train_loader), getattr(train_loader, "generator", None)
         first = next(iter(train_loader), None)
         if first is None:
             raise ConfigError("the training data yielded no batch: the training split is empty")
@@ -281,7 +289,7 @@ class Trainer:
             # Peeking at the first batch drew from the order generator; start epoch 0 from a state that depends on
             # the seed alone, as a resumed run will.
             generator.manual_seed(self.seed)
-        if isinstance(sampler, EpochSampler):
+        if sampler is not None:
             sampler.epoch = -1
         distiller.prepare(first)  # recorders and connectors exist before the optimizer sees the parameters
         modules = distiller.trainable()
@@ -377,7 +385,7 @@ class Trainer:
             if st.epoch_rng is not None:  # resuming: the order this epoch started with
                 generator.set_state(torch.tensor(st.epoch_rng, dtype=torch.uint8))
             st.epoch_rng = generator.get_state().tolist()
-        if isinstance(run.sampler, EpochSampler):
+        if run.sampler is not None:
             run.sampler.epoch = st.epoch - 1
         batches = iter(run.loader)
         for _ in range(st.micro):

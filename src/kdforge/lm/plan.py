@@ -346,7 +346,7 @@ def _loss_groups(recipe: Recipe, teacher_dtype: torch.dtype | None, bias: bool) 
             pairs.setdefault(term.pair, []).append(term)
     groups = []
     for (_, source), group in pairs.items():
-        fns = [t.objective.row_fn(Progress(0, 0.0, 0.0), t.objective.new_state()) for t in group]
+        fns = [t.objective.row_fn(Progress(0, 0.0, 0.0), t.objective.new_state(by_rows=True)) for t in group]
         signal = teacher_dtype if source in taught else None
         working, retained = _probe(fns, signal, bias)
         groups.append(LossGroup([t.name for t in group], signal is not None, working, retained))

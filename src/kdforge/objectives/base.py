@@ -34,6 +34,7 @@ class ObjectiveSpec:
     summary: str
     needs_rule: Callable[[Mapping[str, Any]], Needs] | None = None
     inputs: str = "logits"
+    state: Callable[[Mapping[str, Any]], Any] | None = None  # the term's own state across steps (FreeMatch)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description: name, summary, parameters with defaults, needs."""
@@ -59,12 +60,15 @@ def register_objective(
     labels: LabelRule = False,
     needs: Callable[[Mapping[str, Any]], Needs] | None = None,
     inputs: str = "logits",
+    state: Callable[[Mapping[str, Any]], Any] | None = None,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Register a loss term.
 
     ``inputs="logits"``: ``fn(student_logits, teacher_logits, labels, *, params..., [epoch|progress|step])``.
     ``inputs="pair"``: ``fn(pair: PairContext, *, params...)`` for terms that need more than logits (features via a
     connector, hidden states + head, masks); ``needs(params)`` then says what they consume.
+    ``state(params)``: the term's state across steps (an object with ``state_dict``/``load_state_dict``, or None for
+    these parameters), passed as the keyword ``state`` when the function declares it, and checkpointed with the run.
     """
     if inputs not in ("logits", "pair"):
         raise ValueError(f"objective {name!r}: inputs must be 'logits' or 'pair', got {inputs!r}")
@@ -72,13 +76,13 @@ def register_objective(
     def add(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         sig = inspect.signature(fn)
         kw = {k: p for k, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-        params = {k: p for k, p in kw.items() if k not in CONTEXT_NAMES}
+        params = {k: p for k, p in kw.items() if k not in (*CONTEXT_NAMES, "state")}
         missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty]
         if missing:
             raise TypeError(f"objective {name!r}: hyper-parameters need defaults: {missing}")
-        context = tuple(k for k in kw if k in CONTEXT_NAMES)
+        context = tuple(k for k in kw if k in (*CONTEXT_NAMES, "state"))
         summary = (inspect.getdoc(fn) or "").splitlines()[0] if fn.__doc__ else ""
-        spec = ObjectiveSpec(name, fn, params, context, teacher, labels, summary, needs, inputs)
+        spec = ObjectiveSpec(name, fn, params, context, teacher, labels, summary, needs, inputs, state)
         OBJECTIVES.register(name)(spec)
         return fn
 
@@ -159,10 +163,16 @@ class PairContext:
     connector: Callable[[Tensor], Tensor] | None = None  # this term's student → teacher projector, when it has one
     tokens: float | None = None  # what token sums are divided by (the global batch's target tokens), when known
     fields: Mapping[str, Tensor] = field(default_factory=dict)  # per-token batch fields (e.g. from_student)
+    state: Any = None  # this term's state across steps, when its objective keeps one
 
     def context(self, names: tuple[str, ...]) -> dict[str, Any]:
-        """The training-progress values a function declared (epoch, progress, step), when known."""
-        values = {"epoch": self.progress.epoch, "progress": self.progress.progress, "step": self.progress.step}
+        """The values a function declared (epoch, progress, step, state), when known."""
+        values = {
+            "epoch": self.progress.epoch,
+            "progress": self.progress.progress,
+            "step": self.progress.step,
+            "state": self.state,
+        }
         return {k: values[k] for k in names if values.get(k) is not None}
 
 
@@ -257,10 +267,10 @@ class Objective:
         """This objective's per-token form, when it has one."""
         return ROW_FUNCTIONS.get(self.name)
 
-    def new_state(self) -> Any:
-        """A fresh per-term state for the row form (None when it keeps none)."""
-        spec = self.rows
-        return None if spec is None or spec.state is None else spec.state(self.params)
+    def new_state(self, by_rows: bool = False) -> Any:
+        """A fresh per-term state (of the row form when ``by_rows``); None when the objective keeps none."""
+        factory = (self.rows.state if self.rows is not None else None) if by_rows else self.spec.state
+        return None if factory is None else factory(self.params)
 
     def row_fn(self, progress: Progress, state: Any = None) -> Callable[[Tensor, Any, Tensor | None], Tensor]:
         """The row form bound to this term's parameters, the step's progress and the term's state."""

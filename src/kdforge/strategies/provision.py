@@ -141,7 +141,7 @@ def _teacher_key(recipe: Recipe, train_cfg: TrainConfig, data_fingerprint: str |
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _load_weights(model: nn.Module, path: Path, where: str) -> None:
+def load_weights(model: nn.Module, path: Path, where: str) -> None:
     if not path.is_file():
         raise ConfigError(f"{where}: checkpoint file {str(path)!r} does not exist")
     try:
@@ -189,7 +189,7 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
             )
         if not (found / "model.safetensors").is_file() or sha256_file(found / "model.safetensors") != meta["sha256"]:
             raise IntegrityError(f"cached teacher {str(cache)!r} does not match its sha256; delete the folder")
-        _load_weights(model, found / "model.safetensors", "teacher cache")
+        load_weights(model, found / "model.safetensors", "teacher cache")
         return model.eval(), {**meta, "cache": str(cache), "reused": True}
     if not allow_training:
         return None, {"cache": str(cache), "missing": True}
@@ -231,7 +231,7 @@ class Provision:
             raise ConfigError("teacher.model: required for this teacher kind (e.g. {name: cnn})")
         if t.checkpoint:
             model = build(t.model, self.bundle, "teacher.model")
-            _load_weights(model, Path(t.checkpoint).expanduser(), "teacher.checkpoint")
+            load_weights(model, Path(t.checkpoint).expanduser(), "teacher.checkpoint")
             return model, {"checkpoint": t.checkpoint}
         if pretrained_lm(t.model) and t.train is None:
             # A pretrained causal LM is the teacher as it is: distillation never fine-tunes it first. It keeps its own
@@ -239,6 +239,11 @@ class Provision:
             own = dataclasses.replace(self.bundle, num_classes=lm_vocab_size(t.model))
             return build(t.model, own, "teacher.model").eval(), {"pretrained": t.model.params["path"]}
         return train_teacher(self.recipe, allow_training and self.allow_training)
+
+    def member(self, cfg: NetworkTeacherConfig) -> Provision:
+        """The same run's build for one member of a multi-teacher ensemble: its own network section."""
+        recipe = self.recipe.model_copy(update={"teacher": cfg})
+        return Provision(recipe, self.bundle, self.signals_needed, self.allow_training)
 
 
 def provide_teacher(

@@ -32,7 +32,8 @@ class Stage:
     run_dir: RunDir | None = None
     seed: int = 0
     compare_vocab: int | None = None  # rows a padded LM head shares with the other one (vocabulary check at set-up)
-    batch_source: Any = None  # turns each training batch into the one trained on (generated responses)
+    batch_source: Any = None  # turns each training batch into the one trained on (generated responses, mixup)
+    views: Sequence[str] = ()  # other views of each batch (``input@v``) the students also run on (``student@v``)
 
 
 @dataclass
@@ -58,6 +59,7 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         connectors=stage.connectors,
         chunk_size=stage.train.chunk_size,
         compare_vocab=stage.compare_vocab,
+        views=stage.views,
     )
     trainer = Trainer(
         distiller,

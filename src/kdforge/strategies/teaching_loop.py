@@ -22,7 +22,8 @@ from kdforge.files import atomic_write, atomic_write_text
 from kdforge.llm.targeted import at_random, nearest, write_near
 from kdforge.recipe import Recipe, TeacherConfig, format_validation_error, teacher_section
 from kdforge.registry import STRATEGIES
-from kdforge.strategies.offline import SUMMARY, RunOutcome, finished, offline
+from kdforge.strategies.common import SUMMARY, RunOutcome, finished
+from kdforge.strategies.offline import offline
 
 
 class PoolConfig(BaseModel):

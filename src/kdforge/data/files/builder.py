@@ -6,6 +6,7 @@ from typing import Literal
 
 from kdforge.data.base import DataBundle
 from kdforge.data.files.params import Params
+from kdforge.data.base import stratified_fraction
 from kdforge.errors import ConfigError
 from kdforge.registry import DATASETS
 
@@ -53,6 +54,7 @@ def files(
     image_size: list[int] | None = None,
     prompt_column: str | None = None,
     response_column: str | None = None,
+    label_fraction: float = 1.0,
 ) -> DataBundle:
     """Your own data: CSV/TSV, JSONL/JSON, Parquet, a save_to_disk folder, or an image folder (a sub-folder per class).
 
@@ -61,6 +63,8 @@ def files(
     row numbers in the file (or the sorted folder listing). Text needs ``tokenizer``: a local tokenizer or model
     folder, or 'minilm'. A table of images names them in ``image_column`` (paths relative to the table's folder).
     ``prompt_column`` + ``response_column`` make causal-LM rows (prompt + response + eos, loss on the response only).
+    ``label_fraction`` keeps that share of each class of the training split (the labelled subset a semi-supervised
+    run declares as ``strategy.labelled_fraction``: the same samples for the same ``seed``).
     """
     if train is None:
         raise ConfigError("data.params.train: required; a file or folder holding the training data")
@@ -76,6 +80,13 @@ def files(
         raise ConfigError(
             f"data.name: 'files' needs `pip install 'kdforge[files]'` (datasets, pyarrow, pillow): {err}"
         ) from None
+    if not 0 < label_fraction <= 1:
+        raise ConfigError(f"data.params.label_fraction={label_fraction}: expected a share in (0, 1]")
     if prompt_column is not None or response_column is not None:
+        if label_fraction != 1:
+            raise ConfigError("data.params.label_fraction: causal-LM rows (prompt_column) have no classes to keep")
         return assemble_pairs(p, prompt_column, response_column)
-    return assemble(p)
+    bundle = assemble(p)
+    if label_fraction != 1:
+        bundle.train = stratified_fraction(bundle.train, label_fraction, seed)
+    return bundle
