@@ -305,6 +305,25 @@ def test_gate_trains_only_on_labelled_rows_of_the_batch_it_mixed() -> None:
     assert ensemble.gate.weight.any()
 
 
+def test_gate_step_under_a_process_group_matches_one_process(tmp_path: Path) -> None:
+    def stepped() -> torch.Tensor:
+        ensemble = Ensemble(members(right_and_wrong()), "gate", gate_lr=0.5)
+        for step in range(3):
+            batch = toy_batch(step)
+            ensemble.signals(batch, LOGITS)
+            ensemble.observe(batch, StudentOutput(logits=None))
+        assert ensemble.gate is not None
+        return ensemble.gate.weight.detach().clone()
+
+    alone = stepped()
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        grouped = stepped()  # the gradient and row count go through all_reduce (a sum over one rank)
+    finally:
+        torch.distributed.destroy_process_group()
+    assert alone.any() and torch.allclose(grouped, alone)
+
+
 def test_distiller_trains_the_gate_and_counts_training_batches_only() -> None:
     student = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 3))
     ensemble = Ensemble(members(right_and_wrong()), "gate", gate_lr=0.5, drop=0.3)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from kdforge.data.base import DataBundle
+from kdforge.data.base import DataBundle, stratified_fraction
 from kdforge.data.files.params import Params
-from kdforge.data.base import stratified_fraction
 from kdforge.errors import ConfigError
 from kdforge.registry import DATASETS
 
