@@ -71,7 +71,8 @@ def measure(repeats: int = 7, steps: int = 10) -> dict[str, Any]:
     batch = train.__getitems__(list(range(BATCH)))
     mt_batch = {**batch, "label": torch.where(torch.arange(BATCH) < 16, batch["label"], -100)}
     ema = Ema(0.99)
-    mutual_terms = {**per_student({"ce": 1.0}, ["s0", "s1"], None), **peer_terms(["s0", "s1"], {"objective": "kd", "T": 1.0, "alpha": 1.0}, 1.0)}  # fmt: skip
+    peers = peer_terms(["s0", "s1"], {"objective": "kd", "T": 1.0, "alpha": 1.0}, 1.0)
+    mutual_terms = {**per_student({"ce": 1.0}, ["s0", "s1"], None), **peers}
     pseudo = {"objective": "pseudo_label", "threshold": 0.95, "pair": "student@strong <- teacher"}
     arms: dict[str, tuple[Callable[[dict, int], None], dict]] = {
         "plain_kd": (_stepper(Distiller(_mlp(), Live(_cnn()), KD)), batch),
@@ -98,7 +99,7 @@ def measure(repeats: int = 7, steps: int = 10) -> dict[str, Any]:
     }
     times: dict[str, list[float]] = {name: [] for name in arms}
     ema_times: list[float] = []
-    for name, (step, b) in arms.items():
+    for step, b in arms.values():
         for i in range(3):  # warm-up: allocator, first-batch checks, connector/recorder set-up
             step(b, i)
     for r in range(repeats):
@@ -115,7 +116,8 @@ def measure(repeats: int = 7, steps: int = 10) -> dict[str, Any]:
     ema_update = statistics.median(ema_times)
     return {
         "setting": f"Fashion-MNIST batch {BATCH}, mlp[256] student, CNN teachers (untrained weights: time only), "
-        f"mean teacher: cnn[16,32,64] student; medians of {repeats} interleaved repeats of {steps} steps, {torch.get_num_threads()} threads",
+        f"mean teacher: cnn[16,32,64] student; medians of {repeats} interleaved repeats of {steps} steps, "
+        f"{torch.get_num_threads()} threads",
         "seconds_per_step": median,
         "ratios": {
             "mutual_2 / (2 x ce_one_student)": median["mutual_2"] / (2 * median["ce_one_student"]),
