@@ -489,6 +489,10 @@ class Trainer:
         self, loaders: dict[str, Any], teacher_logits: dict[str, torch.Tensor], epoch: float
     ) -> None:
         st, select = self.state, self.config.select
+        teacher = self.distiller.teacher
+        if teacher is not None and teacher.changes:
+            # An EMA teacher moved since the last evaluation: agreement and KL compare with the teacher of now.
+            teacher_logits = self._teacher_eval_logits(loaders)
         metrics = self.evaluate(loaders, teacher_logits)
         record: dict[str, Any] = {"step": st.step, "epoch": epoch, **metrics}
         for split, values in metrics.items():

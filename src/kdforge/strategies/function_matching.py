@@ -54,12 +54,11 @@ def check(recipe: Recipe) -> None:
 def function_matching(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome:
     """Teacher and student on the same augmented, mixed-up view; a label-free loss; any inputs."""
     cfg = settings(recipe, FunctionMatchingConfig)
+    # Only the student's training view is augmented: a teacher trained here learns from the clean data, as the
+    # teacher of every other recipe on the same data does (and is shared with them through the teacher cache).
+    data = cfg.inputs or recipe.data
     if cfg.augment != "none":
-        data = recipe.data.model_copy(update={"params": {**recipe.data.params, "augment": cfg.augment}})
-        recipe = recipe.model_copy(update={"data": data})
-    other = None
-    if cfg.inputs is not None:
-        source = recipe.model_copy(update={"data": cfg.inputs})
-        other = load_data(source)
+        data = data.model_copy(update={"params": {**data.params, "augment": cfg.augment}})
+    train_data = load_data(recipe.model_copy(update={"data": data})) if data != recipe.data else None
     transform = Mixup(cfg.mixup, recipe.seed) if cfg.mixup > 0 else None
-    return distil(recipe, run_dir, resume, transform=transform, train_data=other)
+    return distil(recipe, run_dir, resume, transform=transform, train_data=train_data)

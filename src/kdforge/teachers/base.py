@@ -36,6 +36,7 @@ class Teacher:
     Config: ClassVar[type[TeacherConfig]] = TeacherConfig
     fingerprint: str = ""
     streams: bool = False  # True when signals are read from disk shard by shard (the Trainer then prefetches)
+    changes: bool = False  # True when training updates the teacher (EMA): evaluation then re-runs it every time
 
     @classmethod
     def from_recipe(cls, cfg: TeacherConfig, build: TeacherBuild) -> tuple[Teacher | None, dict[str, Any]]:

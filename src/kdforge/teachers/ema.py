@@ -39,6 +39,7 @@ class Ema(Teacher):
     """θ_teacher ← decay·θ_teacher + (1−decay)·θ_student after every optimizer step; buffers are copied."""
 
     Config = EmaConfig
+    changes = True
 
     def __init__(self, decay: float = 0.999, student: str | None = None, ramp: bool = True):
         if not 0 < decay < 1:
