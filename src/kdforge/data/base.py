@@ -105,6 +105,21 @@ class ArrayDataset(Dataset):
         batch["index"] = self.indices[pos]
         return batch
 
+    def replace(self, **changes: Any) -> ArrayDataset:
+        """The same samples (tensors shared, not copied) with some constructor arguments changed."""
+        current = {
+            "inputs": self.inputs,
+            "labels": self.labels,
+            "augment": self.augment,
+            "indices": self.indices,
+            "split": self.split,
+            "augment_seed": self.augment_seed,
+            "views": self.views,
+            "fields": self.fields,
+            "extra_views": self.extra_views,
+        }
+        return ArrayDataset(**{**current, **changes})
+
     def __repr__(self) -> str:
         return (
             f"ArrayDataset(split={self.split!r}, n={len(self)}, input_shape={tuple(self.inputs.shape[1:])}, "
@@ -189,32 +204,16 @@ def with_augment(
     ds: ArrayDataset, augment: str, augment_seed: int | None = None, views: int | str | None = "keep"
 ) -> ArrayDataset:
     """The same samples (tensors shared, not copied) with another augmentation, seed or view cycle."""
-    return ArrayDataset(
-        ds.inputs,
-        ds.labels,
+    return ds.replace(
         augment=augment,
-        indices=ds.indices,
-        split=ds.split,
         augment_seed=ds.augment_seed if augment_seed is None else augment_seed,
-        views=ds.views if views == "keep" else views,  # type: ignore[arg-type]
-        fields=ds.fields,
-        extra_views=ds.extra_views,
+        views=ds.views if views == "keep" else views,
     )
 
 
 def with_views(ds: ArrayDataset, extra_views: dict[str, str] | None) -> ArrayDataset:
     """The same samples (tensors shared) whose batches also carry ``input@name`` for each extra view."""
-    return ArrayDataset(
-        ds.inputs,
-        ds.labels,
-        augment=ds.augment,
-        indices=ds.indices,
-        split=ds.split,
-        augment_seed=ds.augment_seed,
-        views=ds.views,
-        fields=ds.fields,
-        extra_views=extra_views,
-    )
+    return ds.replace(extra_views=extra_views)
 
 
 def _stratified_pick(ds: ArrayDataset, count: Callable[[int], int], seed: int) -> Tensor:

@@ -46,17 +46,7 @@ def mask_unlabelled(ds: ArrayDataset, positions: Tensor) -> ArrayDataset:
     keep[torch.as_tensor(positions, dtype=torch.int64)] = True
     labels = ds.labels.clone()
     labels[~keep] = IGNORE
-    return ArrayDataset(
-        ds.inputs,
-        labels,
-        augment=ds.augment,
-        indices=ds.indices,
-        split=ds.split,
-        augment_seed=ds.augment_seed,
-        views=ds.views,
-        fields=ds.fields,
-        extra_views=ds.extra_views,
-    )
+    return ds.replace(labels=labels)
 
 
 class SemiBatchSampler(Sampler[list[int]]):

@@ -6,18 +6,18 @@ every link keeps its model, metrics and checkpoints in its own folder (``assista
 
 from __future__ import annotations
 
-from accelerate.utils import set_seed
+from typing import Any
+
 from pydantic import ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from kdforge.data.recipe_data import load_data
 from kdforge.engine.rundir import RunDir
 from kdforge.errors import ConfigError
 from kdforge.recipe import ModelConfig, Recipe, StrategyConfig
 from kdforge.strategies.base import settings, strategy
-from kdforge.strategies.chain import Link, previous_student, run_chain, stage_rows
-from kdforge.strategies.common import SUMMARY, RunOutcome, needs_teacher, start
-from kdforge.strategies.provision import provide_teacher, require_classification
+from kdforge.strategies.chain import Link, TeacherOf, chain_strategy, previous_student
+from kdforge.strategies.common import RunOutcome, require_teacher_term
+from kdforge.teachers import Teacher
 
 
 class AssistantConfig(StrategyConfig):
@@ -44,36 +44,17 @@ def check(recipe: Recipe) -> None:
         raise ConfigError(
             "teacher: strategy assistant needs a teacher at the head of the chain (teacher: {model: ...})"
         )
-    if not any(needs_teacher(spec, name) for name, spec in recipe.objectives.items()):
-        raise ConfigError(
-            f"objectives: strategy assistant distils every link from the one before, but {sorted(recipe.objectives)} "
-            "has no teacher term; add one, e.g. {kd: {T: 4, alpha: 0.9}}"
-        )
+    require_teacher_term(recipe, "strategy assistant distils every link from the one before")
 
 
 @strategy("assistant", AssistantConfig, check)
 def assistant(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOutcome:
     """Teacher → assistant(s) → student: each link distilled from the one before, every link kept."""
     cfg = settings(recipe, AssistantConfig)
-    acc, done = start(recipe, run_dir, resume)
-    if done is not None:
-        return RunOutcome(done)
-    set_seed(recipe.seed)
-    bundle = load_data(recipe)
-    require_classification(bundle, "strategy assistant")
-    run_dir.write_json("labels.json", {"labels": bundle.class_names})
-    teacher, teacher_info = provide_teacher(recipe, bundle)
-    links = [Link(f"assistant-{i + 1}", model, recipe.objectives, recipe.seed) for i, model in enumerate(cfg.chain)]
-    links.append(Link("student", recipe.student, recipe.objectives, recipe.seed))
-    results = run_chain(recipe, run_dir, bundle, links, previous_student((teacher, teacher_info)), resume)
-    final = results[-1]
-    summary = {
-        **final.summary,
-        "name": recipe.name,
-        "strategy": recipe.strategy.model_dump(mode="json"),
-        "stages": stage_rows(results),
-        "teacher": teacher_info,
-    }
-    run_dir.write_json(SUMMARY, summary)
-    acc.wait_for_everyone()
-    return RunOutcome(summary, student=final.student, teacher=teacher, bundle=bundle)
+
+    def plan(teacher: Teacher | None, info: dict[str, Any]) -> tuple[list[Link], TeacherOf]:
+        links = [Link(f"assistant-{i + 1}", model, recipe.objectives, recipe.seed) for i, model in enumerate(cfg.chain)]
+        links.append(Link("student", recipe.student, recipe.objectives, recipe.seed))
+        return links, previous_student((teacher, info))
+
+    return chain_strategy(recipe, run_dir, resume, "assistant", plan)

@@ -16,13 +16,14 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from kdforge.data import DataBundle
+from kdforge.data.recipe_data import load_data
 from kdforge.engine.checkpoint import save_model
 from kdforge.engine.rundir import RunDir
 from kdforge.engine.trainer import get_accelerator
 from kdforge.files import atomic_write
 from kdforge.recipe import ModelConfig, Recipe
-from kdforge.strategies.common import SUMMARY, finished, train_summary
-from kdforge.strategies.provision import build, load_weights, loaders
+from kdforge.strategies.common import SUMMARY, RunOutcome, finished, start, train_summary
+from kdforge.strategies.provision import build, load_weights, loaders, provide_teacher, require_classification
 from kdforge.strategies.stage import Stage, run_stage
 from kdforge.teachers import Live, Teacher
 
@@ -124,3 +125,36 @@ def stage_rows(results: list[LinkResult]) -> list[dict[str, Any]]:
         }
         for r in results
     ]
+
+
+# A chain strategy's plan from the recipe's teacher: its links and how each link's teacher is made.
+Plan = Callable[[Teacher | None, dict[str, Any]], tuple[list[Link], TeacherOf]]
+Extra = Callable[[list[LinkResult], DataBundle], dict[str, Any]]
+
+
+def chain_strategy(
+    recipe: Recipe, run_dir: RunDir, resume: bool, what: str, plan: Plan, extra: Extra | None = None
+) -> RunOutcome:
+    """What born-again and assistant share: data, the recipe's teacher, the chain, a summary with a row per link."""
+    acc, done = start(recipe, run_dir, resume)
+    if done is not None:
+        return RunOutcome(done)
+    set_seed(recipe.seed)
+    bundle = load_data(recipe)
+    require_classification(bundle, f"strategy {what}")
+    run_dir.write_json("labels.json", {"labels": bundle.class_names})
+    teacher, teacher_info = provide_teacher(recipe, bundle)
+    links, teacher_of = plan(teacher, teacher_info)
+    results = run_chain(recipe, run_dir, bundle, links, teacher_of, resume)
+    final = results[-1]
+    summary = {
+        **final.summary,
+        "name": recipe.name,
+        "strategy": recipe.strategy.model_dump(mode="json"),
+        "stages": stage_rows(results),
+        "teacher": teacher_info,
+        **(extra(results, bundle) if extra is not None else {}),
+    }
+    run_dir.write_json(SUMMARY, summary)
+    acc.wait_for_everyone()
+    return RunOutcome(summary, student=final.student, teacher=teacher, bundle=bundle)

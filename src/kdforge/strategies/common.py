@@ -62,6 +62,15 @@ def needs_teacher(spec: float | Mapping[str, Any], name: str) -> bool:
         raise ConfigError(f"objectives.{name}: {err}") from None
 
 
+def require_teacher_term(recipe: Recipe, what: str) -> None:
+    """Refuse a recipe whose terms never compare a student with a teacher, where ``what`` (a sentence) needs one."""
+    if not any(needs_teacher(spec, name) for name, spec in recipe.objectives.items()):
+        raise ConfigError(
+            f"objectives: {what}, but {sorted(recipe.objectives)} has no teacher term; add one, e.g. "
+            "{kd: {T: 4, alpha: 0.9}}"
+        )
+
+
 def per_student(
     objectives: Mapping[str, float | Mapping[str, Any]], students: Sequence[str], teacher: str | None
 ) -> dict[str, Any]:
