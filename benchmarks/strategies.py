@@ -206,6 +206,8 @@ def part_r8() -> dict[str, Any]:
                 "labelled_batch": 16,
                 "unlabelled_batch": 112,
                 "threshold": 0.9,
+                "weak": "none",
+                "strong": "token_mask",
             },
             "data": {
                 "name": "files",
@@ -221,7 +223,10 @@ def part_r8() -> dict[str, Any]:
         row = semi_pair(tree, 0.05, 16)
         rows.append(row)
         print("r8", seed, row, flush=True)
-    return {"setting": "R8 files, text_bag, 5% labels, 16 labelled + 112 unlabeled per batch, 10 epochs", **stats(rows)}
+    setting = (
+        "R8 files, text_bag, 5% labels, 16 labelled + 112 unlabeled per batch, weak none, strong token_mask, 10 epochs"
+    )
+    return {"setting": setting, **stats(rows)}
 
 
 PARTS = {

@@ -72,7 +72,7 @@ def _runs(tmp: Path) -> dict[str, dict[str, Any]]:
             "objectives": {"kd": {"T": 1.0, "alpha": 1.0}},
             "train": {**TRAIN, "epochs": 4},
         },
-        # weak/strong auto: flip_crop and strong for image inputs.
+        # weak/strong auto: the plain image for the teacher, flip_crop for the student.
         "mean_teacher": {
             "strategy": {
                 "name": "mean_teacher",
@@ -367,7 +367,7 @@ def test_mean_teacher_learns_from_a_labelled_share_and_the_rest(launched: dict[s
     assert set(semi) >= {"labelled", "unlabelled", "weak", "strong", "ema_updates"}
     assert semi["labelled"] + semi["unlabelled"] == DIGITS_TRAIN
     assert abs(semi["labelled"] / DIGITS_TRAIN - 0.3) < 0.02  # 30% of each class
-    assert (semi["weak"], semi["strong"]) == ("flip_crop", "strong")  # auto, for image inputs
+    assert (semi["weak"], semi["strong"]) == ("none", "flip_crop")  # auto, for image inputs
     assert semi["ema_updates"] == summary["steps"] > 0  # one EMA update per optimizer step
     assert summary["teacher"]["kind"] == "ema"
     _accuracy(summary["test"], "mean_teacher")

@@ -200,3 +200,21 @@ def test_mixup_is_reproducible_convex_and_label_free() -> None:
         Mixup(1.0)({"input": torch.ones(2, 3, dtype=torch.long)}, 0)
     with pytest.raises(ConfigError, match=r"strategy.mixup=0"):
         Mixup(0.0)
+
+
+# -- the ensemble as one network ------------------------------------------------------------------------------------
+
+
+def test_an_ensemble_evaluates_as_one_network() -> None:
+    from kdforge.teachers import Live
+    from kdforge.teachers.ensemble import Ensemble
+
+    nets = [_net(1), _net(2), _net(3)]
+    x = _batch()["input"]
+    mean = Ensemble([Live(n) for n in nets], aggregate="mean", drop=0.5)
+    expected = torch.stack([n(x).softmax(-1) for n in nets]).mean(0).log()
+    torch.testing.assert_close(mean.model(x), expected, rtol=1e-5, atol=1e-6)  # evaluation never drops members
+    weighted = Ensemble([Live(n) for n in nets], aggregate="weights", weights=[1.0, 0.0, 3.0])
+    expected = (0.25 * nets[0](x).softmax(-1) + 0.75 * nets[2](x).softmax(-1)).log()
+    torch.testing.assert_close(weighted.model(x), expected, rtol=1e-5, atol=1e-6)
+    assert sum(p.numel() for p in mean.model.parameters()) == sum(p.numel() for n in nets for p in n.parameters())

@@ -216,6 +216,23 @@ def with_views(ds: ArrayDataset, extra_views: dict[str, str] | None) -> ArrayDat
     return ds.replace(extra_views=extra_views)
 
 
+def in_memory(ds: Dataset) -> ArrayDataset:
+    """``ds`` as an ArrayDataset held in memory (a files split read once, padded as one batch); kept as it is when
+    it already is one. What per-sample augmentation and extra views need."""
+    if isinstance(ds, ArrayDataset):
+        return ds
+    batch = ds.__getitems__(list(range(len(ds))))  # type: ignore[attr-defined]
+    n = len(batch["input"])
+    fields = {
+        k: v
+        for k, v in batch.items()
+        if k not in ("input", "label", "index", "view") and torch.is_tensor(v) and len(v) == n
+    }
+    return ArrayDataset(
+        batch["input"], batch.get("label"), indices=batch["index"], split=getattr(ds, "split", "train"), fields=fields
+    )
+
+
 def _stratified_pick(ds: ArrayDataset, count: Callable[[int], int], seed: int) -> Tensor:
     """Sorted positions holding ``count(n_c)`` random samples of each class (of all when unlabelled)."""
     g = torch.Generator().manual_seed(seed)

@@ -337,8 +337,10 @@ class Ensemble(Teacher):
 
     @property
     def model(self) -> nn.Module | None:
-        """None: there is no single network to evaluate (agreement metrics are skipped)."""
-        return None
+        """The ensemble as one network for evaluation (teacher accuracy, agreement, KL), when every member has one."""
+        if any(member.model is None for member in self.members):
+            return None
+        return MixtureModel(self)
 
     def state_dict(self) -> dict[str, Tensor]:
         """The batch counter (dropping draws), the gate's weights, the PHI-S statistics and the members' state."""
@@ -608,3 +610,31 @@ def _check(
         raise ConfigError(f"teacher.gate_lr={gate_lr}: must be > 0")
     if standardize not in ("none", "phi_s"):
         raise ConfigError(f"teacher.standardize={standardize!r}: expected none or phi_s")
+
+
+class MixtureModel(nn.Module):
+    """An ensemble run as one network: ``model(x)`` is its log mixture, what evaluation and profiling call.
+
+    No member is ever dropped here (evaluation); ``aggregate: tag`` routes by a batch field a plain forward does not
+    have, so it is evaluated as the mean of its members.
+    """
+
+    def __init__(self, ensemble: Ensemble):
+        super().__init__()
+        self.nets = nn.ModuleList([m.model for m in ensemble.members])  # registered: .to() and profiles see them
+        self.ensemble = ensemble
+
+    def forward(self, input: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """log Σ_k w_k(x)·softmax(z_k(x)/T) for a batch of inputs."""
+        batch: dict[str, Any] = {"input": input}
+        if attention_mask is not None:
+            batch["attention_mask"] = attention_mask
+        ensemble = self.ensemble
+        if ensemble.aggregate == "tag":
+            logits = [m.signals(batch, Needs(teacher_logits=True)).logits for m in ensemble.members]
+            probs = member_log_probs([z.logits for z in logits if isinstance(z, DenseSignal)], ensemble.temperature)
+            return torch.logsumexp(probs, dim=0) - math.log(len(logits))
+        with torch.no_grad():
+            out = ensemble.signals(batch, Needs(teacher_logits=True)).logits
+        assert isinstance(out, DenseSignal)
+        return out.logits

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from kdforge.data.base import DataBundle, stratified_fraction
+from kdforge.data.base import DataBundle, fraction_positions
 from kdforge.data.files.params import Params
 from kdforge.errors import ConfigError
 from kdforge.registry import DATASETS
@@ -87,5 +87,6 @@ def files(
         return assemble_pairs(p, prompt_column, response_column)
     bundle = assemble(p)
     if label_fraction != 1:
-        bundle.train = stratified_fraction(bundle.train, label_fraction, seed)
+        # The same samples `stratified_fraction` keeps of an in-memory split (and mean_teacher labels) for this seed.
+        bundle.train = bundle.train.take(fraction_positions(bundle.train, label_fraction, seed))
     return bundle
