@@ -145,7 +145,8 @@ def recipes(as_json: Annotated[bool, typer.Option("--json", help="machine-readab
     table.add_column("strategy")
     table.add_column("description")
     for item in items:
-        table.add_row(item["name"], item["strategy"], item["description"])
+        # One line per recipe: the description's first sentence (`--json` has all of it).
+        table.add_row(item["name"], item["strategy"], item["description"].split(". ")[0].rstrip("."))
     out.print(table)
 
 
