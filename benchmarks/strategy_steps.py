@@ -118,7 +118,7 @@ def measure(repeats: int = 7, steps: int = 10) -> dict[str, Any]:
         "seconds_per_step": median,
         "ratios": {
             "mutual_2 / (2 x ce_one_student)": median["mutual_2"] / (2 * median["ce_one_student"]),
-            "born_again_link / plain_kd": median["born_again_link"] / median["plain_kd"],
+            "born_again_link / ce_one_student": median["born_again_link"] / median["ce_one_student"],
             "assistant (both links) / direct kd_tiny_from_cnn": (median["plain_kd"] + median["assistant_last_link"])
             / median["kd_tiny_from_cnn"],
             "multi_teacher_3 / plain_kd": median["multi_teacher_3"] / median["plain_kd"],
