@@ -613,6 +613,47 @@ def llm_loss_memory_section(data: dict) -> list[str]:
     ]
 
 
+def _gain(a: dict, b: dict) -> str:
+    """a − b in points of accuracy, with the larger of the two stds for scale."""
+    return f"{100 * (a['mean'] - b['mean']):+.2f} points (std ≤ {100 * max(a['std'], b['std']):.2f})"
+
+
+def _strategy_differences(parts: dict) -> list[str]:
+    """The differences each must-show claim is about, computed from the means (what held and what did not)."""
+    out = []
+    if "mutual" in parts:
+        p = parts["mutual"]
+        out.append(
+            f"mutual − alone: s0 {_gain(p['mutual_s0'], p['alone_s0'])}, s1 {_gain(p['mutual_s1'], p['alone_s1'])}"
+        )
+    if "born_again" in parts:
+        p = parts["born_again"]
+        verdict = "" if p["gen-2"]["mean"] >= p["gen-1"]["mean"] >= p["gen-0"]["mean"] else " (no born-again gain here)"
+        out.append(
+            f"born_again generation 2 − generation 1: {_gain(p['gen-2'], p['gen-1'])}; generation 1 − generation 0: "
+            f"{_gain(p['gen-1'], p['gen-0'])}{verdict}"
+        )
+    if "assistant" in parts:
+        p = parts["assistant"]
+        out.append(f"assistant chain − direct KD: {_gain(p['via_assistant'], p['direct_kd'])}")
+    if "ensemble" in parts:
+        p = parts["ensemble"]
+        t = p["teacher_test_accuracy"]
+        out.append(
+            f"multi_teacher: the ensemble is {100 * (t['ensemble_mean'] - max(t['members'])):+.2f} points above its "
+            f"best member as a classifier; its student {_gain(p['student_of_ensemble'], p['student_of_best_single'])} "
+            "against the best member's student"
+        )
+    for key, label in (("labels_0.01", "1%"), ("labels_0.1", "10%")):
+        if "mean_teacher" in parts and key in parts["mean_teacher"]:
+            p = parts["mean_teacher"][key]
+            out.append(f"mean_teacher − supervised, Fashion-MNIST {label}: {_gain(p['mean_teacher'], p['supervised'])}")
+    if "r8" in parts:
+        p = parts["r8"]
+        out.append(f"mean_teacher − supervised, R8 5%: {_gain(p['mean_teacher'], p['supervised'])}")
+    return out
+
+
 def strategies_section(data: dict) -> list[str]:
     """Teaching strategies, 3 seeds each: each strategy next to the baseline it must beat, and step-time ratios."""
     parts = data["parts"]
@@ -685,6 +726,7 @@ def strategies_section(data: dict) -> list[str]:
         )
     lines += table(["strategy", "comparison", "test accuracy %"], rows)
     lines.append("")
+    lines += [f"- {line}" for line in _strategy_differences(parts)]
     for name in ("mutual", "born_again", "assistant", "ensemble", "mean_teacher", "r8"):
         if name in parts:
             lines.append(f"- {name}: {parts[name]['setting']}.")
