@@ -644,6 +644,12 @@ def _strategy_differences(parts: dict) -> list[str]:
             f"best member as a classifier; its student {_gain(p['student_of_ensemble'], p['student_of_best_single'])} "
             "against the best member's student"
         )
+    if "ensemble_cnn" in parts:
+        p = parts["ensemble_cnn"]
+        out.append(
+            f"multi_teacher with a CNN student: {_gain(p['student_of_ensemble'], p['student_of_best_single'])} "
+            "for the ensemble's student"
+        )
     for key, label in (("labels_0.01", "1%"), ("labels_0.1", "10%")):
         if "mean_teacher" in parts and key in parts["mean_teacher"]:
             p = parts["mean_teacher"][key]
@@ -705,6 +711,15 @@ def strategies_section(data: dict) -> list[str]:
             ]
         )
         rows.append(["multi_teacher", "teachers: members / their mean", f"{members} / {100 * t['ensemble_mean']:.2f}"])
+    if "ensemble_cnn" in parts:
+        p = parts["ensemble_cnn"]
+        rows.append(
+            [
+                "multi_teacher",
+                "cnn[16,32,64] student of the 3-CNN mean / of the best single CNN",
+                f"{pm(p['student_of_ensemble'])} / {pm(p['student_of_best_single'])}",
+            ]
+        )
     for key, label in (("labels_0.01", "1%"), ("labels_0.1", "10%")):
         if "mean_teacher" in parts and key in parts["mean_teacher"]:
             p = parts["mean_teacher"][key]
@@ -727,7 +742,7 @@ def strategies_section(data: dict) -> list[str]:
     lines += table(["strategy", "comparison", "test accuracy %"], rows)
     lines.append("")
     lines += [f"- {line}" for line in _strategy_differences(parts)]
-    for name in ("mutual", "born_again", "assistant", "ensemble", "mean_teacher", "r8"):
+    for name in ("mutual", "born_again", "assistant", "ensemble", "ensemble_cnn", "mean_teacher", "r8"):
         if name in parts:
             lines.append(f"- {name}: {parts[name]['setting']}.")
     if "step_time" in parts:

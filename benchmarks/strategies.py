@@ -136,6 +136,28 @@ def part_ensemble() -> dict[str, Any]:
     }
 
 
+def part_ensemble_cnn() -> dict[str, Any]:
+    """The same teachers with a student that can take more from a better teacher: a small CNN."""
+    student = {"name": "cnn", "params": {"widths": [16, 32, 64]}}
+    members = recipe("fmnist-ensemble")["teacher"]["members"]
+    best = max(range(len(members)), key=lambda k: _member_accuracy(members[k]))
+    rows = []
+    for seed in SEEDS:
+        ensemble = run(recipe("fmnist-ensemble", seed=seed, student=student))
+        teacher = {"kind": "live", **members[best]}
+        single = run(recipe("fmnist-ensemble", seed=seed, strategy="offline", teacher=teacher, student=student))
+        row = {"student_of_ensemble": acc(ensemble["test"]), "student_of_best_single": acc(single["test"])}
+        rows.append(row)
+        print("ensemble_cnn", seed, row, flush=True)
+    return {"setting": "fmnist-ensemble with a cnn[16,32,64] student, 5,400 images, 10 epochs", **stats(rows)}
+
+
+def _member_accuracy(member: dict[str, Any]) -> float:
+    """A member's test accuracy, from the teacher cache (trained there once)."""
+    tree = recipe("fmnist-ensemble", strategy="offline", teacher={"kind": "live", **member})
+    return run(apply_overrides(tree, {"train.epochs": 0.01}))["teacher"]["metrics"]["test"]["accuracy"]
+
+
 def _ensemble_accuracy(tree: dict[str, Any]) -> float:
     """Test accuracy of the ensemble teacher's mean probabilities."""
     from kdforge.strategies.common import ensemble_accuracy
@@ -234,6 +256,7 @@ PARTS = {
     "born_again": part_born_again,
     "assistant": part_assistant,
     "ensemble": part_ensemble,
+    "ensemble_cnn": part_ensemble_cnn,
     "mean_teacher": part_mean_teacher,
     "r8": part_r8,
 }
