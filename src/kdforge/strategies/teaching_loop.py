@@ -20,7 +20,7 @@ from kdforge.engine.rundir import RunDir
 from kdforge.errors import ConfigError
 from kdforge.files import atomic_write, atomic_write_text
 from kdforge.llm.targeted import at_random, nearest, write_near
-from kdforge.recipe import Recipe, TeacherConfig, format_validation_error, teacher_section
+from kdforge.recipe import Recipe, StrategyConfig, TeacherConfig, format_validation_error, teacher_section
 from kdforge.registry import STRATEGIES
 from kdforge.strategies.common import SUMMARY, RunOutcome, finished
 from kdforge.strategies.offline import offline
@@ -170,7 +170,7 @@ def teaching_loop(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunO
             if folder.main:
                 _write_table(train_file, data)
             variant = recipe.model_copy(
-                update={"name": f"{recipe.name}-round-{r}", "strategy": "offline", "teach": None,
+                update={"name": f"{recipe.name}-round-{r}", "strategy": StrategyConfig(), "teach": None,
                         "data": recipe.data.model_copy(update={"params": {**params, "train": str(train_file)}})}
             )  # fmt: skip
             outcome = offline(variant, folder)
