@@ -300,7 +300,6 @@ def test_mutual_trains_two_different_students_that_mimic_each_other(launched: di
 
 
 def test_born_again_generations_each_in_their_own_folder(launched: dict[str, Launched]) -> None:
-    pytest.importorskip("kdforge.teachers.ensemble")  # the last generation learns from the ensemble of the others
     run_dir, summary, report = _finished(launched["born_again"])
     links = ["gen-0", "gen-1", "gen-ensemble"]
     for link in links:
@@ -382,7 +381,6 @@ def test_mean_teacher_learns_from_a_labelled_share_and_the_rest(launched: dict[s
 
 
 def test_multi_teacher_distils_an_ensemble_of_teachers(launched: dict[str, Launched]) -> None:
-    pytest.importorskip("kdforge.teachers.ensemble")
     _, summary, report = _finished(launched["multi_teacher"])
     teacher = summary["teacher"]
     assert teacher["kind"] == "ensemble" and teacher["aggregate"] == "mean"
