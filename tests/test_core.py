@@ -65,6 +65,18 @@ def test_recorder_captures_outputs_and_removes_hooks():
     assert all(not m._forward_hooks for m in net.modules())
 
 
+def test_recorder_keeps_the_output_an_inplace_relu_overwrites():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 2))
+    x = torch.randn(16, 4)
+    with Recorder(model, ["0"]) as rec:
+        model(x).sum().backward()
+    expected = model[0](x)
+    assert bool((expected < 0).any())  # there are negative pre-activations for the ReLU to zero
+    torch.testing.assert_close(rec.tensors["0"], expected)
+    assert rec.tensors["0"].grad_fn is not None  # still part of the graph: feature losses train through it
+
+
 def test_recorder_unknown_path_lists_closest():
     with pytest.raises(ConfigError, match=r"no module '2\.2'.*Closest valid paths: .*2\.1"):
         Recorder(_net(), ["2.2"])

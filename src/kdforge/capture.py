@@ -46,7 +46,9 @@ class Recorder:
 
     def _hook(self, path: str):
         def store(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            self.tensors[path] = _first_tensor(output)
+            # A copy: the next layer may change the output in place (ReLU(inplace=True) after a Linear), and the
+            # feature must be the module's own output, not what is left of it after the forward.
+            self.tensors[path] = _first_tensor(output).clone()
 
         return store
 
