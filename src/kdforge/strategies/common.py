@@ -12,9 +12,9 @@ from accelerate import Accelerator
 from torch import nn
 
 from kdforge.engine.rundir import RunDir
+from kdforge.engine.terms import parse_objectives
 from kdforge.engine.trainer import TrainResult, get_accelerator
 from kdforge.errors import ConfigError
-from kdforge.objectives import objective
 from kdforge.recipe import Recipe, dump
 
 SUMMARY = "summary.json"
@@ -52,14 +52,8 @@ def start(recipe: Recipe, run_dir: RunDir, resume: bool) -> tuple[Accelerator, d
 
 def needs_teacher(spec: float | Mapping[str, Any], name: str) -> bool:
     """Whether a recipe term (``name: spec``) compares its student with a teaching side."""
-    params = dict(spec) if isinstance(spec, Mapping) else {}
-    kind = params.get("objective", name)
-    hyper = {k: v for k, v in params.items() if k not in ("weight", "warmup_steps", "warmup_epochs", "objective")}
-    hyper.pop("pair", None)
-    try:
-        return objective(kind, **hyper).needs.teacher
-    except ConfigError as err:
-        raise ConfigError(f"objectives.{name}: {err}") from None
+    terms, _ = parse_objectives({name: spec})
+    return terms[name].objective.needs.teacher
 
 
 def require_teacher_term(recipe: Recipe, what: str) -> None:
@@ -91,7 +85,6 @@ def per_student(
 
 def train_summary(recipe: Recipe, result: TrainResult, teacher_info: dict[str, Any]) -> dict[str, Any]:
     """The summary keys every run has: budget, history, best/last records, the kept test metrics."""
-    kept = result.best if recipe.train.select.mode == "best" and result.best else result.last
     return {
         "name": recipe.name,
         "strategy": recipe.strategy.model_dump(mode="json"),
@@ -105,7 +98,7 @@ def train_summary(recipe: Recipe, result: TrainResult, teacher_info: dict[str, A
         "best": result.best,
         "last": result.last,
         "history": result.history,
-        "test": (kept or {}).get("test"),
+        "test": kept_record(recipe, result).get("test"),
         "teacher": teacher_info,
     }
 

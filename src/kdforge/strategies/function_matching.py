@@ -10,8 +10,8 @@ from pydantic import ConfigDict, Field
 from kdforge.data.mix import Mixup
 from kdforge.data.recipe_data import load_data
 from kdforge.engine.rundir import RunDir
+from kdforge.engine.terms import parse_objectives
 from kdforge.errors import ConfigError
-from kdforge.objectives import objective
 from kdforge.recipe import DataConfig, Recipe, StrategyConfig
 from kdforge.strategies.base import settings, strategy
 from kdforge.strategies.common import RunOutcome
@@ -39,14 +39,12 @@ def check(recipe: Recipe) -> None:
             f"teacher.kind={recipe.teacher.kind!r}: strategy function_matching needs a teacher that runs on each "
             f"freshly augmented, mixed batch ({' or '.join(LIVE_KINDS)}); stored or buffered signals cannot follow it"
         )
-    for name, spec in recipe.objectives.items():
-        params = dict(spec) if isinstance(spec, dict) else {}
-        kind = params.pop("objective", name)
-        hyper = {k: v for k, v in params.items() if k not in ("weight", "warmup_steps", "warmup_epochs", "pair")}
-        if objective(kind, **hyper).needs.labels:
+    terms, _ = parse_objectives(recipe.objectives)
+    for name, term in terms.items():
+        if term.objective.needs.labels:
             raise ConfigError(
                 f"objectives.{name}: strategy function_matching is label-free (mixed inputs have no single label), "
-                f"but {kind!r} needs labels; use e.g. {{kd: {{T: 1.0, alpha: 1.0}}}}"
+                f"but {term.objective.name!r} needs labels; use e.g. {{kd: {{T: 1.0, alpha: 1.0}}}}"
             )
 
 

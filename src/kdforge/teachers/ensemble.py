@@ -633,7 +633,7 @@ class MixtureModel(nn.Module):
         if ensemble.aggregate == "tag":
             logits = [m.signals(batch, Needs(teacher_logits=True)).logits for m in ensemble.members]
             probs = member_log_probs([z.logits for z in logits if isinstance(z, DenseSignal)], ensemble.temperature)
-            return torch.logsumexp(probs, dim=0) - math.log(len(logits))
+            return log_mixture(probs, fixed_log_weights([1.0] * len(logits)).to(probs.device))
         with torch.no_grad():
             out = ensemble.signals(batch, Needs(teacher_logits=True)).logits
         assert isinstance(out, DenseSignal)
