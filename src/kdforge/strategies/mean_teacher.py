@@ -31,8 +31,9 @@ from kdforge.strategies.stage import Stage, run_stage
 from kdforge.teachers.ema import Ema
 
 # The weak (teacher's) and strong (student's) views by input kind when the recipe says "auto": the plain input for
-# the teacher and a light augmentation for the student measured best for kdforge's MLP and bag-of-words students
-# (benchmarks/strategies.py; heavier `strong` / `token_mask_strong` views cost these students more than they gave).
+# the teacher and a light augmentation for the student did best for kdforge's MLP and bag-of-words students in pilot
+# runs before the benchmark (single seeds, not in benchmarks/results): heavier `strong` / `token_mask_strong` views
+# cost these students more than they gave.
 VIEWS = {"image": ("none", "flip_crop"), "tokens": ("none", "token_mask")}
 
 
