@@ -88,12 +88,12 @@ def test_connector_is_built_on_the_first_batch_optimized_and_checkpointed(digits
     run = RunDir(tmp_path / "run")
     train, evals = _loaders(digits)
     Trainer(distiller, _cfg(epochs=1), run_dir=run, seed=0, callbacks=[CountParams()]).fit(train, evals)
-    connector = distiller.connectors["hint"]
+    connector = distiller.connectors["hint"][0]  # one connector per layer pair
     assert isinstance(connector, nn.Linear) and connector.weight.shape == (64, 16)
     n_student = sum(p.numel() for p in student.parameters())
     assert seen["trained"] == n_student + 16 * 64 + 64  # the connector is in the optimizer, not left out
     saved = load_file(str(run.checkpoints / "last" / "modules.safetensors"))
-    assert torch.equal(saved["connector.hint/weight"], connector.weight.detach())
+    assert torch.equal(saved["connector.hint/0.weight"], connector.weight.detach())
     exported = distiller.export()
     assert exported is student and not any(m._forward_hooks for m in student.modules())
 

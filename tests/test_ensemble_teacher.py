@@ -414,7 +414,7 @@ def test_distiller_hints_a_student_layer_to_one_members_standardized_feature() -
     out.loss.backward()
     assert set(out.terms) == {"kd", "hint"} and all(torch.isfinite(v) for v in out.terms.values())
     assert list(ensemble.stats) == ["1:0"]  # fitted for the one feature asked for, on member 1 only
-    assert distiller.connectors["hint"].weight.grad is not None
+    assert distiller.connectors["hint"][0].weight.grad is not None
 
 
 # -- construction and the recipe ---------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Recorder: capture named intermediate tensors of any model by module path, without editing it."""
+"""Recorder: capture named intermediate tensors of any model by module path, without editing it.
+
+A path names a module's output (``layer3``); ``layer3:input`` names its first input (the features a classifier head
+sees: ``fc:input``) and ``attn:1`` the element 1 of a module that returns a tuple (attention weights).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,30 @@ def _first_tensor(output: Any) -> Tensor:
     raise TypeError(f"Recorder: module returned {type(output).__name__}, which holds no tensor")
 
 
+def split_path(path: str) -> tuple[str, str | int | None]:
+    """``'fc:input'`` → ('fc', 'input'); ``'attn:1'`` → ('attn', 1); ``'layer3'`` → ('layer3', None)."""
+    module, _, part = path.partition(":")
+    if not part:
+        return module, None
+    return module, int(part) if part.isdigit() else part
+
+
+def _select(path: str, part: str | int | None, inputs: Any, output: Any) -> Tensor:
+    if part is None:
+        return _first_tensor(output)
+    if part == "input":
+        return _first_tensor(inputs)
+    if isinstance(part, int) and isinstance(output, (tuple, list)) and part < len(output):
+        got = output[part]
+        if isinstance(got, Tensor):
+            return got
+        raise ConfigError(
+            f"Recorder: {path!r}: element {part} of the module's output is {type(got).__name__}, not a tensor "
+            "(attention weights need the eager attention implementation)"
+        )
+    raise ConfigError(f"Recorder: {path!r}: expected ':input' or ':N' (an element of a tuple output) after the path")
+
+
 class Recorder:
     """Forward hooks on named submodules; ``tensors`` holds the outputs of the latest forward."""
 
@@ -33,22 +61,27 @@ class Recorder:
         modules = dict(model.named_modules())
         self.paths = tuple(dict.fromkeys(paths))
         for path in self.paths:
-            if path not in modules:
+            module_path, part = split_path(path)
+            if part is not None and part != "input" and not isinstance(part, int):
+                raise ConfigError(f"Recorder: {path!r}: expected ':input' or ':N' after the module path")
+            if module_path not in modules:
                 valid = [name for name in modules if name]
                 near = closest(path, valid, n=5)
                 hint = f" Closest valid paths: {', '.join(near)}." if near else ""
                 raise ConfigError(
-                    f"Recorder: {type(model).__name__} has no module {path!r}.{hint} "
+                    f"Recorder: {type(model).__name__} has no module {module_path!r}.{hint} "
                     f"It has {len(valid)} named modules (e.g. {', '.join(valid[:8])})"
                 )
         self.tensors: dict[str, Tensor] = {}
-        self._handles = [modules[p].register_forward_hook(self._hook(p)) for p in self.paths]
+        self._handles = [modules[split_path(p)[0]].register_forward_hook(self._hook(p)) for p in self.paths]
 
     def _hook(self, path: str):
-        def store(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        part = split_path(path)[1]
+
+        def store(_module: nn.Module, inputs: Any, output: Any) -> None:
             # A copy: the next layer may change the output in place (ReLU(inplace=True) after a Linear), and the
             # feature must be the module's own output, not what is left of it after the forward.
-            self.tensors[path] = _first_tensor(output).clone()
+            self.tensors[path] = _select(path, part, inputs, output).clone()
 
         return store
 

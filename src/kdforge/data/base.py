@@ -172,6 +172,17 @@ class EpochSampler(Sampler[int]):
         yield from (order + self.epoch * self.size if self.tag else order).tolist()
 
 
+def id_space(ds: Any) -> int | None:
+    """Rows a table indexed by sample id needs (largest id + 1): a memory bank of the data set's size."""
+    indices = getattr(ds, "indices", None)
+    if torch.is_tensor(indices) and indices.numel():
+        return int(indices.max()) + 1
+    try:
+        return len(ds)
+    except TypeError:
+        return None
+
+
 def example_inputs(ds: Dataset, n: int) -> Tensor:
     """The model inputs of the first ``n`` samples of ``ds``, batched as training batches are (for profiling)."""
     return ds.__getitems__(list(range(min(n, len(ds)))))["input"]  # type: ignore[attr-defined]

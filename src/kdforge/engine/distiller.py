@@ -12,10 +12,9 @@ from torch import Tensor, nn
 
 from kdforge.adapters import ModelAdapter, adapter_for
 from kdforge.batch import as_batch
-from kdforge.connectors import build_connector
 from kdforge.engine.terms import ObjectiveConfig, Term, parse_objectives
 from kdforge.errors import ConfigError, ShapeMismatchError
-from kdforge.objectives.base import PairContext
+from kdforge.objectives.base import BuildContext, ModelsContext, Objective, PairContext
 from kdforge.objectives.chunked import ChunkPlan, ChunkTarget, chunked_row_sums
 from kdforge.signals import (
     DenseSignal,
@@ -27,7 +26,7 @@ from kdforge.signals import (
     StudentOutput,
     TeacherOutput,
 )
-from kdforge.teachers.base import Teacher
+from kdforge.teachers.base import Teacher, evaluation_model
 from kdforge.teachers.live import Live
 
 IGNORE = -100  # label of positions without a target, as in F.cross_entropy
@@ -121,6 +120,7 @@ class Distiller(nn.Module):
         self.views = {f"{k}@{v}": (k, v) for v in views for k in self.students}
         pupils = [*self.students, *self.views]
         self.terms, self.balancer = parse_objectives(objectives or {"ce": 1.0}, pupils, list(teachers))
+        self.terms = {name: self._resolve(term) for name, term in self.terms.items()}
         used = {t.student for t in self.terms.values()} | {t.source for t in self.terms.values()}
         self.views = {k: v for k, v in self.views.items() if k in used}
         self.connectors = nn.ModuleDict(dict(connectors or {}))
@@ -151,6 +151,34 @@ class Distiller(nn.Module):
         self._prepared = False
         self._num_outputs: dict[str, int] = {}
         self._step = 0
+        self.data_size: int | None = None
+
+    def _network(self, name: str | None) -> nn.Module | None:
+        """The module behind a student, a view of one, or a teacher (None for teachers that are no network)."""
+        if name is None:
+            return None
+        if name in self.views:
+            name = self.views[name][0]
+        if name in self.students:
+            return self.students[name]
+        return evaluation_model(self.teachers.get(name))
+
+    def _resolve(self, term: Term) -> Term:
+        """Fix the parameters that depend on the networks (an automatic layer map) before any batch is read."""
+        spec = term.objective.spec
+        if spec.resolve is None:
+            return term
+        student = self._network(term.student)
+        assert student is not None
+        try:
+            params = spec.resolve(
+                dict(term.objective.params), ModelsContext(term.name, student, self._network(term.source))
+            )
+            bound = Objective(spec, **params)
+        except ConfigError as err:
+            text = str(err)
+            raise ConfigError(text if text.startswith("objectives.") else f"objectives.{term.name}: {text}") from None
+        return replace(term, objective=bound)
 
     def _add_needs(self, term: Term) -> None:
         needs = term.objective.needs
@@ -223,14 +251,24 @@ class Distiller(nn.Module):
 
     # -- set-up -----------------------------------------------------------------------------------------------------
 
-    def prepare(self, batch: Any, explicit: bool = True) -> None:
-        """Attach recorders (a wrong path fails here) and build connectors from this batch's shapes."""
+    def prepare(self, batch: Any, explicit: bool = True, data_size: int | None = None) -> None:
+        """Attach recorders (a wrong path fails here) and build connectors from this batch's shapes.
+
+        ``data_size``: rows a term's memory bank needs (the training data's largest sample id + 1), when known.
+        """
         if self._prepared:
             return
+        if data_size is not None:
+            self.data_size = data_size
         batch = as_batch(batch)
         for name, adapter in self.adapters.items():
-            adapter.record(self.student_needs[name].student_features)
-        missing = [t for t in self.terms.values() if t.connector and t.name not in self.connectors]
+            # A view runs its student's weights: the student records what either asks for.
+            paths = [*self.student_needs[name].student_features]
+            for view, (base, _) in self.views.items():
+                if base == name:
+                    paths += self.student_needs[view].student_features
+            adapter.record(tuple(dict.fromkeys(paths)))
+        missing = [t for t in self.terms.values() if t.objective.spec.build and t.name not in self.connectors]
         if missing:
             self._build_connectors(batch, missing)
             if not explicit:
@@ -249,15 +287,17 @@ class Distiller(nn.Module):
         self.students.eval()
         try:
             outs = {k: self.adapters[k](batch, self.student_needs[k]) for k in self.students}
+            for name, (student, view) in self.views.items():
+                outs[name] = self.adapters[student](self._view(batch, view), self.student_needs[name])
+            device = next((p.device for p in self.students.parameters()), torch.device("cpu"))
             for term in terms:
-                s_name, t_name = term.objective.needs.student_features[0], term.objective.needs.teacher_features[0]
-                teaching = self._teaching_side(term.source, batch, outs)
-                if teaching.features is None or t_name not in teaching.features.tensors:
-                    raise ConfigError(f"objectives.{term.name}: the teaching side returned no feature {t_name!r}")
-                connector = build_connector(
-                    term.connector or "linear", outs[term.student].features[s_name], teaching.features[t_name]
-                )
-                self.connectors[term.name] = connector
+                teaching = _to(self._teaching_side(term.source, batch, outs), device)
+                out = outs[term.student]
+                classes = int(out.logits.shape[-1]) if out.logits is not None else None
+                ctx = BuildContext(term.name, out, teaching, classes, self.data_size)
+                module = term.objective.spec.build(term.objective.params, ctx)
+                if module is not None:
+                    self.connectors[term.name] = module.to(device)
         finally:
             for k, m in self.students.items():
                 m.train(modes[k])
@@ -458,7 +498,7 @@ class Distiller(nn.Module):
         mask = teaching.mask if teaching.mask is not None else student.mask
         shaped = student.logits if student.logits is not None else student.hidden
         if mask is None or shaped is None or shaped.dim() != 3 or tuple(mask.shape) != tuple(shaped.shape[:2]):
-            return PairContext(student, teaching, labels, when)
+            return PairContext(student, teaching, labels, when, index=batch.get("index"))
         lm = self.adapter(term.student).causal_lm
         if lm and labels is not None and tuple(labels.shape) == tuple(mask.shape):
             # A causal LM learns at the positions that have a next-token target: not the last token, not padding,

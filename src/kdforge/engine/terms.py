@@ -23,7 +23,6 @@ class Term:
     objective: Objective
     student: str
     source: str | None
-    connector: str | None = None  # connector kind, for terms that project a student feature
 
     @property
     def pair(self) -> tuple[str, str | None]:
@@ -81,7 +80,8 @@ def parse_objectives(
 
 
 def _term(name: str, bound: Objective, pair: Any, students: Sequence[str], sources: Sequence[str]) -> Term:
-    taught = bound.needs.teacher
+    # An objective that resolves against the teaching network (an automatic layer map) has a teaching side too.
+    taught = bound.needs.teacher or bound.spec.resolve is not None
     if pair is None:
         student = students[0]
         default = "teacher" if "teacher" in sources else (sources[0] if len(sources) == 1 else None)
@@ -106,5 +106,4 @@ def _term(name: str, bound: Objective, pair: Any, students: Sequence[str], sourc
         known = [*sources, *(s for s in students if s != student)]
         if source not in known:
             raise ConfigError(f"objectives.{name}.pair: {source!r} is neither a teacher nor another student: {known}")
-    connector = bound.params.get("connector") if bound.needs.student_features else None
-    return Term(name, bound, student, source, connector)
+    return Term(name, bound, student, source)

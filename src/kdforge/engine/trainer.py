@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 import kdforge.progress as progress
-from kdforge.data.base import EpochSampler
+from kdforge.data.base import EpochSampler, id_space
 from kdforge.engine.callbacks import Callback, CallbackList, StopRequest, TeacherHooks, stop_on_signals
 from kdforge.engine.distiller import Distiller
 from kdforge.engine.optim import build_optimizer, build_scheduler
@@ -291,7 +291,8 @@ class Trainer:
             generator.manual_seed(self.seed)
         if sampler is not None:
             sampler.epoch = -1
-        distiller.prepare(first)  # recorders and connectors exist before the optimizer sees the parameters
+        # Recorders and connectors exist before the optimizer sees the parameters; memory banks get the data's size.
+        distiller.prepare(first, data_size=id_space(getattr(train_loader, "dataset", None)))
         modules = distiller.trainable()
         optimizer = build_optimizer(distiller.parameters_to_train(), cfg.optimizer)
         prepared = acc.prepare(*modules.values(), optimizer, train_loader)

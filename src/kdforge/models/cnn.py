@@ -34,4 +34,7 @@ def cnn(
         layers.append(nn.MaxPool2d(2))
         cin = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)]
-    return nn.Sequential(*layers)
+    model = nn.Sequential(*layers)
+    # Each width ends at its pooling: the maps an automatic layer map pairs (kdforge.models.stages).
+    model.feature_stages = [str(i) for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
+    return model

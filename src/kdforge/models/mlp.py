@@ -25,4 +25,7 @@ def mlp(
             layers.append(nn.Dropout(dropout))
         width = int(h)
     layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
+    model = nn.Sequential(*layers)
+    # Each hidden width ends at its activation: the features an automatic layer map pairs.
+    model.feature_stages = [str(i) for i, m in enumerate(layers) if isinstance(m, nn.ReLU)]
+    return model

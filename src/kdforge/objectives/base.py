@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from kdforge.errors import ConfigError
 from kdforge.registry import OBJECTIVES, did_you_mean
@@ -19,6 +19,32 @@ CONTEXT_NAMES = ("epoch", "progress", "step")
 # A row function may also declare ``state``: the term's own state across steps (TAID's interpolation), checkpointed.
 ROW_CONTEXT = (*CONTEXT_NAMES, "state")
 LabelRule = bool | Callable[[Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a term's ``build`` sees on the first batch: the tensors it consumes and the sizes of the run."""
+
+    term: str
+    student: StudentOutput
+    teacher: TeacherOutput
+    num_classes: int | None = None
+    data_size: int | None = None  # rows a memory bank needs: the largest sample id of the training data + 1
+
+    def features(self, params: Mapping[str, Any]) -> list[tuple[Tensor, Tensor]]:
+        """(student, teacher) feature pairs of the term's layer map, in order."""
+        from kdforge.objectives.layers import feature_pairs
+
+        return feature_pairs(self.term, params, self.student.features, self.teacher.features)
+
+
+@dataclass(frozen=True)
+class ModelsContext:
+    """The modules behind a term's pair, for parameters that depend on them (None where the side is no network)."""
+
+    term: str
+    student: nn.Module
+    teacher: nn.Module | None
 
 
 @dataclass(frozen=True)
@@ -35,6 +61,10 @@ class ObjectiveSpec:
     needs_rule: Callable[[Mapping[str, Any]], Needs] | None = None
     inputs: str = "logits"
     state: Callable[[Mapping[str, Any]], Any] | None = None  # the term's own state across steps (FreeMatch)
+    # Trainable modules of the term (connectors, embedding heads, memory banks), sized from the first batch.
+    build: Callable[[Mapping[str, Any], BuildContext], nn.Module | None] | None = None
+    # Parameters that depend on the models (automatic layer maps, Q/K/V paths), fixed before any batch is read.
+    resolve: Callable[[Mapping[str, Any], ModelsContext], dict[str, Any]] | None = None
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description: name, summary, parameters with defaults, needs."""
@@ -61,6 +91,8 @@ def register_objective(
     needs: Callable[[Mapping[str, Any]], Needs] | None = None,
     inputs: str = "logits",
     state: Callable[[Mapping[str, Any]], Any] | None = None,
+    build: Callable[[Mapping[str, Any], BuildContext], nn.Module | None] | None = None,
+    resolve: Callable[[Mapping[str, Any], ModelsContext], dict[str, Any]] | None = None,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Register a loss term.
 
@@ -69,6 +101,11 @@ def register_objective(
     connector, hidden states + head, masks); ``needs(params)`` then says what they consume.
     ``state(params)``: the term's state across steps (an object with ``state_dict``/``load_state_dict``, or None for
     these parameters), passed as the keyword ``state`` when the function declares it, and checkpointed with the run.
+    ``build(params, BuildContext)``: the term's trainable module (connectors, embedding heads; buffers such as a
+    memory bank), sized from the first batch, optimized with the students, checkpointed, dropped by ``export()``;
+    the function receives it as ``pair.connector``.
+    ``resolve(params, ModelsContext)``: parameters that depend on the models (an automatic layer map), fixed by the
+    Distiller before the first batch; ``needs(params)`` then sees the resolved ones.
     """
     if inputs not in ("logits", "pair"):
         raise ValueError(f"objective {name!r}: inputs must be 'logits' or 'pair', got {inputs!r}")
@@ -82,7 +119,7 @@ def register_objective(
             raise TypeError(f"objective {name!r}: hyper-parameters need defaults: {missing}")
         context = tuple(k for k in kw if k in (*CONTEXT_NAMES, "state"))
         summary = (inspect.getdoc(fn) or "").splitlines()[0] if fn.__doc__ else ""
-        spec = ObjectiveSpec(name, fn, params, context, teacher, labels, summary, needs, inputs, state)
+        spec = ObjectiveSpec(name, fn, params, context, teacher, labels, summary, needs, inputs, state, build, resolve)
         OBJECTIVES.register(name)(spec)
         return fn
 
@@ -160,10 +197,11 @@ class PairContext:
     teacher: TeacherOutput
     labels: Tensor | None = None
     progress: Progress = field(default_factory=Progress)
-    connector: Callable[[Tensor], Tensor] | None = None  # this term's student → teacher projector, when it has one
+    connector: Any = None  # this term's trainable module (a connector, or what its ``build`` made), when it has one
     tokens: float | None = None  # what token sums are divided by (the global batch's target tokens), when known
     fields: Mapping[str, Tensor] = field(default_factory=dict)  # per-token batch fields (e.g. from_student)
     state: Any = None  # this term's state across steps, when its objective keeps one
+    index: Tensor | None = None  # the batch's sample ids (memory banks index by them), when the data gives them
 
     def context(self, names: tuple[str, ...]) -> dict[str, Any]:
         """The values a function declared (epoch, progress, step, state), when known."""
@@ -187,6 +225,8 @@ def _choices(fn: Callable[..., Any], key: str) -> tuple[str, ...]:
 
 def _coerce(objective: str, key: str, value: Any, default: Any, choices: tuple[str, ...] = ()) -> Any:
     """Check a hyper-parameter against the type of its default, so a bad value fails before training."""
+    if default is None:
+        return value  # structured values (a layer map) are checked by the objective's own needs/resolve rules
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"objective {objective!r}: parameter {key}={value!r} must be true or false")

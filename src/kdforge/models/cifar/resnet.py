@@ -35,6 +35,8 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """Stem conv-BN-ReLU, stages ``layer1..3`` (strides 1, 2, 2) of (depth-2)/6 blocks, pool, ``fc``."""
 
+    feature_stages = ("layer1", "layer2", "layer3")  # what an automatic layer map pairs
+
     def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
