@@ -498,7 +498,8 @@ class Distiller(nn.Module):
         mask = teaching.mask if teaching.mask is not None else student.mask
         shaped = student.logits if student.logits is not None else student.hidden
         if mask is None or shaped is None or shaped.dim() != 3 or tuple(mask.shape) != tuple(shaped.shape[:2]):
-            return PairContext(student, teaching, labels, when, index=batch.get("index"))
+            attention = batch.get("attention_mask")
+            return PairContext(student, teaching, labels, when, index=batch.get("index"), attention_mask=attention)
         lm = self.adapter(term.student).causal_lm
         if lm and labels is not None and tuple(labels.shape) == tuple(mask.shape):
             # A causal LM learns at the positions that have a next-token target: not the last token, not padding,

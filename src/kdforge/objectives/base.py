@@ -202,6 +202,7 @@ class PairContext:
     fields: Mapping[str, Tensor] = field(default_factory=dict)  # per-token batch fields (e.g. from_student)
     state: Any = None  # this term's state across steps, when its objective keeps one
     index: Tensor | None = None  # the batch's sample ids (memory banks index by them), when the data gives them
+    attention_mask: Tensor | None = None  # (B, S) of a token batch: relation losses over tokens skip padding
 
     def context(self, names: tuple[str, ...]) -> dict[str, Any]:
         """The values a function declared (epoch, progress, step, state), when known."""
