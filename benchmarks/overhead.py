@@ -6,6 +6,11 @@ the teacher's no-grad forward, an online-KD step (live teacher), a KD step readi
 and a KD step reading a teacher-signal store built on disk by the store writer.
 Claim checked: KD step <= 1.15 x (CE step + teacher forward). Writes benchmarks/results/overhead.json.
 Usage: python benchmarks/overhead.py [--steps 60] [--batch 128]
+
+``--recording``: a KD step (CNN teacher → CNN student) with 4 layers recorded on each side against the same step
+without recording. The recorded tensors feed a registered objective whose arithmetic is a mean per tensor times 0,
+so the figure is the cost of capture (hooks, copies, moving features with the teacher's signal), not of a feature
+loss. Claim checked: <= 1.10x.
 """
 
 from __future__ import annotations
@@ -16,19 +21,24 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from kdforge.data import load_dataset
 from kdforge.data.base import subset
 from kdforge.engine.distiller import Distiller
 from kdforge.models import build_model
+from kdforge.models.stages import embedding_path, feature_stages
+from kdforge.objectives.base import PairContext, register_objective
+from kdforge.objectives.layers import feature_pairs, layer_needs
 from kdforge.signals import Needs
 from kdforge.store import build_store, finalize_store, plan_store
 from kdforge.teachers import Cached, Live, Precomputed
 
-from common import save
+from common import load_previous, save
 
 # The demo's MLP (a step of ~2 ms, where the loss arithmetic itself is visible) and a small CNN student.
 STUDENTS = {
@@ -72,6 +82,64 @@ def raw_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict, t_
     return run
 
 
+@register_objective("capture_only", teacher=False, needs=layer_needs("capture_only"), inputs="pair")
+def capture_only(pair: PairContext, *, layers: Any = None) -> Tensor:
+    """Touches every recorded tensor (so it is needed and kept) with negligible arithmetic."""
+    pairs = feature_pairs("capture_only", {"layers": layers}, pair.student.features, pair.teacher.features)
+    return sum(s.mean() * 0 + t.mean() * 0 for s, t in pairs)
+
+
+def kept() -> dict[str, Any]:
+    """What an earlier invocation wrote (the other students, the recording figure), to be kept."""
+    return {k: v for k, v in (load_previous("overhead") or {}).items() if k != "machine"}
+
+
+def recording(steps: int, warmup: int, batch_size: int) -> dict[str, Any]:
+    """Median KD step with and without 4 recorded layers per side, interleaved in a shuffled order."""
+    torch.manual_seed(0)
+    bundle = load_dataset("fashion_mnist", seed=0)
+    n = (steps + warmup) * batch_size
+    data = subset(bundle.train, list(range(n)))
+    batches = [data.__getitems__(list(range(i, i + batch_size))) for i in range(0, n, batch_size)]
+    shape = bundle.input_shape
+    teacher_net = build_model("cnn", 10, shape)
+    student_net = build_model("cnn", 10, shape, widths=(16, 32, 64))
+    paths = [*feature_stages(student_net), embedding_path(student_net)]
+    t_paths = [*feature_stages(teacher_net), embedding_path(teacher_net)]
+    layers = [f"{s} -> {t}" for s, t in zip(paths, t_paths, strict=True)]
+    kd = {"ce": 0.5, "kd": {"weight": 0.5, "T": 4}}
+    runs, opts = {}, {}
+    for name, objectives in (("plain", kd), ("recorded", {**kd, "capture_only": {"layers": layers}})):
+        student = build_model("cnn", 10, shape, widths=(16, 32, 64))
+        student.load_state_dict(student_net.state_dict())
+        runs[name] = Distiller(student, Live(teacher_net), objectives)
+        runs[name].prepare(batches[0])
+        runs[name].train()
+        opts[name] = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for i, batch in enumerate(batches):
+        order = list(runs)
+        random.Random(i).shuffle(order)
+        sample = {k: timed(step(runs[k], opts[k], batch)) for k in order}
+        if i >= warmup:
+            for k, v in sample.items():
+                times[k].append(v)
+    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    ratio = med["recorded"] / med["plain"]
+    return {
+        "batch": batch_size,
+        "steps": steps,
+        "student": "cnn widths (16, 32, 64)",
+        "teacher": "cnn (default)",
+        "recorded_layers_per_side": len(layers),
+        "layers": layers,
+        "median_ms": med,
+        "recorded_over_plain": ratio,
+        "limit": 1.10,
+        "within_limit": ratio <= 1.10,
+    }
+
+
 def main() -> None:
     """Measure and write the JSON."""
     ap = argparse.ArgumentParser()
@@ -79,7 +147,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--student", choices=sorted(STUDENTS), default="mlp256")
+    ap.add_argument("--recording", action="store_true", help="the cost of recording 4 layers per side")
     args = ap.parse_args()
+    if args.recording:
+        result = recording(args.steps, args.warmup, args.batch)
+        path = save("overhead", {**kept(), "recording": result}, None)
+        print(result["median_ms"], f"ratio {result['recorded_over_plain']:.3f}", f"written {path}")
+        return
     torch.manual_seed(0)
     bundle = load_dataset("fashion_mnist", seed=0)
     n = (args.steps + args.warmup) * args.batch
@@ -153,7 +227,7 @@ def main() -> None:
         "plain_pytorch_kd_over_ce": med["raw_kd_step"] / med["raw_ce_step"],
     }
     tmp.cleanup()
-    path = save("overhead", {"students": {args.student: result}})
+    path = save("overhead", {**kept(), "students": {args.student: result}})
     print({k: round(v, 3) for k, v in med.items()}, f"ratio {ratio:.3f}", f"store/ce {result['cached_step_ratio']:.3f}")
     print(f"written {path}")
 

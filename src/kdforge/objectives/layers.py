@@ -141,3 +141,16 @@ def connect_each(params: Mapping[str, Any], ctx: Any) -> nn.Module:
         except ShapeMismatchError as err:
             raise ShapeMismatchError(f"objectives.{ctx.term}: {s_name!r} -> {t_name!r}: {err}") from None
     return nn.ModuleList(modules)
+
+
+def check_student_paths(terms: Mapping[str, Any], student: nn.Module) -> None:
+    """Fail before a teacher is trained or data is batched when a written-out map names no module of the student."""
+    from kdforge.capture import Recorder
+
+    for name, term in terms.items():
+        paths = term.objective.needs.student_features
+        if paths:
+            try:
+                Recorder(student, paths).remove()
+            except ConfigError as err:
+                raise ConfigError(f"objectives.{name}: {err}") from None

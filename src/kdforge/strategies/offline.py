@@ -17,6 +17,7 @@ from kdforge.evaluate import model_profile
 from kdforge.files import atomic_replace_dir
 from kdforge.lm.setup import align_vocabularies
 from kdforge.models.hf import is_hf_student, save_hf_folder, tokenizer_folder, tokenizer_name
+from kdforge.objectives.layers import check_student_paths
 from kdforge.recipe import Recipe
 from kdforge.strategies.base import strategy
 from kdforge.strategies.common import SUMMARY, RunOutcome, start, train_summary
@@ -49,6 +50,9 @@ def distil(
     bundle = load_data(recipe)
     run_dir.write_json("labels.json", {"labels": bundle.class_names})
     terms, _ = parse_objectives(recipe.objectives)
+    if any(t.objective.needs.student_features for t in terms.values()):
+        # A misspelt student layer is reported now, not after the teacher has been trained.
+        check_student_paths(terms, build(recipe.student, bundle, "student"))
     needed = any(t.objective.needs.teacher for t in terms.values())
     teacher, teacher_info = provide_teacher(recipe, bundle, signals_needed=needed)
     set_seed(recipe.seed)  # the student's initial weights depend on the seed alone, not on what ran before
