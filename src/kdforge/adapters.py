@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from kdforge.batch import extract_logits
 from kdforge.capture import Recorder
 from kdforge.errors import ConfigError
+from kdforge.models.hf.attention import restore, use_eager
 from kdforge.registry import ADAPTERS
 from kdforge.signals import Needs, StudentOutput
 
@@ -48,6 +49,9 @@ class ModelAdapter:
         self.model = model
         self.runner: nn.Module = model  # the module actually called (a DDP wrapper while training)
         self._recorder: Recorder | None = None
+        # Attention implementations replaced while attention weights are recorded (HF models, also inside kdforge's
+        # wrappers such as tiny_bert): SDPA and flash attention never form the weights.
+        self._eager: list[tuple[nn.Module, str]] = []
 
     @property
     def causal_lm(self) -> bool:
@@ -65,12 +69,15 @@ class ModelAdapter:
             return
         self.release()
         self._recorder = Recorder(self.model, paths) if paths else None
+        self._eager = use_eager(self.model, paths)
 
     def release(self) -> None:
-        """Remove the hooks; the model is left exactly as it was."""
+        """Remove the hooks and restore the attention implementation; the model is left exactly as it was."""
         if self._recorder is not None:
             self._recorder.remove()
             self._recorder = None
+        restore(self._eager)
+        self._eager = []
 
     def call(self, batch: dict[str, Any], needs: Needs) -> Any:
         """The raw model output for ``batch`` (subclasses choose the calling convention)."""

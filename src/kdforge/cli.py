@@ -224,6 +224,58 @@ def plan_memory(
 
 
 @app.command()
+def diagnose(
+    recipe: Annotated[
+        str | None, typer.Argument(help="recipe file or built-in name (with --run: default the run's own recipe)")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("-o", "--override", help="key.path=value override (repeatable)")
+    ] = None,
+    student_layers: Annotated[
+        str | None, typer.Option("--student-layers", help="comma-separated module paths (default: stages + head)")
+    ] = None,
+    teacher_layers: Annotated[
+        str | None, typer.Option("--teacher-layers", help="comma-separated module paths (default: stages + head)")
+    ] = None,
+    batches: Annotated[int, typer.Option("--batches", help="training batches to record")] = 8,
+    out_dir: Annotated[str | None, typer.Option("--out", help="output folder (default OUTPUT_DIR/diagnose/…)")] = None,
+    run_dir: Annotated[str | None, typer.Option("--run", help="a run folder: diagnose its trained student")] = None,
+) -> None:
+    """Teacher × student linear CKA over training batches: which layers represent alike (cka.json, cka.png)."""
+    from kdforge import recipes as builtin
+    from kdforge.diagnose import cka_tables
+    from kdforge.diagnose import diagnose as run_diagnose
+    from kdforge.errors import ConfigError
+    from kdforge.recipe import load_yaml
+    from kdforge.runner import resolve
+
+    if recipe is None and run_dir is None:
+        raise ConfigError("diagnose: give a RECIPE, or --run RUN_DIR to use that run's recipe")
+    if recipe is not None:
+        tree = load_yaml(builtin.find(recipe))
+    else:
+        assert run_dir is not None
+        if not (Path(run_dir) / "recipe.yaml").is_file():
+            raise ConfigError(f"--run {run_dir!r} is not a run folder (no recipe.yaml)")
+        tree = load_yaml(Path(run_dir) / "recipe.yaml")
+
+    def paths(value: str | None) -> list[str] | None:
+        return [p.strip() for p in value.split(",") if p.strip()] if value else None
+
+    record = run_diagnose(
+        resolve(tree, list(overrides or [])),
+        student_layers=paths(student_layers),
+        teacher_layers=paths(teacher_layers),
+        batches=batches,
+        out=out_dir,
+        run_dir=run_dir,
+    )
+    for table in cka_tables(record):
+        out.print(table)
+    out.print(f"written: {Path(record['out']) / 'cka.json'} and cka.png ({record['method']})", soft_wrap=True)
+
+
+@app.command()
 def refine(
     corpus: Annotated[str, typer.Argument(help="a CSV/JSONL/Parquet file of documents")],
     teacher: Annotated[str, typer.Option(help="the teacher: a local transformers causal-LM folder")],

@@ -228,6 +228,14 @@ class Distiller(nn.Module):
         out.update({f"connector.{k}": m for k, m in self.connectors.items() if any(True for _ in m.parameters())})
         return out
 
+    def stateful(self) -> dict[str, nn.Module]:
+        """What a checkpoint holds: ``trainable()`` plus connectors that keep only buffers (ND's class means)."""
+        out = self.trainable()
+        for k, m in self.connectors.items():
+            if f"connector.{k}" not in out and any(True for _ in m.buffers()):
+                out[f"connector.{k}"] = m
+        return out
+
     @torch.no_grad()
     def parameters_to_train(self) -> list[nn.Parameter]:
         """Parameters the optimizer updates: every student's and every connector's."""
@@ -271,9 +279,10 @@ class Distiller(nn.Module):
         missing = [t for t in self.terms.values() if t.objective.spec.build and t.name not in self.connectors]
         if missing:
             self._build_connectors(batch, missing)
-            if not explicit:
+            built = [t.name for t in missing if t.name in self.connectors]
+            if not explicit and any(p.requires_grad for n in built for p in self.connectors[n].parameters()):
                 warnings.warn(
-                    f"connectors {[t.name for t in missing]} were built on the first batch; an optimizer created "
+                    f"connectors {built} were built on the first batch; an optimizer created "
                     "before it does not update them: call distiller.prepare(first_batch) before creating it "
                     "(the Trainer does)",
                     stacklevel=3,
@@ -516,9 +525,9 @@ class Distiller(nn.Module):
             if batch.get(key) is not None:
                 value = torch.as_tensor(batch[key]).to(mask.device)
                 fields[key] = value[:, None].expand(mask.shape)[mask] if value.dim() == 1 else value[mask]
-        return PairContext(
-            student, teaching, None if labels is None else labels[mask], when, tokens=tokens, fields=fields
-        )
+        selected = None if labels is None else labels[mask]
+        attention = batch.get("attention_mask")
+        return PairContext(student, teaching, selected, when, tokens=tokens, fields=fields, attention_mask=attention)
 
     def _row_values(self, group: list[Term], ctx: PairContext) -> tuple[dict[str, Tensor], int]:
         """Terms with a per-token form over one pair: summed a chunk at a time, divided by the target tokens."""

@@ -352,7 +352,7 @@ class Trainer:
         result.wall_s = time.perf_counter() - started
         if select.mode == "best" and self.run_dir is not None and (self.run_dir.checkpoints / "best").exists():
             _, tensors = load_training_state(self.run_dir.checkpoints / "best")
-            restore_modules(modules, tensors["modules.safetensors"])
+            restore_modules({**distiller.stateful(), **modules}, tensors["modules.safetensors"])
         self.callbacks.on_fit_end(self, result)
         return result
 
@@ -508,7 +508,7 @@ class Trainer:
             st.best = record
         if improved and self.run_dir is not None and self.run_dir.main:
             # Kept whatever train.select says: `kdforge eval --checkpoint best` can always look at it.
-            save_training_state(self.run_dir.checkpoints / "best", self.distiller.trainable(), self._json_state(True))
+            save_training_state(self.run_dir.checkpoints / "best", self.distiller.stateful(), self._json_state(True))
         self.callbacks.on_evaluate(self, record)
 
     def _json_state(self, finished: bool) -> dict[str, Any]:
@@ -536,7 +536,7 @@ class Trainer:
         teachers = {k: t.state_dict() for k, t in self.distiller.teachers.items()}
         save_training_state(
             self.run_dir.checkpoints / "last",
-            self.distiller.trainable(),
+            self.distiller.stateful(),
             state,
             optimizer,
             teachers={k: v for k, v in teachers.items() if v},
@@ -554,7 +554,8 @@ class Trainer:
         # A finished state is restored too: training is over, and the run goes on to write what it had not yet
         # (its summary); a run whose summary exists is refused before it gets here, so nothing is overwritten.
         state, tensors = load_training_state(last)
-        restore_modules(modules, tensors["modules.safetensors"])
+        # Buffer-only connectors (ND's class means) are not handed to the optimizer but are part of the state.
+        restore_modules({**self.distiller.stateful(), **modules}, tensors["modules.safetensors"])
         if "optimizer.safetensors" in tensors:
             optimizer.load_state_dict(optimizer_state(tensors["optimizer.safetensors"], state["optimizer"]))
         scheduler.load_state_dict(state["scheduler"])
