@@ -21,6 +21,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from kdforge.export import export_run
+
 from conftest import run_cli
 
 DIGITS = {"name": "digits", "params": {"val_fraction": 0.1}, "batch_size": 64}
@@ -83,7 +85,7 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "shape": (
         {"student": MLP_STUDENT, "objectives": {"hint": {"layers": "last", "connector": "conv1x1"}}},
-        "objectives.hint: '1' -> ",
+        "objectives.hint: '2' -> '13': connector 'conv1x1' needs (B, C, H, W) maps on both sides",
     ),
 }
 
@@ -151,8 +153,9 @@ def test_feature_objectives_train_and_their_modules_stay_out_of_the_export(
     trained = {k.split("/")[0] for k in modules}
     built = {t for t in RUNS[name]["objectives"] if t in ("hint", "crd", "vid", "reviewkd", "ofa", "nd")}
     assert {f"connector.{t}" for t in built} <= trained, sorted(trained)
-    exported = load_file(str(run_dir / "student.safetensors"))
-    assert not any(k.startswith(("connector", "teacher")) for k in exported), sorted(exported)[:5]
+    (record,) = export_run(run_dir, "safetensors")  # the student alone, checked against PyTorch on test inputs
+    exported = load_file(record["artifact"])
+    assert exported and not any(k.startswith(("connector", "teacher")) for k in exported), sorted(exported)[:5]
 
 
 @pytest.mark.parametrize("name", list(REFUSED))
