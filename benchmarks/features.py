@@ -88,15 +88,13 @@ def cell(student: str, method: str) -> dict[str, Any] | None:
 
 def main(parts: list[str]) -> None:
     """Run the asked cells and merge them into the results file."""
-    previous = load_previous(NAME) or {}
-    tables: dict[str, Any] = previous.get("tables", {})
     for part in parts:
         student, _, only = part.partition(":")
-        methods = [only] if only else list(METHODS)
-        table = tables.setdefault(student, {})
-        for method in methods:
+        for method in [only] if only else list(METHODS):
             result = cell(student, method)
-            table[method] = result if result is not None else {"not_applicable": True}
+            # Read again before writing: another invocation may have added cells meanwhile.
+            tables: dict[str, Any] = (load_previous(NAME) or {}).get("tables", {})
+            tables.setdefault(student, {})[method] = result if result is not None else {"not_applicable": True}
             save(NAME, {"setting": __doc__.strip().splitlines()[0], "epochs": EPOCHS, "tables": tables}, None)
 
 
