@@ -471,3 +471,26 @@ def test_distiller_trains_crd_vid_and_reviewkd_with_a_bank_sized_by_the_data() -
     assert (
         "connector.crd" in distiller.trainable() and "memory_t" in distiller.trainable()["connector.crd"].state_dict()
     )
+
+
+def test_crd_bank_has_one_row_per_training_sample_when_the_ids_are_known() -> None:
+    torch.manual_seed(0)
+    student = {"s": torch.randn(4, 6)}
+    teacher = {"t": torch.randn(4, 5)}
+    ids = torch.tensor([3, 7, 8, 12, 20])  # sparse training ids: a validation split took the others
+    bound = objective("crd", layers=["s -> t"], nce_k=2)
+    s_out = StudentOutput(None, student)
+    t_out = TeacherOutput(features=FeatureSignal(teacher))
+    module = bound.spec.build(bound.params, BuildContext("crd", s_out, t_out, None, 21, ids))
+    assert module.data_size == 5 and module.nce_k == 2
+    assert module.rows("crd", torch.tensor([3, 20, 8])).tolist() == [0, 4, 2]
+    with pytest.raises(ConfigError, match="sample id 4 is not a training sample"):
+        module.rows("crd", torch.tensor([4]))
+    state = module.state_dict()
+    assert torch.equal(state["row_of_id"][ids], torch.arange(5))  # the lookup is checkpointed with the banks
+    before = module.memory_s.clone()
+    pair = PairContext(s_out, t_out, index=torch.tensor([3, 7, 12, 20]), connector=module)
+    module.train()
+    assert torch.isfinite(bound.compute(pair))
+    changed = (module.memory_s != before).any(dim=1)
+    assert changed.tolist() == [True, True, False, True, True]  # id 8 (row 2) was not in the batch

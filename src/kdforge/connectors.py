@@ -93,17 +93,28 @@ def linear(student: Tensor, teacher: Tensor) -> nn.Module:
     return nn.Sequential(*pre, core) if pre else core
 
 
-@CONNECTORS.register("conv1x1")
-def conv1x1(student: Tensor, teacher: Tensor) -> nn.Module:
-    """1×1 convolution + batch norm over (B, C, H, W) feature maps (FitNet's regressor), resized to the teacher's."""
+def _conv_bn(kind: str, student: Tensor, teacher: Tensor) -> list[nn.Module]:
     if student.dim() != 4 or teacher.dim() != 4:
         raise ShapeMismatchError(
-            f"connector 'conv1x1' needs (B, C, H, W) maps on both sides, got student {tuple(student.shape)} and "
+            f"connector {kind!r} needs (B, C, H, W) maps on both sides, got student {tuple(student.shape)} and "
             f"teacher {tuple(teacher.shape)}"
         )
-    pre = _channel_map("conv1x1", student, teacher)
+    pre = _channel_map(kind, student, teacher)
     c_s, c_t = _width(student), _width(teacher)
-    return nn.Sequential(*pre, nn.Conv2d(c_s, c_t, kernel_size=1, bias=False), nn.BatchNorm2d(c_t))
+    return [*pre, nn.Conv2d(c_s, c_t, kernel_size=1, bias=False), nn.BatchNorm2d(c_t)]
+
+
+@CONNECTORS.register("conv1x1")
+def conv1x1(student: Tensor, teacher: Tensor) -> nn.Module:
+    """1×1 convolution + batch norm over (B, C, H, W) maps, resized to the teacher's (FitNet's regressor, no ReLU)."""
+    return nn.Sequential(*_conv_bn("conv1x1", student, teacher))
+
+
+@CONNECTORS.register("conv1x1_relu")
+def conv1x1_relu(student: Tensor, teacher: Tensor) -> nn.Module:
+    """``conv1x1`` + ReLU: the regressor of mdistiller / RepDistiller / torchdistill FitNet, for a post-ReLU hint."""
+    # FitNets (eq. 3) ends the regressor in the hint layer's own non-linearity: predictions below 0 are not penalised.
+    return nn.Sequential(*_conv_bn("conv1x1_relu", student, teacher), nn.ReLU())
 
 
 class ChannelsLast(nn.Module):

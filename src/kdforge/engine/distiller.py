@@ -152,6 +152,7 @@ class Distiller(nn.Module):
         self._num_outputs: dict[str, int] = {}
         self._step = 0
         self.data_size: int | None = None
+        self.sample_ids: Tensor | None = None
 
     def _network(self, name: str | None) -> nn.Module | None:
         """The module behind a student, a view of one, or a teacher (None for teachers that are no network)."""
@@ -259,15 +260,20 @@ class Distiller(nn.Module):
 
     # -- set-up -----------------------------------------------------------------------------------------------------
 
-    def prepare(self, batch: Any, explicit: bool = True, data_size: int | None = None) -> None:
+    def prepare(
+        self, batch: Any, explicit: bool = True, data_size: int | None = None, sample_ids: Tensor | None = None
+    ) -> None:
         """Attach recorders (a wrong path fails here) and build connectors from this batch's shapes.
 
-        ``data_size``: rows a term's memory bank needs (the training data's largest sample id + 1), when known.
+        ``data_size``: the training data's largest sample id + 1; ``sample_ids``: its ids (a memory bank keeps one
+        row per training sample), when known.
         """
         if self._prepared:
             return
         if data_size is not None:
             self.data_size = data_size
+        if sample_ids is not None:
+            self.sample_ids = torch.as_tensor(sample_ids).view(-1).long()
         batch = as_batch(batch)
         for name, adapter in self.adapters.items():
             # A view runs its student's weights: the student records what either asks for.
@@ -303,7 +309,7 @@ class Distiller(nn.Module):
                 teaching = _to(self._teaching_side(term.source, batch, outs), device)
                 out = outs[term.student]
                 classes = int(out.logits.shape[-1]) if out.logits is not None else None
-                ctx = BuildContext(term.name, out, teaching, classes, self.data_size)
+                ctx = BuildContext(term.name, out, teaching, classes, self.data_size, self.sample_ids)
                 module = term.objective.spec.build(term.objective.params, ctx)
                 if module is not None:
                     self.connectors[term.name] = module.to(device)

@@ -292,7 +292,9 @@ class Trainer:
         if sampler is not None:
             sampler.epoch = -1
         # Recorders and connectors exist before the optimizer sees the parameters; memory banks get the data's size.
-        distiller.prepare(first, data_size=id_space(getattr(train_loader, "dataset", None)))
+        dataset = getattr(train_loader, "dataset", None)
+        ids = getattr(dataset, "indices", None)
+        distiller.prepare(first, data_size=id_space(dataset), sample_ids=ids if torch.is_tensor(ids) else None)
         modules = distiller.trainable()
         optimizer = build_optimizer(distiller.parameters_to_train(), cfg.optimizer)
         prepared = acc.prepare(*modules.values(), optimizer, train_loader)

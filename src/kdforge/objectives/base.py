@@ -30,6 +30,7 @@ class BuildContext:
     teacher: TeacherOutput
     num_classes: int | None = None
     data_size: int | None = None  # rows a memory bank needs: the largest sample id of the training data + 1
+    sample_ids: Tensor | None = None  # the training data's sample ids, when known: a bank keeps a row for each
 
     def features(self, params: Mapping[str, Any]) -> list[tuple[Tensor, Tensor]]:
         """(student, teacher) feature pairs of the term's layer map, in order."""

@@ -28,8 +28,7 @@ from torch import Tensor, nn
 
 from kdforge.errors import ConfigError, ShapeMismatchError
 from kdforge.objectives.base import BuildContext, PairContext, register_objective
-from kdforge.objectives.layers import feature_pairs, layer_pairs
-from kdforge.objectives.vid import default_layer_rules, with_default_layers
+from kdforge.objectives.layers import default_layer_rules, feature_pairs, layer_pairs, with_default_layers
 
 _BANKS = ("memory_s", "memory_t", "z")
 
@@ -37,7 +36,9 @@ _BANKS = ("memory_s", "memory_t", "z")
 class CRDModule(nn.Module):
     """The two embedding heads, the two memory banks and the frozen normalisation constants Z of one CRD term."""
 
-    def __init__(self, s_dim: int, t_dim: int, feat_dim: int, data_size: int, nce_k: int):
+    def __init__(
+        self, s_dim: int, t_dim: int, feat_dim: int, data_size: int, nce_k: int, sample_ids: Tensor | None = None
+    ):
         super().__init__()
         self.embed_s = nn.Linear(s_dim, feat_dim)
         self.embed_t = nn.Linear(t_dim, feat_dim)
@@ -48,11 +49,32 @@ class CRDModule(nn.Module):
         # Z for the student anchor and for the teacher anchor; negative until the first batch sets them.
         self.register_buffer("z", torch.full((2,), -1.0))
         self.nce_k = nce_k
+        # Sample id → bank row. With the training ids known the bank has exactly one row per training sample, so no
+        # row of a validation id (never updated) is drawn as a negative; otherwise the id is the row.
+        if sample_ids is not None:
+            lookup = torch.full((int(sample_ids.max()) + 1,), -1, dtype=torch.long)
+            lookup[sample_ids] = torch.arange(sample_ids.numel())
+            self.register_buffer("row_of_id", lookup)
+        else:
+            self.row_of_id = None
 
     @property
     def data_size(self) -> int:
         """Rows of each memory bank."""
         return int(self.memory_s.shape[0])
+
+    def rows(self, term: str, index: Tensor) -> Tensor:
+        """The bank rows of these sample ids (refusing ids that are not training samples)."""
+        if self.row_of_id is None:
+            return index
+        known = index < self.row_of_id.numel()
+        rows = torch.where(known, self.row_of_id[index.clamp(max=self.row_of_id.numel() - 1)], -1)
+        if bool((rows < 0).any()):
+            bad = int(index[rows < 0][0])
+            raise ConfigError(
+                f"objectives.{term}: sample id {bad} is not a training sample; CRD's bank has no row for it"
+            )
+        return rows
 
     def _apply(self, fn: Any, recurse: bool = True) -> CRDModule:
         # ``.half()`` / ``.to(bfloat16)`` on the run's modules must not round the banks: their momentum updates would
@@ -162,7 +184,8 @@ def build_crd(params: Mapping[str, Any], ctx: BuildContext) -> nn.Module:
     """The embedding heads and the two memory banks of ``ctx.data_size`` rows."""
     params = _crd_params(params)
     _one_pair(ctx.term, params)
-    n, k, dim = ctx.data_size, int(params["nce_k"]), int(params["feat_dim"])
+    ids = None if ctx.sample_ids is None else torch.unique(ctx.sample_ids)
+    n, k, dim = (ctx.data_size if ids is None else int(ids.numel())), int(params["nce_k"]), int(params["feat_dim"])
     if n is None:
         raise ConfigError(
             f"objectives.{ctx.term}: the memory bank needs the training set's size; pass it to "
@@ -178,13 +201,13 @@ def build_crd(params: Mapping[str, Any], ctx: BuildContext) -> nn.Module:
         )
     if k > n - 1:
         warnings.warn(
-            f"objectives.{ctx.term}: nce_k={k} negatives but the memory bank has {n} rows (the training set's "
-            f"largest sample id + 1); using nce_k={n - 1}",
+            f"objectives.{ctx.term}: nce_k={k} negatives but the memory bank has {n} rows (one per training "
+            f"sample); using nce_k={n - 1}",
             stacklevel=2,
         )
         k = n - 1
     ((s, t),) = ctx.features(params)
-    return CRDModule(int(s[0].numel()), int(t[0].numel()), dim, n, k)
+    return CRDModule(int(s[0].numel()), int(t[0].numel()), dim, n, k, ids)
 
 
 def _checked_index(term: str, index: Tensor | None, batch: int, data_size: int) -> Tensor:
@@ -233,8 +256,10 @@ def crd(
                 f"objectives.crd: {side} {name!r} {tuple(f.shape)} gives {f[0].numel()} features per sample; the "
                 f"embedding head was built for {head.in_features}"
             )
-    index = _checked_index("crd", pair.index, f_s.shape[0], module.data_size).to(f_s.device)
-    negatives = draw_negatives(index, module.data_size, module.nce_k, seed, pair.progress.step or 0)
+    space = module.data_size if module.row_of_id is None else int(module.row_of_id.numel())
+    index = _checked_index("crd", pair.index, f_s.shape[0], space).to(f_s.device)
+    rows = module.rows("crd", index)
+    negatives = draw_negatives(rows, module.data_size, module.nce_k, seed, pair.progress.step or 0)
     return crd_contrast(
-        module, f_s, f_t.detach(), index, negatives, nce_t=nce_t, momentum=momentum, eps=eps, update=module.training
+        module, f_s, f_t.detach(), rows, negatives, nce_t=nce_t, momentum=momentum, eps=eps, update=module.training
     )

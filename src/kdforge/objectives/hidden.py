@@ -19,30 +19,23 @@ from torch import Tensor, nn
 
 from kdforge.connectors import build_connector
 from kdforge.errors import ShapeMismatchError
-from kdforge.objectives.base import BuildContext, ModelsContext, PairContext, register_objective
+from kdforge.objectives.base import BuildContext, PairContext, register_objective
 from kdforge.objectives.features import connected
-from kdforge.objectives.layers import layer_needs, layer_pairs, resolve_layers
+from kdforge.objectives.layers import default_layer_rules, layer_pairs, with_default_layers
 from kdforge.objectives.minilm import token_mask
-from kdforge.signals import Needs
 
 DEFAULT_LAYERS = "uniform"
 
 
 def _with_default(params: Mapping[str, Any]) -> dict[str, Any]:
-    return {**params, "layers": DEFAULT_LAYERS} if params.get("layers") in (None, "", []) else dict(params)
+    return with_default_layers(params, DEFAULT_LAYERS)
 
 
 def _needs(term: str) -> Any:
-    rule = layer_needs(term)
-
-    def needs(params: Mapping[str, Any]) -> Needs:
-        return rule(_with_default(params))
-
-    return needs
+    return default_layer_rules(term, DEFAULT_LAYERS)[0]
 
 
-def _resolve(params: Mapping[str, Any], models: ModelsContext) -> dict[str, Any]:
-    return resolve_layers(_with_default(params), models)
+_resolve = default_layer_rules("hidden_mse", DEFAULT_LAYERS)[1]
 
 
 def _build(params: Mapping[str, Any], ctx: BuildContext) -> nn.Module:

@@ -72,6 +72,27 @@ def layer_needs(term: str) -> Any:
     return needs
 
 
+def with_default_layers(params: Mapping[str, Any], default: str) -> dict[str, Any]:
+    """``params`` with ``layers`` set to the objective's default map when the recipe names none."""
+    out = dict(params)
+    if out.get("layers") in (None, "", []):
+        out["layers"] = default
+    return out
+
+
+def default_layer_rules(term: str, default: str) -> tuple[Any, Any]:
+    """A ``needs`` and a ``resolve`` rule for a layer map that falls back to ``default`` (e.g. ``embedding``)."""
+    needs = layer_needs(term)
+
+    def needs_rule(params: Mapping[str, Any]) -> Needs:
+        return needs(with_default_layers(params, default))
+
+    def resolve_rule(params: Mapping[str, Any], models: Any) -> dict[str, Any]:
+        return resolve_layers(with_default_layers(params, default), models)
+
+    return needs_rule, resolve_rule
+
+
 def automatic_pairs(name: str, student: Sequence[str], teacher: Sequence[str]) -> list[tuple[str, str]]:
     """The pairs a named map gives for these stage lists (shallow to deep)."""
     n_s, n_t = len(student), len(teacher)

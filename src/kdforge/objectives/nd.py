@@ -28,9 +28,8 @@ from torch import Tensor, nn
 
 from kdforge.connectors import build_connector
 from kdforge.errors import ConfigError, ShapeMismatchError
-from kdforge.objectives.base import BuildContext, ModelsContext, PairContext, register_objective
-from kdforge.objectives.layers import feature_pairs, layer_needs, layer_pairs, resolve_layers
-from kdforge.signals import Needs
+from kdforge.objectives.base import BuildContext, PairContext, register_objective
+from kdforge.objectives.layers import default_layer_rules, feature_pairs, layer_pairs
 
 DEFAULT_LAYERS = "embedding"
 RUNNING = "running"
@@ -101,17 +100,7 @@ def load_centers(path: str, num_classes: int, width: int) -> Tensor:
     return centers
 
 
-def _with_default_layers(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The params with ``layers`` set to ``embedding`` where the recipe left it out."""
-    return {**params, "layers": params.get("layers") or DEFAULT_LAYERS}
-
-
-def _needs(params: Mapping[str, Any]) -> Needs:
-    return layer_needs("nd")(_with_default_layers(params))
-
-
-def _resolve(params: Mapping[str, Any], models: ModelsContext) -> dict[str, Any]:
-    return resolve_layers(_with_default_layers(params), models)
+_needs, _resolve = default_layer_rules("nd", DEFAULT_LAYERS)
 
 
 def _embedding_pair(term: str, params: Mapping[str, Any], student: Any, teacher: Any) -> tuple[Tensor, Tensor, str]:

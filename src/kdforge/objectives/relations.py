@@ -13,7 +13,7 @@ Several layer pairs average their losses.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -21,9 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdforge.errors import ConfigError, ShapeMismatchError
-from kdforge.objectives.base import BuildContext, ModelsContext, PairContext, register_objective
-from kdforge.objectives.layers import feature_pairs, is_automatic, layer_needs, layer_pairs, resolve_layers
-from kdforge.signals import Needs
+from kdforge.objectives.base import BuildContext, PairContext, register_objective
+from kdforge.objectives.layers import (
+    default_layer_rules,
+    feature_pairs,
+    is_automatic,
+    layer_pairs,
+    with_default_layers,
+)
 
 DEFAULT_LAYERS = "embedding"
 
@@ -110,18 +115,11 @@ def cc_loss(student: Tensor, teacher: Tensor, kernel: str = "gaussian", gamma: f
 # -- the layer map: the embedding unless written out -----------------------------------------------------------------
 
 
-def with_default_layers(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The params with ``layers`` set to ``embedding`` where the recipe left it out."""
-    return {**params, "layers": DEFAULT_LAYERS} if params.get("layers") in (None, "", []) else dict(params)
+def _needs(term: str) -> Any:
+    return default_layer_rules(term, DEFAULT_LAYERS)[0]
 
 
-def _needs(term: str) -> Callable[[Mapping[str, Any]], Needs]:
-    rule = layer_needs(term)
-    return lambda params: rule(with_default_layers(params))
-
-
-def _resolve(params: Mapping[str, Any], models: ModelsContext) -> dict[str, Any]:
-    return resolve_layers(with_default_layers(params), models)
+_resolve = default_layer_rules("sp", DEFAULT_LAYERS)[1]  # the same rule for every relation objective
 
 
 def samples(x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -134,7 +132,7 @@ def samples(x: Tensor, mask: Tensor | None = None) -> Tensor:
 
 def relation_pairs(pair: PairContext, term: str, layers: Any, minimum: int = 2) -> list[tuple[Tensor, Tensor]]:
     """Each (student, teacher) pair of the map as per-sample rows, checked to hold the same ≥ ``minimum`` samples."""
-    params = with_default_layers({"layers": layers})
+    params = with_default_layers({"layers": layers}, DEFAULT_LAYERS)
     if is_automatic(params["layers"]):
         raise ConfigError(
             f"objectives.{term}.layers={params['layers']!r} is resolved against the two networks by the Distiller; "
@@ -213,7 +211,7 @@ def cc_heads(params: Mapping[str, Any], ctx: BuildContext) -> nn.Module | None:
     dim = int(params.get("embed", 0))
     if dim <= 0:
         return None
-    pairs = ctx.features(with_default_layers(params))
+    pairs = ctx.features(with_default_layers(params, DEFAULT_LAYERS))
     return nn.ModuleList([EmbeddingHeads(samples(s).shape[1], samples(t).shape[1], dim) for s, t in pairs])
 
 

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from kdforge.errors import ConfigError, ShapeMismatchError
 from kdforge.models.stages import embedding_path
 from kdforge.objectives.base import BuildContext, PairContext, register_objective
-from kdforge.objectives.layers import feature_pairs, is_automatic, layer_pairs
-from kdforge.objectives.vid import default_layer_rules, paired_maps, with_default_layers
+from kdforge.objectives.layers import default_layer_rules, feature_pairs, is_automatic, layer_pairs, with_default_layers
+from kdforge.objectives.vid import paired_maps
 
 PYRAMID = (4, 2, 1)
 

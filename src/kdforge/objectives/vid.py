@@ -10,7 +10,7 @@ both references do. A map of another resolution is average-pooled to the smaller
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,31 +19,9 @@ from torch import Tensor, nn
 
 from kdforge.errors import ConfigError, ShapeMismatchError
 from kdforge.objectives.base import BuildContext, PairContext, register_objective
-from kdforge.objectives.layers import feature_pairs, layer_needs, layer_pairs, resolve_layers
-from kdforge.signals import Needs
+from kdforge.objectives.layers import default_layer_rules, feature_pairs, layer_pairs, with_default_layers
 
 # -- helpers shared by the objectives with built modules (vid, crd, reviewkd) ------------------------------------------
-
-
-def with_default_layers(params: Mapping[str, Any], default: str) -> dict[str, Any]:
-    """``params`` with ``layers`` set to the objective's default map when the recipe names none."""
-    out = dict(params)
-    if out.get("layers") in (None, "", []):
-        out["layers"] = default
-    return out
-
-
-def default_layer_rules(term: str, default: str) -> tuple[Callable[..., Needs], Callable[..., dict[str, Any]]]:
-    """A ``needs`` and a ``resolve`` rule for a layer map that falls back to ``default`` (e.g. ``uniform``)."""
-    needs = layer_needs(term)
-
-    def needs_rule(params: Mapping[str, Any]) -> Needs:
-        return needs(with_default_layers(params, default))
-
-    def resolve_rule(params: Mapping[str, Any], models: Any) -> dict[str, Any]:
-        return resolve_layers(with_default_layers(params, default), models)
-
-    return needs_rule, resolve_rule
 
 
 def as_map(x: Tensor) -> Tensor:

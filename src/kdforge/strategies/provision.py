@@ -97,11 +97,15 @@ def loaders(recipe: Recipe, bundle: DataBundle, teacher: Any = None) -> tuple[An
         raise ConfigError(f"data.batch_size={d.batch_size} must be divisible by the number of processes ({n})")
     per_process = d.batch_size // n
     streams = getattr(teacher, "streams", False) and recipe.store is not None
+    # A trailing batch of 1 or 2 samples is dropped: BatchNorm cannot normalise one sample, and relation objectives
+    # compare samples within a batch (RKD's angles need three); such a batch would stop a run at an epoch's end.
+    tail = len(bundle.train) % per_process
     train = make_loader(
         bundle.train,
         per_process,
         shuffle=True,
         seed=recipe.seed,
+        drop_last=0 < tail < 3 and len(bundle.train) > per_process,
         num_workers=d.num_workers,
         read_block=teacher.reader.manifest.shard_size if streams else None,
         read_window=recipe.store.read_window if recipe.store is not None else 4,
