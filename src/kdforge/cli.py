@@ -1,4 +1,4 @@
-"""The kdforge command line: run, cache, recipes, objectives, eval.
+"""The kdforge command line: run, cache, recipes, objectives, eval, export, plan, diagnose and the LLM commands.
 
 Exit codes: 0 done; 1 an OS error (disk full, permission denied) or an internal error; 2 bad input (recipe,
 override, usage); 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
