@@ -27,7 +27,14 @@ from kdforge.connectors import build_connector
 from kdforge.errors import ConfigError, ShapeMismatchError
 from kdforge.models.stages import feature_stages
 from kdforge.objectives.base import BuildContext, ModelsContext, PairContext, register_objective
-from kdforge.objectives.layers import feature_pairs, is_automatic, layer_needs, layer_pairs, resolve_layers
+from kdforge.objectives.layers import (
+    feature_pairs,
+    is_automatic,
+    layer_needs,
+    layer_pairs,
+    resolve_layers,
+    written_items,
+)
 from kdforge.signals import Needs
 
 # -- the math (pure functions of (B, C, P) activations: P positions, ``keep`` (B, P) marks the real ones) -------------
@@ -181,13 +188,8 @@ def fsp_layers(term: str, params: Mapping[str, Any]) -> list[FspPair]:
             f"objectives.{term}: needs a layer map: layers: ['S_FIRST, S_SECOND -> T_FIRST, T_SECOND', ...] or "
             f"one of {', '.join(FSP_AUTOMATIC)} (consecutive stages)"
         )
-    if is_automatic(value):
-        return []
-    items = [value] if isinstance(value, (str, Mapping)) else value
-    if not isinstance(items, Sequence):
-        raise ConfigError(f"objectives.{term}.layers={value!r}: expected a list of 'S_A, S_B -> T_A, T_B' pairs")
     out = []
-    for item in items:
+    for item in written_items(term, value, "'S_A, S_B -> T_A, T_B' pairs"):
         if isinstance(item, Mapping) and set(item) == {"student", "teacher"}:
             out.append((_two(term, item, item["student"]), _two(term, item, item["teacher"])))
         elif isinstance(item, str) and item.count("->") == 1:

@@ -54,12 +54,17 @@ def layer_pairs(term: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
             f"objectives.{term}: needs a layer map: layers: ['STUDENT_PATH -> TEACHER_PATH', ...] or one of "
             f"{', '.join(AUTOMATIC)}"
         )
+    return [_pair(term, item) for item in written_items(term, value, "'STUDENT -> TEACHER' pairs")]
+
+
+def written_items(term: str, value: Any, expected: str) -> list[Any]:
+    """The items of a written-out map (one item or a list); [] while the map is automatic."""
     if is_automatic(value):
         return []
     items = [value] if isinstance(value, (str, Mapping)) else value
     if not isinstance(items, Sequence):
-        raise ConfigError(f"objectives.{term}.layers={value!r}: expected a list of 'STUDENT -> TEACHER' pairs")
-    return [_pair(term, item) for item in items]
+        raise ConfigError(f"objectives.{term}.layers={value!r}: expected a list of {expected}")
+    return list(items)
 
 
 def layer_needs(term: str) -> Any:
