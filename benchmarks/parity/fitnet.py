@@ -24,18 +24,16 @@ Usage: python benchmarks/parity/fitnet.py MDISTILLER_CHECKOUT REPDISTILLER_CHECK
 
 from __future__ import annotations
 
-import ast
-import json
 import math
-import subprocess
 import sys
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lift import agree, arguments, commit, load, nested, write
 
 MD_PATH = "mdistiller/distillers/_common.py"
 TD_ADAPTATION = "torchdistill/models/adaptation.py"
@@ -45,44 +43,12 @@ BILINEAR_X2 = torch.tensor([0.25, 0.75, 0.75, 0.25])  # 2× bilinear upsampling 
 PARAMS = {"layers": ["student_0 -> teacher_0"], "connector": "conv1x1"}
 
 
-def commit(checkout: Path) -> str:
-    """The checkout's HEAD commit."""
-    return subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
-def load(path: Path, names: list[str]) -> dict[str, Any]:
-    """The named top-level classes/functions of a reference file, executed without its decorators or imports."""
-    tree = ast.parse(path.read_text())
-    nodes = [n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name in names]
-    missing = set(names) - {n.name for n in nodes}
-    if missing:
-        raise SystemExit(f"{path}: no {sorted(missing)}")
-    for node in nodes:
-        node.decorator_list = []  # the registries of the reference package are not loaded
-    namespace: dict[str, Any] = {"torch": torch, "nn": nn, "F": F, "OrderedDict": OrderedDict}
-    exec(compile(ast.unparse(ast.Module(body=nodes, type_ignores=[])), str(path), "exec"), namespace)
-    return namespace
-
-
 def mdistiller_loss(md: Path) -> Any:
     """The line of FitNet.forward_train that makes the feature loss, after checking it is still that line."""
     text = (md / "mdistiller/distillers/FitNet.py").read_text()
     if "self.conv_reg(feature_student" not in text or "F.mse_loss(" not in text:
         raise SystemExit("mdistiller FitNet.forward_train no longer computes F.mse_loss(conv_reg(f_s), f_t)")
     return lambda reg, f_s, f_t: F.mse_loss(reg(f_s), f_t)
-
-
-def agree(a: float, b: float, what: str) -> None:
-    """Stop when two reference implementations disagree."""
-    if not math.isclose(a, b, rel_tol=1e-5):
-        raise SystemExit(f"{what}: {a} vs {b}")
-
-
-def nested(x: torch.Tensor) -> Any:
-    """A tensor as nested lists (float32 values are exact in JSON's doubles)."""
-    return x.detach().cpu().tolist()
 
 
 def features(seed: int, s_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,20 +207,14 @@ def resized(md: Path, seed: int, s_shape: tuple[int, ...], t_shape: tuple[int, .
 
 def main(argv: list[str]) -> None:
     """Write hint.json."""
-    if len(argv) not in (3, 4):
-        raise SystemExit(__doc__)
-    md, rep, td = (Path(a) for a in argv[:3])
-    out = Path(argv[3]) if len(argv) == 4 else Path(__file__).resolve().parents[2] / "tests/data/parity"
-    out.mkdir(parents=True, exist_ok=True)
+    (md, rep, td), out = arguments(argv, 3, __doc__)
     with torch.no_grad():
         fixture = same_resolution(md, rep, td)
         fixture["other"] += [
             resized(md, 10, (4, 3, 8, 8), (4, 5, 4, 4), "down"),
             resized(md, 20, (4, 3, 4, 4), (4, 5, 8, 8), "up"),
         ]
-    # One line per top-level key: the nested input lists stay compact.
-    lines = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in fixture.items())
-    (out / "hint.json").write_text("{\n" + lines + "\n}\n")
+    write(out / "hint.json", fixture, "keys")
     print(f"hint: {fixture['value']!r} without relu {fixture['value_without_relu']!r}")
     for other in fixture["other"]:
         print(f"  {other.get('case', 'torchdistill sum')}: {other['value']!r} {other.get('value_without_relu', '')!r}")

@@ -15,64 +15,16 @@ Usage: python benchmarks/parity/maps.py MDISTILLER_CHECKOUT REPDISTILLER_CHECKOU
 
 from __future__ import annotations
 
-import ast
-import json
-import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
+
+from lift import agree, arguments, commit, load, seeded, write
 
 TORCHDISTILL_LOSSES = "torchdistill/losses/mid_level.py"
 PAIRS = ["student_0 -> teacher_0", "student_1 -> teacher_1"]  # the layer map of the AT and NST fixtures' inputs
-
-
-def commit(checkout: Path) -> str:
-    """The checkout's HEAD commit."""
-    return subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
-def load(path: Path, names: list[str]) -> dict[str, Any]:
-    """The named top-level classes/functions of a reference file, executed without their decorators or imports."""
-    tree = ast.parse(path.read_text())
-    nodes = [n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name in names]
-    missing = set(names) - {n.name for n in nodes}
-    if missing:
-        raise SystemExit(f"{path}: no {sorted(missing)}")
-    for node in nodes:
-        node.decorator_list = []  # the registries of the reference package are not loaded
-    namespace: dict[str, Any] = {
-        "torch": torch,
-        "nn": nn,
-        "F": F,
-        "np": np,
-        "math": math,
-        "normalize": F.normalize,
-        "adaptive_avg_pool2d": F.adaptive_avg_pool2d,
-        "adaptive_max_pool2d": F.adaptive_max_pool2d,
-        "_extract_feature_map": lambda io_dict, config: io_dict[config["path"]][config["io"]],
-    }
-    exec(compile(ast.unparse(ast.Module(body=nodes, type_ignores=[])), str(path), "exec"), namespace)
-    return namespace
-
-
-def seeded(seed: int, *shapes: tuple[int, ...]) -> list[torch.Tensor]:
-    """Standard-normal float32 tensors from a fixed seed."""
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(*shape, generator=gen) for shape in shapes]
-
-
-def agree(a: float, b: float, what: str) -> None:
-    """Stop when two reference implementations disagree."""
-    if not math.isclose(a, b, rel_tol=1e-5):
-        raise SystemExit(f"{what}: {a} vs {b}")
 
 
 def named(prefix: str, tensors: list[torch.Tensor]) -> dict[str, list]:
@@ -94,7 +46,7 @@ def at_fixture(md: Path, rep: Path, td: Path) -> dict[str, Any]:
     value = float(md_at["at_loss"](s, t, 2))
     agree(value, float(sum(rep_at["Attention"](p=2)(s, t))), "at: mdistiller vs RepDistiller")
     # torchdistill compares maps of one resolution; 'code' is the authors' code, 'paper' the paper's eq. 2.
-    td_at = load(td / TORCHDISTILL_LOSSES, ["ATLoss"])["ATLoss"]
+    td_at = load(td / TORCHDISTILL_LOSSES, ["ATLoss", "_extract_feature_map"])["ATLoss"]
     s_td, t_td = seeded(2, (3, 4, 5, 5), (3, 6, 5, 5))
     pairs = {"pair": {"student": {"io": "output", "path": "s"}, "teacher": {"io": "output", "path": "t"}}}
     other = []
@@ -148,7 +100,7 @@ def fsp_fixture(rep: Path, td: Path) -> dict[str, Any]:
     s = seeded(5, (3, 3, 6, 6), (3, 4, 3, 3), (3, 5, 3, 3))
     t = seeded(6, (3, 3, 4, 4), (3, 4, 4, 4), (3, 5, 2, 2))
     value = float(sum(rep_fsp([x.shape for x in s], [x.shape for x in t])(s, t)))
-    td_fsp = load(td / TORCHDISTILL_LOSSES, ["FSPLoss"])["FSPLoss"]
+    td_fsp = load(td / TORCHDISTILL_LOSSES, ["FSPLoss", "_extract_feature_map"])["FSPLoss"]
     pairs = {
         f"pair{i}": {
             "student_first": {"io": "output", "path": f"s{i}"},
@@ -188,17 +140,11 @@ def fsp_fixture(rep: Path, td: Path) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     """Write the three fixtures."""
-    if len(argv) not in (3, 4):
-        raise SystemExit(__doc__)
-    md, rep, td = (Path(a) for a in argv[:3])
-    out = Path(argv[3]) if len(argv) == 4 else Path(__file__).resolve().parents[2] / "tests/data/parity"
-    out.mkdir(parents=True, exist_ok=True)
+    (md, rep, td), out = arguments(argv, 3, __doc__)
     with torch.no_grad():
         fixtures = {"at": at_fixture(md, rep, td), "nst": nst_fixture(md, rep), "fsp": fsp_fixture(rep, td)}
     for name, data in fixtures.items():
-        # One line per top-level key: the nested input lists stay compact.
-        lines = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in data.items())
-        (out / f"{name}.json").write_text("{\n" + lines + "\n}\n")
+        write(out / f"{name}.json", data, "keys")
         print(f"{name}: {data['value']!r}  other: {[o['value'] for o in data['other']]}")
 
 

@@ -14,26 +14,16 @@ Usage: python benchmarks/parity/modules.py MDISTILLER_CHECKOUT REPDISTILLER_CHEC
 
 from __future__ import annotations
 
-import ast
-import json
 import logging
-import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def commit(checkout: Path) -> str:
-    """The checkout's HEAD commit."""
-    return subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
-    ).stdout.strip()
+from lift import agree, arguments, commit, load, nested, write
 
 
 class NoSampler:
@@ -50,48 +40,19 @@ class NoSampler:
         raise RuntimeError("the parity fixture passes contrast_idx; nothing should be drawn")
 
 
-def load(path: Path, names: list[str]) -> dict[str, Any]:
-    """The named top-level classes/functions of a reference file, executed without its decorators or imports."""
-    tree = ast.parse(path.read_text())
-    nodes = [n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name in names]
-    missing = set(names) - {n.name for n in nodes}
-    if missing:
-        raise SystemExit(f"{path}: no {sorted(missing)}")
-    for node in nodes:
-        node.decorator_list = []  # the registries of the reference package are not loaded
-    namespace: dict[str, Any] = {
-        "torch": torch,
-        "nn": nn,
-        "F": F,
-        "np": np,
-        "math": math,
-        "functional": F,
-        "adaptive_avg_pool2d": F.adaptive_avg_pool2d,
-        "AliasMethod": NoSampler,
-        "Distiller": nn.Module,  # mdistiller's base class: only the loss code of its subclasses is used
-        "_extract_feature_map": lambda io_dict, key: io_dict[key],  # torchdistill's VIDLoss: pairs name io keys
-        "logger": logging.getLogger("parity"),
-        "eps": 1e-7,  # RepDistiller's crd/criterion.py module constant
-    }
-    exec(compile(ast.unparse(ast.Module(body=nodes, type_ignores=[])), str(path), "exec"), namespace)
-    return namespace
-
-
-def nested(x: torch.Tensor) -> Any:
-    """A tensor as nested lists (float32 values are exact in JSON's doubles)."""
-    return x.detach().cpu().tolist()
-
-
-def agree(a: float, b: float, what: str) -> None:
-    """Stop when torchdistill disagrees with the fixture's source."""
-    if not math.isclose(a, b, rel_tol=1e-5):
-        raise SystemExit(f"{what}: reference {a} vs torchdistill {b}")
+REFERENCE_GLOBALS: dict[str, Any] = {
+    "AliasMethod": NoSampler,
+    "Distiller": nn.Module,  # mdistiller's base class: only the loss code of its subclasses is used
+    "_extract_feature_map": lambda io_dict, key: io_dict[key],  # torchdistill's VIDLoss: pairs name io keys
+    "logger": logging.getLogger("parity"),
+    "eps": 1e-7,  # RepDistiller's crd/criterion.py module constant
+}
 
 
 def vid_fixture(mdistiller: Path, torchdistill: Path) -> dict[str, Any]:
     """Two pairs through mdistiller's vid_loss: one pools the student map, one the teacher's."""
-    md = load(mdistiller / "mdistiller/distillers/VID.py", ["conv1x1", "vid_loss", "VID"])
-    td = load(torchdistill / "torchdistill/losses/mid_level.py", ["VIDLoss"])
+    md = load(mdistiller / "mdistiller/distillers/VID.py", ["conv1x1", "vid_loss", "VID"], REFERENCE_GLOBALS)
+    td = load(torchdistill / "torchdistill/losses/mid_level.py", ["VIDLoss"], REFERENCE_GLOBALS)
     eps, init_pred_var = 1e-5, 5.0
     torch.manual_seed(0)
     shapes = [((2, 4, 8, 8), (2, 6, 4, 4)), ((2, 8, 2, 2), (2, 6, 4, 4))]
@@ -120,7 +81,7 @@ def vid_fixture(mdistiller: Path, torchdistill: Path) -> dict[str, Any]:
         for key, value in regressor.state_dict().items():
             inputs[f"head_{i}.regressor.{key}"] = nested(value)
         inputs[f"head_{i}.log_scale"] = nested(log_scale)
-    agree(total, td_total, "vid")
+    agree(total, td_total, "vid: mdistiller vs torchdistill")
     return {
         "source": {"repo": "megvii-research/mdistiller", "path": "mdistiller/distillers/VID.py"},
         "params": {"eps": eps, "init_pred_var": init_pred_var, "mid_channels": 0},
@@ -132,11 +93,11 @@ def vid_fixture(mdistiller: Path, torchdistill: Path) -> dict[str, Any]:
 def crd_fixture(repdistiller: Path, torchdistill: Path) -> dict[str, Any]:
     """Two batches through RepDistiller's CRDLoss: the first sets Z, the second sees the updated banks."""
     rd = {
-        **load(repdistiller / "crd/criterion.py", ["CRDLoss", "ContrastLoss", "Embed", "Normalize"]),
-        **load(repdistiller / "crd/memory.py", ["ContrastMemory"]),
+        **load(repdistiller / "crd/criterion.py", ["CRDLoss", "ContrastLoss", "Embed", "Normalize"], REFERENCE_GLOBALS),
+        **load(repdistiller / "crd/memory.py", ["ContrastMemory"], REFERENCE_GLOBALS),
     }
     rd["CRDLoss"].forward.__globals__["ContrastMemory"] = rd["ContrastMemory"]
-    td = load(torchdistill / "torchdistill/losses/mid_level.py", ["CRDLoss"])
+    td = load(torchdistill / "torchdistill/losses/mid_level.py", ["CRDLoss"], REFERENCE_GLOBALS)
     params = {"feat_dim": 8, "nce_k": 5, "nce_t": 0.07, "momentum": 0.5, "eps": 1e-7}
     n_data, batch = 24, 4
     opt = type("Opt", (), {"s_dim": 12, "t_dim": 10, "feat_dim": 8, "nce_k": 5, "nce_t": 0.07, "nce_m": 0.5})()
@@ -169,7 +130,7 @@ def crd_fixture(repdistiller: Path, torchdistill: Path) -> dict[str, Any]:
         td_out = td_crd.contrast_memory(v_s.detach(), v_t.detach(), index, contrast_idx)
         td_value = float(td_crd.compute_contrast_loss(td_out[0]) + td_crd.compute_contrast_loss(td_out[1]))
         values.append(crd(f_s, f_t, index, contrast_idx).item())
-        agree(values[-1], td_value, f"crd step {step}")
+        agree(values[-1], td_value, f"crd step {step}: RepDistiller vs torchdistill")
         suffix = "" if step == 0 else "_2"
         for name, value in [("student", f_s), ("teacher", f_t), ("index", index), ("negatives", negatives)]:
             inputs[name + suffix] = nested(value)
@@ -184,8 +145,8 @@ def crd_fixture(repdistiller: Path, torchdistill: Path) -> dict[str, Any]:
 
 def reviewkd_fixture(mdistiller: Path, torchdistill: Path) -> dict[str, Any]:
     """Three levels (a map, a smaller map the teacher has at twice the size, the pooled features) through ReviewKD."""
-    md = load(mdistiller / "mdistiller/distillers/ReviewKD.py", ["ABF", "hcl_loss"])
-    td = load(torchdistill / "torchdistill/losses/mid_level.py", ["HierarchicalContextLoss"])
+    md = load(mdistiller / "mdistiller/distillers/ReviewKD.py", ["ABF", "hcl_loss"], REFERENCE_GLOBALS)
+    td = load(torchdistill / "torchdistill/losses/mid_level.py", ["HierarchicalContextLoss"], REFERENCE_GLOBALS)
     torch.manual_seed(2)
     student = [torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 8)]
     teacher = [torch.randn(2, 6, 8, 8), torch.randn(2, 6, 8, 8), torch.randn(2, 6)]
@@ -220,7 +181,7 @@ def reviewkd_fixture(mdistiller: Path, torchdistill: Path) -> dict[str, Any]:
         hcl({"s": {"output": (s, None)}}, {"t": {"output": t}}).item()
         for s, t in zip(results, features_teacher, strict=True)
     )
-    agree(value, td_value, "reviewkd hcl")
+    agree(value, td_value, "reviewkd hcl: mdistiller vs torchdistill")
     return {
         "source": {"repo": "megvii-research/mdistiller", "path": "mdistiller/distillers/ReviewKD.py"},
         "params": {"max_mid_channels": 512, "pyramid": [4, 2, 1]},
@@ -231,11 +192,7 @@ def reviewkd_fixture(mdistiller: Path, torchdistill: Path) -> dict[str, Any]:
 
 def main() -> None:
     """Write the three fixtures."""
-    if len(sys.argv) < 4:
-        raise SystemExit(__doc__)
-    mdistiller, repdistiller, torchdistill = (Path(p) for p in sys.argv[1:4])
-    out = Path(sys.argv[4]) if len(sys.argv) > 4 else Path(__file__).resolve().parents[2] / "tests/data/parity"
-    out.mkdir(parents=True, exist_ok=True)
+    (mdistiller, repdistiller, torchdistill), out = arguments(sys.argv[1:], 3, __doc__)
     made = {
         "vid": (vid_fixture(mdistiller, torchdistill), mdistiller),
         "crd": (crd_fixture(repdistiller, torchdistill), repdistiller),
@@ -243,7 +200,7 @@ def main() -> None:
     }
     for name, (fixture, checkout) in made.items():
         fixture["source"]["commit"] = commit(checkout)
-        (out / f"{name}.json").write_text(json.dumps(fixture) + "\n")
+        write(out / f"{name}.json", fixture)
         print(f"{name}: {fixture['value']:.8g}")
 
 

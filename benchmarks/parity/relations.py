@@ -11,59 +11,16 @@ Usage: python benchmarks/parity/relations.py TORCHDISTILL_CHECKOUT MDISTILLER_CH
 
 from __future__ import annotations
 
-import ast
-import json
-import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from lift import agree, arguments, commit, load, seeded, write
 
 TORCHDISTILL_LOSSES = "torchdistill/losses/mid_level.py"
-
-
-def commit(checkout: Path) -> str:
-    """The checkout's HEAD commit."""
-    return subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
-def load(path: Path, names: list[str]) -> dict[str, Any]:
-    """The named top-level classes/functions of a reference file, executed without its decorators or imports."""
-    tree = ast.parse(path.read_text())
-    nodes = [n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name in names]
-    missing = set(names) - {n.name for n in nodes}
-    if missing:
-        raise SystemExit(f"{path}: no {sorted(missing)}")
-    for node in nodes:
-        node.decorator_list = []  # the registries of the reference package are not loaded
-    namespace: dict[str, Any] = {
-        "torch": torch,
-        "nn": nn,
-        "F": F,
-        "math": math,
-        "normalize": F.normalize,
-        "cosine_similarity": F.cosine_similarity,
-    }
-    exec(compile(ast.unparse(ast.Module(body=nodes, type_ignores=[])), str(path), "exec"), namespace)
-    return namespace
-
-
-def seeded(seed: int, *shapes: tuple[int, ...]) -> list[torch.Tensor]:
-    """Standard-normal float32 tensors from a fixed seed."""
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(*shape, generator=gen) for shape in shapes]
-
-
-def agree(a: float, b: float, what: str) -> None:
-    """Stop when the two reference frameworks disagree."""
-    if not math.isclose(a, b, rel_tol=1e-5):
-        raise SystemExit(f"{what}: torchdistill {a} vs mdistiller {b}")
 
 
 def fixtures(torchdistill: Path, mdistiller: Path) -> dict[str, dict[str, Any]]:
@@ -102,7 +59,7 @@ def fixtures(torchdistill: Path, mdistiller: Path) -> dict[str, dict[str, Any]]:
         rkd = td["RKDLoss"](
             student_output_path="x", teacher_output_path="x", dist_factor=25, angle_factor=50, reduction="mean"
         )
-        agree(float(rkd(io(s), io(t))), value, "rkd")
+        agree(float(rkd(io(s), io(t))), value, "rkd: torchdistill vs mdistiller")
         params = {"distance": 25.0, "angle": 50.0, "squared": False, "eps": 1e-12}
         out["rkd"] = {"source": {**md_source, "path": "mdistiller/distillers/RKD.py", "function": "rkd_loss"}}
         out["rkd"].update(params=params, inputs={"student": s.tolist(), "teacher": t.tolist()}, value=value)
@@ -110,7 +67,7 @@ def fixtures(torchdistill: Path, mdistiller: Path) -> dict[str, dict[str, Any]]:
         s, t = seeded(2, (6, 5), (6, 7))
         pkt = td["PKTLoss"]("x", "output", "x", "output", eps=1e-7)
         value = float(pkt(io(s), io(t)))
-        agree(value, float(md["pkt"]["pkt_loss"](s, t, eps=1e-7)), "pkt")
+        agree(value, float(md["pkt"]["pkt_loss"](s, t, eps=1e-7)), "pkt: torchdistill vs mdistiller")
         out["pkt"] = {"source": {**td_source, "path": TORCHDISTILL_LOSSES, "class": "PKTLoss"}, "params": {"eps": 1e-7}}
         out["pkt"].update(inputs={"student": s.tolist(), "teacher": t.tolist()}, value=value)
 
@@ -134,12 +91,9 @@ def fixtures(torchdistill: Path, mdistiller: Path) -> dict[str, dict[str, Any]]:
 
 def main() -> None:
     """Write the four fixtures."""
-    if len(sys.argv) not in (3, 4):
-        raise SystemExit(__doc__)
-    target = Path(sys.argv[3]) if len(sys.argv) == 4 else Path(__file__).resolve().parents[2] / "tests/data/parity"
-    target.mkdir(parents=True, exist_ok=True)
-    for name, fixture in fixtures(Path(sys.argv[1]), Path(sys.argv[2])).items():
-        (target / f"{name}.json").write_text(json.dumps(fixture, indent=1) + "\n")
+    (torchdistill, mdistiller), target = arguments(sys.argv[1:], 2, __doc__)
+    for name, fixture in fixtures(torchdistill, mdistiller).items():
+        write(target / f"{name}.json", fixture, "indent")
         print(f"{name}: {fixture['value']!r}")
 
 

@@ -12,10 +12,7 @@ Usage: python benchmarks/parity/transformer_relations.py MINILMV2_BB_CHECKOUT [O
 
 from __future__ import annotations
 
-import ast
-import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,33 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from lift import arguments, commit, load, write
+
 SOURCE = "minilmv2/minilmv2.py"
 RELATION_HEADS = 4
 RELATIONS = {"qq": 1.0, "kk": 1.0, "vv": 1.0}
 ROLES = "qkv"
 
 
-def commit(checkout: Path) -> str:
-    """The checkout's HEAD commit."""
-    return subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
-def load_class(path: Path, name: str) -> type:
-    """The named top-level class of a reference file, executed without the rest of its module."""
-    tree = ast.parse(path.read_text())
-    nodes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
-    if not nodes:
-        raise SystemExit(f"{path}: no class {name}")
-    namespace: dict[str, Any] = {"torch": torch, "nn": nn, "math": math, "Dict": dict, "Tuple": tuple}
-    exec(compile(ast.unparse(ast.Module(body=nodes, type_ignores=[])), str(path), "exec"), namespace)
-    return namespace[name]
-
-
 def fixture(checkout: Path) -> dict[str, Any]:
     """Inputs, our parameters and the reference value of the MiniLMv2 relation loss."""
-    minilm = load_class(checkout / SOURCE, "MiniLM")
+    minilm = load(checkout / SOURCE, ["MiniLM"])["MiniLM"]
     # The two methods read only these attributes; the teacher and student models of __init__ are not needed.
     this = SimpleNamespace(A_r=RELATION_HEADS, kl_loss_fn=nn.KLDivLoss(reduction="sum"))
     gen = torch.Generator().manual_seed(2021)
@@ -81,12 +62,9 @@ def fixture(checkout: Path) -> dict[str, Any]:
 
 def main() -> None:
     """Write tests/data/parity/minilm_relations.json (or into OUT_DIR)."""
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__)
-    out = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parents[2] / "tests/data/parity"
-    out.mkdir(parents=True, exist_ok=True)
-    data = fixture(Path(sys.argv[1]))
-    (out / "minilm_relations.json").write_text(json.dumps(data) + "\n")
+    (checkout,), out = arguments(sys.argv[1:], 1, __doc__)
+    data = fixture(checkout)
+    write(out / "minilm_relations.json", data)
     print(f"minilm_relations: {data['value']:.8g}")
 
 
