@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 from torch import nn
@@ -35,8 +37,10 @@ def test_last_k_and_reverse_maps() -> None:
 
 def test_models_name_their_stages_and_embedding() -> None:
     cnn = build_model("cnn", 10, (1, 28, 28), widths=(8, 16))
-    assert feature_stages(cnn) == ["2", "5"] or all(isinstance(cnn[int(p)], nn.MaxPool2d) for p in feature_stages(cnn))
-    assert embedding_path(cnn) == f"{len(cnn) - 1}:input"
+    assert [type(cnn[int(p)]) for p in feature_stages(cnn)] == [nn.MaxPool2d, nn.MaxPool2d]
+    # The features before the dropout that precedes the head: a dropped-out embedding would distort relations.
+    assert embedding_path(cnn) == f"{len(cnn) - 2}:input" and isinstance(cnn[len(cnn) - 2], nn.Dropout)
+    assert embedding_path(build_model("mlp", 10, (1, 28, 28), hidden=(32,))) == "3:input"  # no dropout: the head's
     assert feature_stages(build_model("resnet8", 10, (3, 32, 32))) == ["layer1", "layer2", "layer3"]
     mlp = build_model("mlp", 10, (1, 28, 28), hidden=(32, 16))
     assert [type(mlp[int(p)]) for p in feature_stages(mlp)] == [nn.ReLU, nn.ReLU]
@@ -120,7 +124,7 @@ def test_embedding_map_compares_the_inputs_of_the_two_heads() -> None:
     teacher, student = _cnns()
     distiller = Distiller(student, teacher, {"hint": {"layers": "embedding"}})
     assert distiller.terms["hint"].objective.params["layers"] == [
-        f"{len(student) - 1}:input -> {len(teacher) - 1}:input"
+        f"{len(student) - 2}:input -> {len(teacher) - 2}:input"  # the input of each dropout before the head
     ]
     batch = {"input": torch.randn(4, 1, 28, 28)}
     distiller.prepare(batch)
@@ -132,6 +136,7 @@ def test_a_missing_layer_fails_before_training_naming_it_and_its_neighbours() ->
     distiller = Distiller(student, teacher, {"hint": {"layers": ["4 -> layer9"]}})
     with pytest.raises(ConfigError, match="no module 'layer9'"):
         distiller.prepare({"input": torch.randn(2, 1, 28, 28)})
+    assert not any(m._forward_hooks for m in student.modules())  # a refused map leaves no hook behind
     with pytest.raises(ConfigError, match=r"objectives.hint.layers: 'layer3' is not a layer pair"):
         Distiller(student, teacher, {"hint": {"layers": ["layer3"]}})
     with pytest.raises(ConfigError, match=r"objectives\.hint: needs a layer map"):
@@ -153,3 +158,70 @@ def test_automatic_map_needs_a_teacher_network() -> None:
     assert distiller.terms["hint"].objective.params["layers"] == [
         f"{feature_stages(student)[-1]} -> {feature_stages(peer)[-1]}"
     ]
+
+
+def test_modules_built_during_an_evaluation_do_not_learn() -> None:
+    teacher, student = _cnns()
+    distiller = Distiller(student, teacher, {"hint": {"layers": "last", "connector": "conv1x1"}})
+    distiller.eval()
+    batch = {"input": torch.randn(4, 1, 28, 28)}
+    distiller.prepare(batch)
+    assert not distiller.connectors["hint"].training
+    bn = distiller.connectors["hint"][0][-1]
+    before = bn.running_mean.clone()
+    distiller(batch)
+    assert torch.equal(bn.running_mean, before)
+
+
+def test_built_modules_train_under_bf16_autocast_and_resume_exactly(tmp_path) -> None:
+    """Connectors run on recorded features inside the Distiller's autocast; every built module's state resumes."""
+    from kdforge.data import load_dataset, make_loader
+    from kdforge.engine.callbacks import Callback
+    from kdforge.engine.rundir import RunDir
+    from kdforge.engine.trainer import Trainer
+    from kdforge.errors import Interrupted
+    from kdforge.recipe import TrainConfig
+
+    digits = load_dataset("digits", seed=0)
+    objectives = {
+        "ce": 1.0,
+        "hint": {"layers": "last", "connector": "conv1x1"},
+        "crd": {"weight": 0.8, "nce_k": 64},
+        "vid": {"layers": "last"},
+        "ofa": 1.0,
+        "nd": 1.0,  # equal widths: a buffer-only module (class means)
+    }
+
+    class StopAt(Callback):
+        """Ask the loop to stop after step 7, as Ctrl-C does: it saves a checkpoint and raises Interrupted."""
+
+        def on_batch_end(self, trainer: Trainer, out: object) -> None:
+            if trainer.state.step == 7:
+                trainer.stop.signum = signal.SIGINT
+
+    def fit(folder: str, epochs: int, resume: bool = False, stop: bool = False) -> Distiller:
+        torch.manual_seed(0)
+        teacher = build_model("cnn", 10, digits.input_shape, widths=(8, 16))
+        torch.manual_seed(1)
+        student = build_model("cnn", 10, digits.input_shape, widths=(8, 16))
+        distiller = Distiller(student, teacher, objectives)
+        cfg = TrainConfig(optimizer={"name": "adamw", "lr": 0.01}, epochs=epochs, mixed_precision="bf16")
+        train = make_loader(digits.train, 128, shuffle=True, seed=0)
+        callbacks = [StopAt()] if stop else []
+        trainer = Trainer(distiller, cfg, run_dir=RunDir(tmp_path / folder), seed=0, resume=resume, callbacks=callbacks)
+        result = trainer.fit(train, {})
+        assert result.resumed_from == (8 if resume else None)  # continued from the checkpoint, not retrained
+        return distiller
+
+    straight = fit("straight", 2)
+    with pytest.raises(Interrupted):
+        fit("resumed", 2, stop=True)
+    resumed = fit("resumed", 2, resume=True)
+    differ = {}
+    for name in ("nd", "hint", "vid", "ofa", "crd"):
+        a, b = straight.connectors[name].state_dict(), resumed.connectors[name].state_dict()
+        assert a.keys() == b.keys(), name
+        differ[name] = [(k, float((a[k].float() - b[k].float()).abs().max())) for k in a if not torch.equal(a[k], b[k])]
+    s_a, s_b = straight.student.state_dict(), resumed.student.state_dict()
+    differ["student"] = [k for k in s_a if not torch.equal(s_a[k], s_b[k])]
+    assert not any(differ.values()), differ

@@ -149,6 +149,11 @@ def test_feature_objectives_train_and_their_modules_stay_out_of_the_export(
     for term in RUNS[name]["objectives"]:
         value = last[f"term/{term}"]
         assert isinstance(value, float) and value == value, (term, value)  # logged and not NaN
+    # What the automatic maps chose is written out next to the checkpoint.
+    resolved = json.loads((run_dir / "objectives.json").read_text())["resolved"]
+    for term, params in resolved.items():
+        if "layers" in params:
+            assert params["layers"] and all("->" in pair for pair in params["layers"]), (term, params["layers"])
     modules = load_file(str(run_dir / "checkpoints" / "last" / "modules.safetensors"))
     trained = {k.split("/")[0] for k in modules}
     built = {t for t in RUNS[name]["objectives"] if t in ("hint", "crd", "vid", "reviewkd", "ofa", "nd")}

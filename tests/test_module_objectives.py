@@ -445,9 +445,9 @@ def test_distiller_trains_crd_vid_and_reviewkd_with_a_bank_sized_by_the_data() -
     student = build_model("cnn", 10, (1, 16, 16), widths=(8, 16))
     terms = {"ce": 1.0, "crd": 0.8, "vid": 1.0, "reviewkd": 1.0}
     distiller = Distiller(student, teacher, terms)
-    head = f"{len(student) - 1}:input"
-    assert distiller.terms["crd"].objective.params["layers"] == [f"{head} -> {len(teacher) - 1}:input"]
-    assert distiller.terms["reviewkd"].objective.params["layers"][-1] == f"{head} -> {len(teacher) - 1}:input"
+    head = f"{len(student) - 2}:input"  # the pooled features, before the dropout in front of the classifier
+    assert distiller.terms["crd"].objective.params["layers"] == [f"{head} -> {len(teacher) - 2}:input"]
+    assert distiller.terms["reviewkd"].objective.params["layers"][-1] == f"{head} -> {len(teacher) - 2}:input"
     assert len(distiller.terms["vid"].objective.params["layers"]) == 2  # uniform over the two stages
     batches = [
         {"input": torch.randn(6, 1, 16, 16), "label": torch.randint(0, 10, (6,)), "index": torch.arange(6) + 6 * i}

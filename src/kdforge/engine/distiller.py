@@ -275,16 +275,27 @@ class Distiller(nn.Module):
         if sample_ids is not None:
             self.sample_ids = torch.as_tensor(sample_ids).view(-1).long()
         batch = as_batch(batch)
-        for name, adapter in self.adapters.items():
-            # A view runs its student's weights: the student records what either asks for.
-            paths = [*self.student_needs[name].student_features]
-            for view, (base, _) in self.views.items():
-                if base == name:
-                    paths += self.student_needs[view].student_features
-            adapter.record(tuple(dict.fromkeys(paths)))
-        missing = [t for t in self.terms.values() if t.objective.spec.build and t.name not in self.connectors]
+        try:
+            for name, adapter in self.adapters.items():
+                # A view runs its student's weights: the student records what either asks for.
+                paths = [*self.student_needs[name].student_features]
+                for view, (base, _) in self.views.items():
+                    if base == name:
+                        paths += self.student_needs[view].student_features
+                adapter.record(tuple(dict.fromkeys(paths)))
+            missing = [t for t in self.terms.values() if t.objective.spec.build and t.name not in self.connectors]
+            if missing:
+                self._build_connectors(batch, missing)
+        except Exception:
+            # A refused layer or shape must not leave hooks (or eager attention) on the user's models.
+            for adapter in self.adapters.values():
+                adapter.release()
+            for teacher in self.teachers.values():
+                release = getattr(getattr(teacher, "adapter", None), "release", None)
+                if release is not None:
+                    release()
+            raise
         if missing:
-            self._build_connectors(batch, missing)
             built = [t.name for t in missing if t.name in self.connectors]
             if not explicit and any(p.requires_grad for n in built for p in self.connectors[n].parameters()):
                 warnings.warn(
@@ -312,7 +323,9 @@ class Distiller(nn.Module):
                 ctx = BuildContext(term.name, out, teaching, classes, self.data_size, self.sample_ids)
                 module = term.objective.spec.build(term.objective.params, ctx)
                 if module is not None:
-                    self.connectors[term.name] = module.to(device)
+                    # In the Distiller's mode: a module built during an evaluation must not learn (CRD's banks, ND's
+                    # means, BatchNorm statistics).
+                    self.connectors[term.name] = module.to(device).train(self.training)
         finally:
             for k, m in self.students.items():
                 m.train(modes[k])
@@ -532,8 +545,10 @@ class Distiller(nn.Module):
                 value = torch.as_tensor(batch[key]).to(mask.device)
                 fields[key] = value[:, None].expand(mask.shape)[mask] if value.dim() == 1 else value[mask]
         selected = None if labels is None else labels[mask]
-        attention = batch.get("attention_mask")
-        return PairContext(student, teaching, selected, when, tokens=tokens, fields=fields, attention_mask=attention)
+        attention, index = batch.get("attention_mask"), batch.get("index")
+        return PairContext(
+            student, teaching, selected, when, tokens=tokens, fields=fields, attention_mask=attention, index=index
+        )
 
     def _row_values(self, group: list[Term], ctx: PairContext) -> tuple[dict[str, Tensor], int]:
         """Terms with a per-token form over one pair: summed a chunk at a time, divided by the target tokens."""

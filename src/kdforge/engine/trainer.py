@@ -297,8 +297,13 @@ class Trainer:
         distiller.prepare(first, data_size=id_space(dataset), sample_ids=ids if torch.is_tensor(ids) else None)
         modules = distiller.trainable()
         optimizer = build_optimizer(distiller.parameters_to_train(), cfg.optimizer)
-        prepared = acc.prepare(*modules.values(), optimizer, train_loader)
-        wrapped, optimizer, train_loader = dict(zip(modules, prepared[:-2], strict=True)), prepared[-2], prepared[-1]
+        # Only the students go through Accelerate (DDP): objectives call their connectors' submodules directly, never
+        # a wrapper's forward, so DDP would not average their gradients. Connectors (and buffer-only modules such as
+        # ND's class means) are moved here, and their gradients are averaged by hand at each optimizer step.
+        students = [k for k in modules if k in distiller.students]
+        prepared = acc.prepare(*(modules[k] for k in students), optimizer, train_loader)
+        wrapped, optimizer, train_loader = dict(zip(students, prepared[:-2], strict=True)), prepared[-2], prepared[-1]
+        distiller.connectors.to(acc.device)
         for name, runner in wrapped.items():
             distiller.wrap(name, runner)
         # Counted after prepare: under N processes each one sees 1/N of the batches.
@@ -400,7 +405,9 @@ class Trainer:
         cfg, acc, st = self.config, self.accelerator, self.state
         if self.batch_source is not None:
             batch = self.batch_source(batch, st.step)
-        out = self.distiller(batch, step=st.step, epoch=st.step / run.steps_per_epoch, progress=st.step / run.total)
+        # The whole Distiller under autocast, not only the students' forwards: connectors run on recorded features.
+        with acc.autocast():
+            out = self.distiller(batch, step=st.step, epoch=st.step / run.steps_per_epoch, progress=st.step / run.total)
         if acc.num_processes == 1:
             self._check_finite(out.loss, out.terms, st.step)
         # Under N processes a rank must not leave alone: the others would wait for it in the gradient all-reduce
@@ -419,6 +426,7 @@ class Trainer:
         if acc.sync_gradients:
             if acc.num_processes > 1:
                 self._check_finite_everywhere(out, st.step)
+                self._average_connector_grads()
             if out.tokens is not None:
                 self._normalize_by_tokens(run.params)
             norm = acc.clip_grad_norm_(run.params, cfg.grad_clip or math.inf)
@@ -432,6 +440,21 @@ class Trainer:
         if acc.sync_gradients and not skipped:
             run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
+
+    def _average_connector_grads(self) -> None:
+        """All-reduce (mean) the gradients of connectors and other built modules, which DDP does not see."""
+        params = [p for p in self.distiller.connectors.parameters() if p.requires_grad]
+        if not params:
+            return
+        # A parameter without a gradient on this rank still takes part (as zeros): every rank sends the same sizes.
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        torch.distributed.all_reduce(flat)
+        flat /= self.accelerator.num_processes
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
 
     def _normalize_by_tokens(self, params: list[torch.nn.Parameter]) -> None:
         """Divide the accumulated gradients by the global batch's target tokens (all processes, all micro-batches)."""

@@ -38,9 +38,28 @@ def feature_stages(model: nn.Module) -> list[str]:
     )
 
 
-def embedding_path(model: nn.Module) -> str:
-    """The input of the model's last Linear (its classifier head): the pooled features, ``'<head>:input'``."""
+def head_path(model: nn.Module) -> str:
+    """The path of the model's classifier head: its last Linear."""
     heads = [path for path, m in model.named_modules() if isinstance(m, nn.Linear) and path]
     if not heads:
         raise ConfigError(f"{type(model).__name__} has no Linear head whose input is its embedding; name the layer")
-    return f"{heads[-1]}:input"
+    return heads[-1]
+
+
+def embedding_path(model: nn.Module) -> str:
+    """The pooled features the classifier head sees: ``'<head>:input'``, or the input of the dropout before it.
+
+    The head is the model's last Linear. When the module registered just before it under the same parent is a
+    Dropout (kdforge's cnn, BertForSequenceClassification), its input is taken instead: the features before dropout,
+    which is what the references compare (a student's dropped-out embedding would distort every relation).
+    """
+    head = head_path(model)
+    parent_path, _, name = head.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    siblings = list(parent.named_children())
+    names = [n for n, _ in siblings]
+    position = names.index(name)
+    if position > 0 and isinstance(siblings[position - 1][1], nn.Dropout):
+        before = siblings[position - 1][0]
+        return f"{parent_path + '.' if parent_path else ''}{before}:input"
+    return f"{head}:input"

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdforge.errors import ConfigError, ShapeMismatchError
-from kdforge.models.stages import embedding_path, feature_stages
+from kdforge.models.stages import feature_stages, head_path
 from kdforge.objectives.base import BuildContext, ModelsContext, PairContext, register_objective
 from kdforge.signals import DenseSignal, Needs, SparseSignal
 
@@ -98,7 +98,7 @@ def _head_width(model: nn.Module | None) -> int | None:
     if model is None:
         return None
     try:
-        path = embedding_path(model).partition(":")[0]
+        path = head_path(model)
     except ConfigError:
         return None
     return int(dict(model.named_modules())[path].in_features)

@@ -53,7 +53,8 @@ def distil(
     if any(t.objective.needs.student_features for t in terms.values()):
         # A misspelt student layer is reported now, not after the teacher has been trained.
         check_student_paths(terms, build(recipe.student, bundle, "student"))
-    needed = any(t.objective.needs.teacher for t in terms.values())
+    # A term with a source needs the teacher's signals (an automatic layer map names no feature until resolved).
+    needed = any(t.source is not None for t in terms.values())
     teacher, teacher_info = provide_teacher(recipe, bundle, signals_needed=needed)
     set_seed(recipe.seed)  # the student's initial weights depend on the seed alone, not on what ran before
     student = build(recipe.student, bundle, "student")

@@ -61,6 +61,10 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         compare_vocab=stage.compare_vocab,
         views=stage.views,
     )
+    resolved = {n: t.objective.params for n, t in distiller.terms.items() if t.objective.spec.resolve is not None}
+    if resolved and stage.run_dir is not None:
+        # What an automatic map (uniform, embedding, ...) chose, in the order of the connectors in the checkpoint.
+        stage.run_dir.write_json("objectives.json", {"resolved": resolved})
     trainer = Trainer(
         distiller,
         stage.train,
