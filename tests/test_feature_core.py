@@ -225,3 +225,33 @@ def test_built_modules_train_under_bf16_autocast_and_resume_exactly(tmp_path) ->
     s_a, s_b = straight.student.state_dict(), resumed.student.state_dict()
     differ["student"] = [k for k in s_a if not torch.equal(s_a[k], s_b[k])]
     assert not any(differ.values()), differ
+
+
+def test_recorder_paths_that_cannot_be_read_say_why() -> None:
+    class KeywordOnly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(input=x)
+
+    model = KeywordOnly()
+    with Recorder(model, ["inner:input"]), pytest.raises(ConfigError, match="keyword arguments only"):
+        model(torch.randn(2, 3))
+    plain = nn.Sequential(nn.Linear(3, 3))
+    with Recorder(plain, ["0:1"]), pytest.raises(ConfigError, match="returns a Tensor, not a tuple; record '0'"):
+        plain(torch.randn(2, 3))
+
+
+def test_a_teacher_path_error_names_the_teacher() -> None:
+    teacher, student = _cnns()
+    distiller = Distiller(student, teacher, {"hint": {"layers": ["2 -> layer9"]}})
+    with pytest.raises(ConfigError, match=r"^teacher 'teacher': Recorder: Sequential has no module 'layer9'"):
+        distiller.prepare({"input": torch.randn(2, 1, 28, 28)})
+
+
+def test_attention_connector_refuses_another_length_than_it_was_built_for() -> None:
+    connector = build_connector("attention", torch.randn(2, 7, 8), torch.randn(2, 5, 12))
+    with pytest.raises(ShapeMismatchError, match="built for 7 student positions, got 9"):
+        connector(torch.randn(2, 9, 8))

@@ -77,7 +77,7 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "teacher_layer": (
         {"student": CNN_STUDENT, "objectives": {"hint": {"layers": ["2 -> layer9"]}}},
-        "Recorder: Sequential has no module 'layer9'",
+        "teacher 'teacher': Recorder: Sequential has no module 'layer9'",
     ),
     "map_name": (
         {"student": CNN_STUDENT, "objectives": {"hint": {"layers": "diagonal"}}},

@@ -42,8 +42,18 @@ def _select(path: str, part: str | int | None, inputs: Any, output: Any) -> Tens
     if part is None:
         return _first_tensor(output)
     if part == "input":
+        if not any(isinstance(x, Tensor) for x in inputs):
+            raise ConfigError(
+                f"Recorder: {path!r}: the module was called without a positional tensor (keyword arguments only), so "
+                "its input cannot be recorded; record the output of the module before it instead"
+            )
         return _first_tensor(inputs)
-    if isinstance(part, int) and isinstance(output, (tuple, list)) and part < len(output):
+    if isinstance(part, int) and not isinstance(output, (tuple, list)):
+        raise ConfigError(
+            f"Recorder: {path!r}: element {part} of the output was asked for, but the module returns a "
+            f"{type(output).__name__}, not a tuple; record {path.partition(':')[0]!r} itself"
+        )
+    if isinstance(part, int) and part < len(output):
         got = output[part]
         if isinstance(got, Tensor):
             return got
@@ -51,6 +61,8 @@ def _select(path: str, part: str | int | None, inputs: Any, output: Any) -> Tens
             f"Recorder: {path!r}: element {part} of the module's output is {type(got).__name__}, not a tensor "
             "(attention weights need the eager attention implementation)"
         )
+    if isinstance(part, int):
+        raise ConfigError(f"Recorder: {path!r}: the module's output has {len(output)} elements; expected N < that")
     raise ConfigError(f"Recorder: {path!r}: expected ':input' or ':N' (an element of a tuple output) after the path")
 
 

@@ -167,7 +167,13 @@ class AttentionProjector(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """The student tensor in the teacher's shape."""
-        tokens = self.inp(_tokens(x)) + self.student_pos
+        tokens = _tokens(x)
+        if tokens.shape[1] != self.student_pos.shape[1]:
+            raise ShapeMismatchError(
+                f"connector 'attention' was built for {self.student_pos.shape[1]} student positions, got "
+                f"{tokens.shape[1]} ({tuple(x.shape)}); it needs inputs of one length (pad token batches to max_len)"
+            )
+        tokens = self.inp(tokens) + self.student_pos
         queries = self.queries.expand(x.shape[0], -1, -1)
         y = self.out(self.attend(queries, tokens, tokens, need_weights=False)[0])
         if len(self.teacher_shape) == 1:

@@ -336,8 +336,18 @@ class Distiller(nn.Module):
         if source is None:
             return TeacherOutput()
         if source in self.teachers:
-            return self.teachers[source].signals(batch, self.teacher_needs.get(source, Needs()))
+            return self._signals(source, batch, self.teacher_needs.get(source, Needs()))
         return outs[source].as_teacher()
+
+    def _signals(self, name: str, batch: dict[str, Any], needs: Needs) -> TeacherOutput:
+        """Teacher ``name``'s signals; a path it cannot record is reported as the teacher's, not the student's."""
+        try:
+            return self.teachers[name].signals(batch, needs)
+        except ConfigError as err:
+            text = str(err)
+            if text.startswith("Recorder:"):
+                raise ConfigError(f"teacher {name!r}: {text}") from None
+            raise
 
     # -- checks -----------------------------------------------------------------------------------------------------
 
@@ -447,7 +457,7 @@ class Distiller(nn.Module):
             self._step += int(self.training)
         self.prepare(batch, explicit=False)
         device = first.device if torch.is_tensor(first) else torch.device("cpu")
-        teachers = {k: _to(self.teachers[k].signals(batch, needs), device) for k, needs in self.teacher_needs.items()}
+        teachers = {k: _to(self._signals(k, batch, needs), device) for k, needs in self.teacher_needs.items()}
         outs = {k: self.adapters[k](batch, self.student_needs[k]) for k in self.students}
         for name, (student, view) in self.views.items():
             outs[name] = self.adapters[student](self._view(batch, view), self.student_needs[name])
