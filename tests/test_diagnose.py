@@ -136,8 +136,8 @@ def _overrides(tmp: Path, teacher: str) -> list[str]:
 
 def test_diagnose_cli_end_to_end(tmp_path: Path, teacher_file: str) -> None:
     pytest.importorskip("matplotlib", reason="the heat map needs matplotlib (the llm extra)")
-    args = [x for o in _overrides(tmp_path, teacher_file) for x in ("-o", o)]
-    res = run_cli("diagnose", "digits-kd", *args, "-o", "student.params.hidden=[16, 8]", "--batches", "2")
+    args = list(_overrides(tmp_path, teacher_file))
+    res = run_cli("diagnose", "digits-kd", *args, "student.params.hidden=[16, 8]", "--batches", "2")
     assert res.returncode == 0, res.stderr
     (folder,) = list((tmp_path / "runs" / "diagnose").iterdir())
     assert (folder / "cka.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -165,12 +165,12 @@ def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *
         (["digits-kdd"], "error: recipe 'digits-kdd' is neither a file nor a built-in recipe"),
         (["digits-kd", "--teacher-layers", "2,layer9"], "error: --teacher-layers: Sequential has no module 'layer9'"),
         (["--run", "/nonexistent/run"], "error: --run '/nonexistent/run' is not a run folder"),
-        (["digits-kd", "-o", "teacher=null", "-o", "objectives={ce: 1}"], "error: teacher: the recipe has none"),
+        (["digits-kd", "teacher=null", "objectives={ce: 1}"], "error: teacher: the recipe has none"),
     ],
 )
 def test_diagnose_errors_exit_2_with_one_line(monkeypatch, capsys, tmp_path, teacher_file, args, message) -> None:
-    extra = [x for o in _overrides(tmp_path, teacher_file) for x in ("-o", o)] if args[0] == "digits-kd" else []
-    code, err = _main(monkeypatch, capsys, *extra, *args)  # the case's own overrides come last
+    extra = list(_overrides(tmp_path, teacher_file)) if args[0] == "digits-kd" else []
+    code, err = _main(monkeypatch, capsys, *args[:1], *extra, *args[1:])  # the case's own overrides come last
     assert code == 2 and err.startswith(message) and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
 

@@ -228,9 +228,7 @@ def diagnose(
     recipe: Annotated[
         str | None, typer.Argument(help="recipe file or built-in name (with --run: default the run's own recipe)")
     ] = None,
-    overrides: Annotated[
-        list[str] | None, typer.Option("-o", "--override", help="key.path=value override (repeatable)")
-    ] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides, as for `run`")] = None,
     student_layers: Annotated[
         str | None, typer.Option("--student-layers", help="comma-separated module paths (default: stages + head)")
     ] = None,
@@ -249,6 +247,9 @@ def diagnose(
     from kdforge.recipe import load_yaml
     from kdforge.runner import resolve
 
+    if recipe is not None and "=" in recipe:
+        # ``kdforge diagnose --run RUN key=value``: the first override lands where the recipe would be.
+        overrides, recipe = [recipe, *(overrides or [])], None
     if recipe is None and run_dir is None:
         raise ConfigError("diagnose: give a RECIPE, or --run RUN_DIR to use that run's recipe")
     if recipe is not None:

@@ -75,7 +75,10 @@ class Precomputed(Teacher):
     def signals(self, batch: dict[str, Any], needs: Needs) -> TeacherOutput:
         """Look the batch's sample ids up; unknown ids are an error, never a silent zero."""
         if needs.teacher_features:
-            raise ConfigError("a precomputed teacher holds logits only; use a live teacher for feature objectives")
+            raise ConfigError(
+                "teacher.kind=precomputed holds logits only; features (feature objectives, diagnose) need "
+                "teacher.kind=live"
+            )
         if not needs.teacher_logits:
             return TeacherOutput()
         idx = sample_ids(batch)
