@@ -802,7 +802,26 @@ def features_section(data: dict) -> list[str]:
         head = STUDENT_LABELS.get(student, student)
         lines += ["", f"**{head}** (teacher {100 * teacher:.2f}%)" if teacher else f"**{head}**", ""]
         lines += table(["method", "test, last", "test at best val", "term"], body)
+        lines += ["", _against_scratch(rows)]
     return lines
+
+
+def _against_scratch(rows: dict) -> str:
+    """Which methods beat scratch by more than both spreads, which fall below it, which tie (last-epoch accuracy)."""
+    base = rows["scratch"]["test_last"]
+    verdicts: dict[str, list[str]] = {"above": [], "below": [], "tie": []}
+    for method, cell in rows.items():
+        if method == "scratch" or cell.get("not_applicable"):
+            continue
+        stat = cell["test_last"]
+        gap = 100 * (stat["mean"] - base["mean"])
+        margin = 100 * (stat["std"] + base["std"])
+        kind = "tie" if abs(gap) <= margin else ("above" if gap > 0 else "below")
+        verdicts[kind].append(f"{method} {gap:+.2f}")
+    parts = [f"{k} scratch (beyond both stds): {', '.join(v)}" for k, v in verdicts.items() if v and k != "tie"]
+    if verdicts["tie"]:
+        parts.append(f"within the spread: {', '.join(verdicts['tie'])}")
+    return "Against scratch: " + "; ".join(parts) + "."
 
 
 def features_text_section(data: dict) -> list[str]:
@@ -813,12 +832,21 @@ def features_text_section(data: dict) -> list[str]:
     lines.append(
         f"all-MiniLM-L6-v2 with a linear probe on its frozen embeddings (teacher {100 * teacher:.2f}%) teaches a "
         f"randomly initialised 2-layer BERT (hidden 128, 2 heads) trained with its own head, {data['epochs']:g} "
-        f"epochs at {data['max_len']} tokens, seeds {len(next(iter(conditions.values()))['test_last']['values'])}; "
+        f"epochs at {data['max_len']} tokens, {len(next(iter(conditions.values()))['test_last']['values'])} seeds; "
         "relations between the last layers, 8 relation heads on both sides."
     )
     lines.append("")
     rows = [[name, pm(c["test_last"]), pm(c["test_at_best_val"])] for name, c in conditions.items()]
-    return lines + table(["student objectives", "test, last", "test at best val"], rows)
+    lines += table(["student objectives", "test, last", "test at best val"], rows)
+    if "ce" in conditions and "ce+relations" in conditions:
+        a, b = conditions["ce"]["test_last"], conditions["ce+relations"]["test_last"]
+        gap, spread = 100 * (b["mean"] - a["mean"]), 100 * (a["std"] + b["std"])
+        lines += [
+            "",
+            f"Relations add {gap:+.2f} points (sum of the two stds {spread:.2f}); both students beat their "
+            f"teacher's linear probe ({100 * teacher:.2f}%), a probe on frozen sentence embeddings.",
+        ]
+    return lines
 
 
 def main() -> None:
