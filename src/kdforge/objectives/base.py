@@ -72,7 +72,13 @@ class ObjectiveSpec:
         return {
             "name": self.name,
             "summary": self.summary,
-            "params": {k: {"default": p.default, "type": _type_name(p.annotation)} for k, p in self.params.items()},
+            "params": {
+                k: {
+                    "default": list(p.default) if isinstance(p.default, tuple) else p.default,
+                    "type": _type_name(p.annotation),
+                }
+                for k, p in self.params.items()
+            },
             "needs_teacher": self.teacher,
             "needs_labels": self.labels if isinstance(self.labels, bool) else "depends on params",
             "inputs": self.inputs,
