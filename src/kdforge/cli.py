@@ -17,18 +17,19 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from kdforge.errors import Interrupted, KdforgeError
+from kdforge.tables import FittedTable, fitted
 
 # Plain tracebacks, and only with --debug: typer's pretty ones print local variables, which may hold secrets.
 app = typer.Typer(
     add_completion=False, no_args_is_help=False, help="Teacher → student distillation.", pretty_exceptions_enable=False
 )
-# A pipe or CI log gets a fixed width so the table is not squeezed to 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 150)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+# Width: COLUMNS when set, else the terminal's (rich asks stdin/stdout/stderr, so `| tee log` keeps it), else 80.
+# Tables fit it by splitting their columns into groups (kdforge.tables), so a pipe never cuts a value either.
+out = Console()
+err = Console(stderr=True)
 _options = {"debug": False}
 # Usage errors (exit 2) derive from click's ClickException: vendored as typer._click by recent typer releases,
 # click itself by older ones; take it from a class typer exports either way.
@@ -42,16 +43,14 @@ def _global(
     _options["debug"] = debug
 
 
-def _table(rows: list[dict[str, Any]], title: str) -> Table:
+def _table(rows: list[dict[str, Any]], title: str) -> FittedTable:
+    """The comparison table of runs, laid out for the console it is printed on (column groups when too wide)."""
     from kdforge.report import columns, fmt
 
-    table = Table(title=title)
     cols = columns(rows)
-    for _, heading in cols:
-        table.add_column(heading, justify="left" if heading == "run" else "right")
-    for r in rows:
-        table.add_row(*(fmt(k, r.get(k)) for k, _ in cols))
-    return table
+    cells = [[fmt(k, r.get(k)) for k, _ in cols] for r in rows]
+    justify = ["left" if heading == "run" else "right" for _, heading in cols]
+    return fitted(title, [heading for _, heading in cols], cells, justify)
 
 
 @app.command()
@@ -63,11 +62,15 @@ def run(
     ] = None,
 ) -> None:
     """Run a recipe (no recipe: the default Fashion-MNIST demonstration), or continue one with --resume RUN_DIR."""
-    from kdforge import recipes as builtin
-    from kdforge.recipe import load_yaml
-    from kdforge.runner import resolve
-    from kdforge.runner import resume as resume_run
-    from kdforge.runner import run as run_recipe
+    from kdforge import progress
+
+    # Importing PyTorch, Accelerate and the registries takes seconds on a small machine: say so before it starts.
+    with progress.status("starting (loading PyTorch)"):
+        from kdforge import recipes as builtin
+        from kdforge.recipe import load_yaml
+        from kdforge.runner import resolve
+        from kdforge.runner import resume as resume_run
+        from kdforge.runner import run as run_recipe
 
     extra = list(overrides or [])
     if resume is not None:
@@ -75,7 +78,7 @@ def run(
             raise typer.BadParameter("--resume RUN_DIR takes no recipe or overrides: the run folder holds its recipe")
         result = resume_run(resume)
         out.print(_table(result["rows"], f"{Path(resume).name} — test set"))
-        out.print(f"run folder: {result['run_dir']}")
+        out.print(f"run folder: {result['run_dir']}", soft_wrap=True, highlight=False)
         return
     if recipe is not None and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
         extra.insert(0, recipe)
@@ -84,7 +87,7 @@ def run(
     resolved = resolve(load_yaml(path), extra)
     result = run_recipe(resolved)
     out.print(_table(result["rows"], f"{resolved.name} — test set"))
-    out.print(f"run folder: {result['run_dir']}")
+    out.print(f"run folder: {result['run_dir']}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -113,10 +116,8 @@ def cache(
     if as_json:
         print(json.dumps(info, indent=2))
         return
-    table = Table(title=f"store {info['path']}", show_header=False)
-    for key, value in info.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
-    out.print(table)
+    cells = [[key, json.dumps(value) if isinstance(value, (dict, list)) else str(value)] for key, value in info.items()]
+    out.print(fitted(f"store {info['path']}", ["key", "value"], cells, show_header=False))
 
 
 @app.command()
@@ -140,14 +141,9 @@ def recipes(as_json: Annotated[bool, typer.Option("--json", help="machine-readab
     if as_json:
         print(json.dumps(items, indent=2))
         return
-    table = Table(title="built-in recipes")
-    table.add_column("name")
-    table.add_column("strategy")
-    table.add_column("description")
-    for item in items:
-        # One line per recipe: the description's first sentence (`--json` has all of it).
-        table.add_row(item["name"], item["strategy"], item["description"].split(". ")[0].rstrip("."))
-    out.print(table)
+    # One row per recipe: the description's first sentence (`--json` has all of it).
+    cells = [[i["name"], i["strategy"], i["description"].split(". ")[0].rstrip(".")] for i in items]
+    out.print(fitted("built-in recipes", ["name", "strategy", "description"], cells))
 
 
 @app.command()
@@ -162,27 +158,56 @@ def objectives(
     if as_json:
         print(json.dumps(items, indent=2))
         return
-    table = Table(title="objectives")
-    for col in ("name", "parameters", "needs", "summary"):
-        table.add_column(col)
+    cells = []
     for item in items:
         params = ", ".join(f"{k}={v['default']}" for k, v in item["params"].items())
         needs = ", ".join(n for n, on in (("teacher", item["needs_teacher"]), ("labels", item["needs_labels"])) if on)
-        table.add_row(item["name"], params, needs, item["summary"])
-    out.print(table)
+        cells.append([item["name"], params, needs, item["summary"]])
+    out.print(fitted("objectives", ["name", "parameters", "needs", "summary"], cells))
 
 
 @app.command("eval")
 def evaluate(
-    run_dir: Annotated[str, typer.Argument(help="a run folder written by `kdforge run`")],
-    checkpoint: Annotated[str, typer.Option(help="which checkpoint: last or best")] = "last",
+    path: Annotated[str, typer.Argument(help="a run folder, one of its checkpoint folders, or an export folder")],
+    checkpoint: Annotated[str, typer.Option(help="which checkpoint of a run folder: last or best")] = "last",
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="the large batch timed (default 256; LMs 8)")
+    ] = None,
 ) -> None:
-    """Re-evaluate the student(s) of a run folder on the test set and print the table."""
-    from kdforge.rerun import evaluate_run
+    """Evaluate a run's models, a checkpoint or an exported student on the test set: table, eval JSON, plots."""
+    from kdforge.reporting.terminal import eval_table
+    from kdforge.rerun import evaluate_path
 
-    rows, path = evaluate_run(run_dir, checkpoint)
-    out.print(_table(rows, f"{run_dir} — test set ({checkpoint} checkpoint)"))
-    out.print(f"written: {path}")
+    record, written = evaluate_path(path, checkpoint, batch_size)
+    for name, model in record["models"].items():
+        profile = model["profile"]
+        if profile.get("busy"):
+            err.print(
+                f"warning: {name}: this process got {profile['cpu_share']:.0%} of a CPU while its latency was "
+                "timed (other work is running on this machine); its latencies are unreliable",
+                soft_wrap=True,
+                highlight=False,
+                markup=False,
+            )
+    out.print(eval_table(record, f"{path} — test set ({record['checkpoint']} checkpoint)"))
+    out.print(f"written: {written}", soft_wrap=True, highlight=False, markup=False)
+
+
+@app.command("report")
+def report(
+    run_dirs: Annotated[list[str], typer.Argument(help="one or more run folders written by `kdforge run`")],
+    out_dir: Annotated[str | None, typer.Option("--out", help="output folder (default FIRST_RUN_DIR/report)")] = None,
+    checkpoint: Annotated[str, typer.Option(help="which checkpoint to evaluate: last or best")] = "last",
+) -> None:
+    """One self-contained HTML page (and Markdown) comparing the teacher and students of one or more runs."""
+    from kdforge.reporting import write_report
+
+    files = write_report(run_dirs, out_dir, checkpoint)
+    for note in files.notes:
+        err.print(f"note: {note}", soft_wrap=True, highlight=False, markup=False)
+    out.print(f"written: {files.html}", soft_wrap=True, highlight=False, markup=False)
+    figures = f"(+ {len(files.figures)} PNG files beside it)"
+    out.print(f"written: {files.markdown} {figures}", soft_wrap=True, highlight=False, markup=False)
 
 
 @app.command("export")
@@ -345,7 +370,7 @@ def teach(
     for summary in result["runs"].values():
         for line in teach_lines(summary):
             out.print(line, soft_wrap=True, highlight=False)
-    out.print(f"run folder: {result['run_dir']}")
+    out.print(f"run folder: {result['run_dir']}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -365,6 +390,65 @@ def generate(
         summary = synth.generate(synth.load_recipe(tree, source))
     for line in generate_lines(summary):
         out.print(line, soft_wrap=True, highlight=False)
+
+
+@app.command()
+def bench(
+    suite: Annotated[str | None, typer.Argument(help="suite to run (none: only rewrite the README's tables)")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="seeds 0 .. N-1 per cell")] = 3,
+    results: Annotated[str, typer.Option("--results", help="results folder")] = "benchmarks/results",
+    readme: Annotated[str, typer.Option("--readme", help="README whose results block is rewritten")] = "README.md",
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="key.path=value applied to every recipe cell (repeatable)")
+    ] = None,
+    cells: Annotated[
+        list[str] | None, typer.Option("--cells", help="only cells named so or under that prefix (repeatable)")
+    ] = None,
+    work: Annotated[str | None, typer.Option("--work", help="keep each cell's run folder under this folder")] = None,
+    validate_only: Annotated[
+        bool, typer.Option("--validate", help="resolve every cell's recipe (data, models, objectives) and stop")
+    ] = False,
+    list_suites: Annotated[bool, typer.Option("--list", help="list the suites and their cells")] = False,
+    no_readme: Annotated[bool, typer.Option("--no-readme", help="leave the README alone")] = False,
+) -> None:
+    """Run a benchmark suite over seeds (finished cells are skipped), summarise it and regenerate the README tables."""
+    from kdforge.bench import SUITES, get_suite, run_suite, validate_suite
+    from kdforge.bench.readme import update_readme
+    from kdforge.bench.results import summary_rows
+    from kdforge.progress import enabled
+    from kdforge.tables import fitted
+
+    def note(message: str) -> None:
+        if enabled():
+            err.print(f"· {message}", soft_wrap=True, highlight=False, markup=False)
+
+    if list_suites:
+        for name, spec in SUITES.items():
+            needs = f" (needs {', '.join(spec.requires)})" if spec.requires else ""
+            out.print(f"{name}: {spec.description}{needs}", soft_wrap=True, highlight=False, markup=False)
+            for cell in spec.cells():
+                out.print(f"  {cell.name}", soft_wrap=True, highlight=False, markup=False)
+        return
+    if seeds < 1:
+        raise typer.BadParameter(f"--seeds must be at least 1, got {seeds}")
+    if suite is not None:
+        seed_list = list(range(seeds))
+        if validate_only:
+            count = validate_suite(get_suite(suite), seed_list, list(overrides or []), cells)
+            out.print(f"{suite}: {count} cell runs resolve", soft_wrap=True, highlight=False)
+            return
+        report = run_suite(suite, seed_list, results, overrides, cells, work, say=note)
+        header, rows = summary_rows(report.summary)
+        out.print(fitted(f"{suite} — mean ± std over seeds", header, rows))
+        out.print(
+            f"{len(report.ran)} cell run(s) done, {len(report.skipped)} already finished; "
+            f"summary: {report.summary_path}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    if not no_readme:
+        changed = update_readme(readme, results)
+        out.print(f"{readme}: results {'rewritten' if changed else 'unchanged'}", soft_wrap=True, highlight=False)
 
 
 def _fail(label: str, message: str | None, code: int) -> NoReturn:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_serializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError
 
 from kdforge.errors import ConfigError
@@ -169,6 +179,36 @@ class StrategyConfig(Strict):
         return data["name"] if isinstance(data, dict) and set(data) == {"name"} else data
 
 
+TRACK_BACKENDS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # backend → the module it needs
+
+
+def _tracker_installed(name: str) -> str:
+    # Checked when the recipe is read, so a missing package fails before any data is loaded.
+    module = TRACK_BACKENDS[name]
+    if importlib.util.find_spec(module) is None:
+        raise PydanticCustomError(
+            "tracker_missing",
+            "{name} needs the {module} package; install it with: pip install 'kdforge[track]'",
+            {"name": repr(name), "module": module},
+        )
+    return name
+
+
+class TrackConfig(Strict):
+    """Experiment tracking through Accelerate's trackers: TensorBoard and/or MLflow (a local file store)."""
+
+    backends: list[Annotated[Literal["tensorboard", "mlflow"], AfterValidator(_tracker_installed)]] = Field(
+        default_factory=list
+    )
+    dir: str | None = Field(None, description="default: <run folder>/tracking (tensorboard/, mlruns/)")
+    experiment: str | None = Field(None, description="MLflow experiment; default: the recipe's name")
+
+    @field_validator("backends")
+    @classmethod
+    def _once(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
 class Recipe(Strict):
     """One run: data, teacher, student, objectives, training; optional variants compared side by side."""
 
@@ -188,6 +228,7 @@ class Recipe(Strict):
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     teach: dict[str, Any] | None = Field(None, description="strategy teaching_loop: its rounds and LLM teacher")
     responses: ResponsesConfig | None = Field(None, description="causal LMs: SeqKD, on-policy, mixed, speculative")
+    track: TrackConfig | None = Field(None, description="experiment tracking: TensorBoard and/or MLflow")
 
     @field_validator("name")
     @classmethod
@@ -199,6 +240,14 @@ class Recipe(Strict):
     @classmethod
     def _strategy_shorthand(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("track", mode="before")
+    @classmethod
+    def _track_shorthand(cls, value: Any) -> Any:
+        # `track: mlflow` and `track: [tensorboard, mlflow]` are short for {backends: [...]}.
+        if isinstance(value, str):
+            return {"backends": [value]}
+        return {"backends": value} if isinstance(value, list) else value
 
     @field_validator("variants")
     @classmethod

@@ -10,6 +10,7 @@ from typing import Any
 from accelerate.utils import broadcast_object_list
 
 import kdforge.strategies  # noqa: F401  (fills the registry)
+from kdforge import progress
 from kdforge.adapters import adapter_for
 from kdforge.data import make_loader
 from kdforge.data.base import example_inputs
@@ -76,9 +77,10 @@ def run(recipe: Recipe, run_dir: RunDir | None = None, resume: bool = False) -> 
     )
     public = {k: v.summary for k, v in results.items()}
     samples = {k: v.summary["samples"] for k, v in results.items() if v.summary.get("samples")}
-    run_dir.write_text("report.md", render_markdown(recipe, rows, samples))
-    if recipe.variants:
-        run_dir.write_json(SUMMARY, {"rows": rows, "runs": public})
+    with progress.status(f"writing the report {str(run_dir.path / 'report.md')!r}", show=run_dir.main):
+        run_dir.write_text("report.md", render_markdown(recipe, rows, samples))
+        if recipe.variants:
+            run_dir.write_json(SUMMARY, {"rows": rows, "runs": public})
     return {"run_dir": str(run_dir.path), "rows": rows, "runs": public}
 
 
@@ -119,11 +121,11 @@ def _teacher_row(results: dict[str, RunOutcome], profile: bool = True) -> dict[s
         if model is not None and bundle is not None and get_accelerator().is_main_process:
             lm = adapter_for(model).causal_lm
             test = make_loader(bundle.test, 16 if lm else 1024, shuffle=False, seed=0)
-            return {
-                "name": "teacher",
-                "test": lm_metrics(model, test) if lm else test_metrics(model, test),
-                "profile": model_profile(model.to("cpu"), example_inputs(bundle.test, 256), 8 if lm else 256)
-                if profile
-                else {},
-            }
+            with progress.status(f"evaluating the teacher on the test set ({len(bundle.test):,} samples)"):
+                metrics = lm_metrics(model, test) if lm else test_metrics(model, test)
+            stats: dict[str, Any] = {}
+            if profile:
+                with progress.status(f"profiling the teacher (size, CPU latency at batch 1 and {8 if lm else 256})"):
+                    stats = model_profile(model.to("cpu"), example_inputs(bundle.test, 256), 8 if lm else 256)
+            return {"name": "teacher", "test": metrics, "profile": stats}
     return None

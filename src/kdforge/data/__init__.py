@@ -1,6 +1,6 @@
 """Data sets as in-memory tensors with stable sample ids; importing this registers the built-in ones."""
 
-from kdforge.data import austen_lm, digits, fashion_mnist, files, text
+from kdforge.data import austen_lm, cifar100, digits, fashion_mnist, files, text
 from kdforge.data.base import (
     ArrayDataset,
     DataBundle,
@@ -16,6 +16,7 @@ __all__ = [
     "ArrayDataset",
     "DataBundle",
     "austen_lm",
+    "cifar100",
     "collate_batch",
     "digits",
     "fashion_mnist",

@@ -50,12 +50,19 @@ def identity(x: Tensor, keys: np.ndarray) -> Tensor:
     return x
 
 
-def flip_crop(x: Tensor, keys: np.ndarray, pad: int = CROP_PAD) -> Tensor:
-    """Horizontal flip (p = 0.5) and a crop from a ``pad``-pixel zero-padded image, each drawn from the sample's key."""
+def flip_crop(x: Tensor, keys: np.ndarray, pad: int = CROP_PAD, fill: tuple[float, ...] | None = None) -> Tensor:
+    """Horizontal flip (p = 0.5) and a crop from a ``pad``-pixel padded image, each drawn from the sample's key.
+
+    The padding is 0 (the mean pixel of normalised inputs) or ``fill`` per channel (e.g. black after normalisation).
+    """
     n, _, h, w = x.shape
     flip = draw(keys, 1, 2) == 1
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    padded = F.pad(x, (pad, pad, pad, pad))
+    if fill is None:
+        padded = F.pad(x, (pad, pad, pad, pad))
+    else:
+        value = torch.tensor(fill, dtype=x.dtype).view(1, -1, 1, 1)
+        padded = F.pad(x - value, (pad, pad, pad, pad)) + value
     dy, dx = draw(keys, 2, 2 * pad + 1), draw(keys, 3, 2 * pad + 1)
     rows = (dy[:, None] + torch.arange(h))[:, :, None]
     cols = (dx[:, None] + torch.arange(w))[:, None, :]

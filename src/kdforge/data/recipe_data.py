@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kdforge import progress
 from kdforge.data.base import DataBundle, load_dataset, with_augment
 from kdforge.errors import ConfigError
 from kdforge.recipe import Recipe
@@ -16,11 +17,13 @@ def load_data(recipe: Recipe, augment_seed: int | None = None, **override: Any) 
     params = {**recipe.data.params, **override}
     if params.get("tokenizer") in ("teacher", "student"):
         params["tokenizer"] = model_folder(recipe, params["tokenizer"])
-    bundle = load_dataset(recipe.data.name, **params)
-    if bundle.train.augmented:
-        # Augmentation draws are the run's: another seed sees other views of the same samples.
-        seed = recipe.seed if augment_seed is None else augment_seed
-        bundle.train = with_augment(bundle.train, bundle.train.augment, augment_seed=seed)
+    changed = "".join(f", {k}={v}" for k, v in override.items())
+    with progress.status(f"loading data {recipe.data.name}{f' ({changed[2:]})' if changed else ''}"):
+        bundle = load_dataset(recipe.data.name, **params)
+        if bundle.train.augmented:
+            # Augmentation draws are the run's: another seed sees other views of the same samples.
+            seed = recipe.seed if augment_seed is None else augment_seed
+            bundle.train = with_augment(bundle.train, bundle.train.augment, augment_seed=seed)
     return bundle
 
 

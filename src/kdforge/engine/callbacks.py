@@ -1,7 +1,8 @@
 """Callbacks: code that runs at the Trainer's boundaries, so strategies plug in without copying the loop.
 
 Boundaries: every micro-batch (``on_batch_end``), every optimizer step (``on_optimizer_step`` — EMA updates,
-schedules), every evaluation (``on_evaluate``), every epoch (``on_epoch_end``), and the start and end of a fit.
+schedules), every evaluation (``on_evaluate``), every epoch (``on_epoch_end``), every logged record (``on_log``:
+trackers), and the start and end of a fit (``on_fit_exit`` also when it fails or is interrupted).
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ class Callback:
 
     def on_fit_end(self, trainer: Trainer, result: Any) -> None:
         """After the budget is spent."""
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """After each record the Trainer logs (a train line, or one split's evaluation), with the record."""
+
+    def on_fit_exit(self, trainer: Trainer, error: BaseException | None) -> None:
+        """When the loop is left, however: finished (None), failed or interrupted (the exception); close files here."""
 
 
 class TeacherHooks(Callback):
@@ -74,6 +81,12 @@ class CallbackList(Callback):
 
     def on_fit_end(self, trainer: Trainer, result: Any) -> None:
         self._each("on_fit_end", trainer, result)
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self._each("on_log", trainer, record)
+
+    def on_fit_exit(self, trainer: Trainer, error: BaseException | None) -> None:
+        self._each("on_fit_exit", trainer, error)
 
 
 class StopRequest:

@@ -230,6 +230,7 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.run_dir is not None:
             self.run_dir.log(record)
+        self.callbacks.on_log(self, record)
 
     def _predict(self, loader: DataLoader, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits, labels, _ = predict(model, loader, self.accelerator.device, gather=self.accelerator.gather_for_metrics)
@@ -323,6 +324,7 @@ class Trainer:
             result.resumed_from = self._restore(modules, optimizer, scheduler, generator)
         self.callbacks.on_fit_start(self)
         started = time.perf_counter()
+        error: BaseException | None = None
         try:
             with stop_on_signals(self.stop):
                 params = [p for m in wrapped.values() for p in m.parameters()]
@@ -342,6 +344,9 @@ class Trainer:
                     )
                 )
             acc.wait_for_everyone()
+        except BaseException as err:
+            error = err
+            raise
         finally:
             # Accelerate may have patched forward with autocast; the exported students must be the plain modules.
             for name, runner in wrapped.items():
@@ -349,6 +354,7 @@ class Trainer:
                 distiller.wrap(name, modules[name])
             # The Accelerator outlives this fit: drop its references to our models, optimizer and loaders.
             acc.free_memory()
+            self.callbacks.on_fit_exit(self, error)  # trackers flush and close, whichever way the loop was left
         if self.stop:
             # A signal that arrived after the last step (evaluation, saving): training is complete and saved, but
             # the command was interrupted and must not exit 0; a resume finishes the summary.

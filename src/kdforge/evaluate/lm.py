@@ -42,6 +42,30 @@ def _kl(s: Tensor, target: ChunkTarget, labels: Tensor | None) -> Tensor:
     return torch.where(log_p > -math.inf, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p)).sum(-1)
 
 
+class _RecordedKL:
+    """The ``_kl`` row function that also keeps each row's value, for KL per position."""
+
+    def __init__(self, n_rows: int, device: torch.device):
+        self.values = torch.zeros(n_rows, dtype=torch.float64, device=device)
+
+    def __call__(self, s: Tensor, target: ChunkTarget, labels: Tensor | None) -> Tensor:
+        rows = _kl(s, target, labels)
+        self.values[target.start : target.end] = rows.double()
+        return rows
+
+
+def add_per_position(sums: Tensor, counts: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Add the values of the masked positions of a (B, S) ``mask`` (row-major order) to per-position sums/counts."""
+    positions = mask.nonzero()[:, 1].cpu()
+    width = int(mask.shape[1])
+    if width > len(sums):  # a longer batch than any before: grow both
+        sums = torch.cat([sums, torch.zeros(width - len(sums), dtype=torch.float64)])
+        counts = torch.cat([counts, torch.zeros(width - len(counts), dtype=torch.float64)])
+    sums.index_add_(0, positions, values.double().cpu())
+    counts.index_add_(0, positions, torch.ones(len(positions), dtype=torch.float64))
+    return sums, counts
+
+
 def _hidden_and_head(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, Any, float | None]:
     adapter = adapter_for(model)
     out = adapter(dict(batch), Needs(student_hidden=True))
@@ -64,11 +88,18 @@ def lm_metrics(
     teacher: nn.Module | None = None,
     chunk_size: int = 512,
     reduce: Callable[[Tensor], Tensor] | None = None,
-) -> dict[str, float]:
-    """nll, perplexity, next-token accuracy; with a teacher network also top-1 agreement and KL(p_t ‖ p_s) per token."""
+    per_position: bool = False,
+) -> dict[str, Any]:
+    """nll, perplexity, next-token accuracy; with a teacher network also top-1 agreement and KL(p_t ‖ p_s) per token.
+
+    ``per_position`` (with a teacher) adds ``kl_per_position``: at each position s, the mean KL over the sequences
+    that have a target at s (not gathered across processes).
+    """
     was_training = model.training
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64)  # nll, correct, agree, kl, tokens
+    pos_sums = torch.zeros(0, dtype=torch.float64)
+    pos_counts = torch.zeros(0, dtype=torch.float64)
     try:
         with torch.no_grad():
             for batch in loader:
@@ -79,7 +110,8 @@ def lm_metrics(
                 if moved.get("attention_mask") is not None:
                     mask = mask & moved["attention_mask"].bool()
                 signal = None if teacher is None else _teacher_signal(teacher, moved, hidden.device).select(mask)
-                rows = [_nll, _correct] + ([_agree, _kl] if signal is not None else [])
+                recorder = _RecordedKL(int(mask.sum()), hidden.device) if per_position and signal is not None else None
+                rows = [_nll, _correct] + ([_agree, recorder or _kl] if signal is not None else [])
                 vocab = int(head.weight.shape[0])
                 if signal is not None:
                     vocab = min(vocab, signal.vocab_size)
@@ -87,6 +119,8 @@ def lm_metrics(
                 got = chunked_row_sums(hidden[mask], head, plan).double().cpu()
                 sums[: len(got)] += got
                 sums[4] += float(mask.sum())
+                if recorder is not None:
+                    pos_sums, pos_counts = add_per_position(pos_sums, pos_counts, recorder.values, mask)
     finally:
         model.train(was_training)
     if reduce is not None:
@@ -96,6 +130,11 @@ def lm_metrics(
     out = {"nll": nll, "perplexity": math.exp(min(nll, 700.0)), "accuracy": float(sums[1]) / n, "tokens": int(sums[4])}
     if teacher is not None:
         out.update({"agreement": float(sums[2]) / n, "kl": float(sums[3]) / n})
+        if per_position:
+            seen = pos_counts > 0
+            # Trailing positions without any target are dropped; an inner one without targets is None.
+            last = int(seen.nonzero().max()) + 1 if bool(seen.any()) else 0
+            out["kl_per_position"] = [float(pos_sums[i] / pos_counts[i]) if seen[i] else None for i in range(last)]
     return out
 
 

@@ -90,3 +90,42 @@ def classification_metrics(logits: Tensor, labels: Tensor, teacher_logits: Tenso
         metrics["agreement"] = agreement(logits, teacher_logits)
         metrics["kl"] = mean_kl(teacher_logits, logits)
     return metrics
+
+
+def top_k_accuracy(logits: Tensor, labels: Tensor, k: int = 5) -> float | None:
+    """Fraction of rows whose label is among the ``k`` largest logits; None when there are fewer than ``k`` classes."""
+    _check_logits_labels(logits, labels)
+    if logits.shape[1] < k:
+        return None
+    top = logits.topk(k, dim=-1).indices
+    return (top == labels.to(logits.device)[:, None]).any(-1).double().mean().item()
+
+
+def confusion_matrix(predicted: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """(C, C) int64 counts: row = true class, column = predicted class."""
+    flat = labels.long().cpu() * num_classes + predicted.long().cpu()
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def macro_f1(logits: Tensor, labels: Tensor) -> float:
+    """Unweighted mean of per-class F1 = 2TP / (2TP + FP + FN) over the classes present in labels or predictions.
+
+    As scikit-learn's ``f1_score(average="macro")``: classes absent from both labels and predictions are excluded
+    (its default ``labels=unique_labels(y_true, y_pred)``), so every class averaged has 2TP + FP + FN > 0 and its
+    ``zero_division`` setting never applies; a class only predicted, or only labelled, counts with F1 = 0.
+    """
+    _check_logits_labels(logits, labels)
+    cm = confusion_matrix(logits.argmax(-1), labels, logits.shape[1]).double()
+    tp = cm.diagonal()
+    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+    den = 2 * tp + fp + fn
+    present = den > 0
+    return (2 * tp[present] / den[present]).mean().item()
+
+
+def brier_score(logits: Tensor, labels: Tensor) -> float:
+    """Mean over rows of Σ_c (p_c − onehot_c)², p = softmax(logits) (0 is perfect, 2 the worst)."""
+    _check_logits_labels(logits, labels)
+    probs = F.softmax(logits.double(), dim=-1)
+    onehot = F.one_hot(labels.to(logits.device).long(), logits.shape[1]).double()
+    return ((probs - onehot) ** 2).sum(-1).mean().item()

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from kdforge.data import DataBundle
-from kdforge.export.inputs import student_inputs
+from kdforge.evaluate.inputs import split_batch, student_inputs
 
 TOLERANCE = 1e-4  # max |Δ| of float32 logits; above it the export is refused
 PARITY_ROWS = 64  # one batch of the test split
@@ -16,11 +16,6 @@ PARITY_ROWS = 64  # one batch of the test split
 
 class ParityError(Exception):
     """The artifact's outputs differ from the student's (not a user error: the CLI exits 1)."""
-
-
-def split_batch(bundle: DataBundle, rows: int) -> dict[str, Any]:
-    """The first ``rows`` samples of the test split as one batch (its attention mask included where it has one)."""
-    return bundle.test.__getitems__(list(range(min(rows, len(bundle.test)))))
 
 
 def parity_inputs(model: nn.Module, bundle: DataBundle, rows: int = PARITY_ROWS) -> dict[str, Tensor]:

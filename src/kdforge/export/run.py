@@ -80,7 +80,7 @@ def export_one(folder: Path, fmt: str, checkpoint: str, target: Path) -> dict[st
     rows = len(reference)
     record: dict[str, Any] = {
         "format": fmt,
-        "run": str(folder),
+        "run": str(folder.resolve()),
         "checkpoint": checkpoint,
         "step": loaded.state.get("step"),
         "student": spec.to_json(),

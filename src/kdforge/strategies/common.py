@@ -11,6 +11,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from kdforge import progress
 from kdforge.engine.rundir import RunDir
 from kdforge.engine.terms import parse_objectives
 from kdforge.engine.trainer import TrainResult, get_accelerator
@@ -114,9 +115,10 @@ def ensemble_accuracy(models: list[torch.nn.Module], loader: Any, device: torch.
     from kdforge.evaluate.predict import predict
 
     total, labels = None, None
-    for model in models:
-        logits, labels, _ = predict(model, loader, device)
-        probs = logits.float().softmax(-1)
-        total = probs if total is None else total + probs
+    with progress.status(f"evaluating the ensemble of {len(models)} students on the test set"):
+        for model in models:
+            logits, labels, _ = predict(model, loader, device)
+            probs = logits.float().softmax(-1)
+            total = probs if total is None else total + probs
     assert total is not None and labels is not None
     return float((total.argmax(-1) == labels).float().mean())

@@ -17,6 +17,7 @@ from accelerate.utils import set_seed
 from pydantic import ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from kdforge import progress
 from kdforge.data.base import in_memory, with_augment, with_views
 from kdforge.data.recipe_data import load_data
 from kdforge.data.semi import labelled_positions, semi_loader
@@ -147,7 +148,7 @@ def mean_teacher(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunOu
         "ema_updates": teacher.updates,
     }
     if acc.is_main_process and teacher.model is not None:
-        with torch.no_grad():
+        with torch.no_grad(), progress.status("evaluating the mean teacher on the test set"):
             summary["teacher_test"] = test_metrics(teacher.model, evals["test"])
     run_dir.write_json(SUMMARY, summary)
     acc.wait_for_everyone()

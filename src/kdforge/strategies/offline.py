@@ -8,6 +8,7 @@ from typing import Any
 
 from accelerate.utils import set_seed
 
+from kdforge import progress
 from kdforge.adapters import adapter_for
 from kdforge.data.base import DataBundle, example_inputs
 from kdforge.data.recipe_data import load_data, model_folder
@@ -96,8 +97,9 @@ def distil(
         atomic_replace_dir(lambda tmp: save_hf_folder(student, tmp, tokenizer), run_dir.path / "student_hf")
         summary["hf_folder"] = str(run_dir.path / "student_hf")
     if acc.is_main_process and recipe.profile:
-        lm = adapter_for(student).causal_lm
-        summary["profile"] = model_profile(student.to("cpu"), example_inputs(bundle.test, 256), 8 if lm else 256)
+        large = 8 if adapter_for(student).causal_lm else 256
+        with progress.status(f"profiling the student {recipe.name} (size, CPU latency at batch 1 and {large})"):
+            summary["profile"] = model_profile(student.to("cpu"), example_inputs(bundle.test, 256), large)
     run_dir.write_json(SUMMARY, summary)
     acc.wait_for_everyone()
     return RunOutcome(summary, student=student, teacher=teacher, bundle=bundle)

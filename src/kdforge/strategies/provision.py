@@ -8,10 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from torch import nn
 
+from kdforge import progress
 from kdforge.adapters import adapter_for
 from kdforge.data import DataBundle, make_loader
 from kdforge.data.recipe_data import load_data
@@ -145,13 +147,30 @@ def _teacher_key(recipe: Recipe, train_cfg: TrainConfig, data_fingerprint: str |
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def read_weights(path: Path, where: str) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from a PyTorch .pt/.pth file read with weights_only (no code runs)."""
+    if path.suffix in (".pt", ".pth"):
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # weights_only refuses pickled code; a damaged file fails to unzip
+            raise ConfigError(f"{where}: {str(path)!r} is not a plain PyTorch state dict ({err})") from None
+        # RepDistiller's and mdistiller's teacher checkpoints wrap the state dict: {"model": ..., "epoch": ...}.
+        for key in ("model", "state_dict"):
+            if isinstance(data, dict) and isinstance(data.get(key), dict):
+                data = data[key]
+        if not isinstance(data, dict) or not all(torch.is_tensor(v) for v in data.values()):
+            raise ConfigError(f"{where}: {str(path)!r} holds no state dict of tensors")
+        return data
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises several error types for a damaged file
+        raise ConfigError(f"{where}: {str(path)!r} is not a readable safetensors file ({err})") from None
+
+
 def load_weights(model: nn.Module, path: Path, where: str) -> None:
     if not path.is_file():
         raise ConfigError(f"{where}: checkpoint file {str(path)!r} does not exist")
-    try:
-        weights = load_file(str(path))
-    except Exception as err:  # safetensors raises several error types for a damaged file
-        raise ConfigError(f"{where}: {str(path)!r} is not a readable safetensors file ({err})") from None
+    weights = read_weights(path, where)
     own = model.state_dict()
     for key, value in weights.items():
         if key in own and tuple(own[key].shape) != tuple(value.shape):
@@ -191,16 +210,20 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
                 f"cached teacher file {str(meta_path)!r} is not a JSON mapping with a 'sha256'; delete the folder "
                 f"{str(cache)!r} to retrain the teacher"
             )
-        if not (found / "model.safetensors").is_file() or sha256_file(found / "model.safetensors") != meta["sha256"]:
-            raise IntegrityError(f"cached teacher {str(cache)!r} does not match its sha256; delete the folder")
-        load_weights(model, found / "model.safetensors", "teacher cache")
+        with progress.status(f"loading teacher {t.model.name} from the cache {str(cache)!r}"):
+            weights = found / "model.safetensors"
+            if not weights.is_file() or sha256_file(weights) != meta["sha256"]:
+                raise IntegrityError(f"cached teacher {str(cache)!r} does not match its sha256; delete the folder")
+            load_weights(model, weights, "teacher cache")
         return model.eval(), {**meta, "cache": str(cache), "reused": True}
     if not allow_training:
         return None, {"cache": str(cache), "missing": True}
     require_classification(bundle, "teacher training (no teacher.checkpoint given)")
     train_loader, evals = loaders(recipe.model_copy(update={"seed": teacher_seed(recipe)}), bundle)
     trainer = Trainer(Distiller(model, None, {"ce": 1.0}), train_cfg, run_dir=None, seed=teacher_seed(recipe))
-    result = trainer.fit(train_loader, evals)
+    epochs, samples = f"{train_cfg.epochs:g} epoch(s)", f"{len(bundle.train):,} samples"
+    with progress.status(f"training teacher {t.model.name} ({epochs} on {samples}; cached afterwards)"):
+        result = trainer.fit(train_loader, evals)
     meta = {
         "model": t.model.model_dump(mode="json"),
         "data": recipe.data.name,
@@ -235,13 +258,16 @@ class Provision:
             raise ConfigError("teacher.model: required for this teacher kind (e.g. {name: cnn})")
         if t.checkpoint:
             model = build(t.model, self.bundle, "teacher.model")
-            load_weights(model, Path(t.checkpoint).expanduser(), "teacher.checkpoint")
+            with progress.status(f"loading teacher {t.model.name} from {t.checkpoint!r}"):
+                load_weights(model, Path(t.checkpoint).expanduser(), "teacher.checkpoint")
             return model, {"checkpoint": t.checkpoint}
         if pretrained_lm(t.model) and t.train is None:
             # A pretrained causal LM is the teacher as it is: distillation never fine-tunes it first. It keeps its own
             # vocabulary; how it maps onto the student's is checked at set-up (kdforge.lm.setup).
             own = dataclasses.replace(self.bundle, num_classes=lm_vocab_size(t.model))
-            return build(t.model, own, "teacher.model").eval(), {"pretrained": t.model.params["path"]}
+            with progress.status(f"loading teacher {t.model.params['path']!r}"):
+                model = build(t.model, own, "teacher.model").eval()
+            return model, {"pretrained": t.model.params["path"]}
         return train_teacher(self.recipe, allow_training and self.allow_training)
 
     def member(self, cfg: NetworkTeacherConfig) -> Provision:

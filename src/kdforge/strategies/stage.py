@@ -8,10 +8,12 @@ from typing import Any
 
 from torch import nn
 
+from kdforge import progress
 from kdforge.engine.callbacks import Callback
 from kdforge.engine.distiller import Distiller
 from kdforge.engine.rundir import RunDir
 from kdforge.engine.terms import ObjectiveConfig
+from kdforge.engine.tracking import tracking_callbacks
 from kdforge.engine.trainer import Trainer, TrainResult
 from kdforge.recipe import TrainConfig
 from kdforge.teachers.base import Teacher
@@ -70,10 +72,14 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         stage.train,
         run_dir=stage.run_dir,
         seed=stage.seed,
-        callbacks=stage.callbacks,
+        callbacks=[*stage.callbacks, *tracking_callbacks(stage.run_dir)],  # the run folder's recipe.yaml: track
         resume=resume,
         batch_source=stage.batch_source,
     )
-    result = trainer.fit(stage.train_loader, dict(stage.eval_loaders))
+    name = stage.run_dir.path.name if stage.run_dir is not None else "student"
+    # Before its bar the Trainer runs the teacher over the evaluation splits once (agreement, KL): say so.
+    setup = f" (first the teacher on {', '.join(stage.eval_loaders)})" if stage.teachers and stage.eval_loaders else ""
+    with progress.status(f"training {name}{setup}"):
+        result = trainer.fit(stage.train_loader, dict(stage.eval_loaders))
     students = {name: distiller.export(name) for name in distiller.students}
     return StageResult(students=students, train=result, distiller=distiller)

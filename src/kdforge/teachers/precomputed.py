@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from kdforge import progress
 from kdforge.errors import ConfigError
 from kdforge.recipe import NetworkTeacherConfig
 from kdforge.registry import TEACHERS
@@ -46,7 +47,8 @@ class Precomputed(Teacher):
         key = (live.fingerprint, bundle.fingerprint, hash(bundle.train.indices.numpy().tobytes()))
         if key not in _TABLES:
             _TABLES.clear()  # one table at a time: they are as large as the data set's logits
-            _TABLES[key] = cls.from_live(live, bundle.train)  # type: ignore[arg-type]
+            with progress.status(f"computing the teacher's logits for {len(bundle.train):,} training samples"):
+                _TABLES[key] = cls.from_live(live, bundle.train)  # type: ignore[arg-type]
         return _TABLES[key], {**info, "kind": "precomputed"}
 
     @property

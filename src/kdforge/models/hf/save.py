@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ _ARCHITECTURE_TASKS = (("ForSequenceClassification", "sequence_classification"),
 
 
 def _pretrained(model: nn.Module) -> bool:
+    # A model can only be a transformers model once transformers is imported: never pay its import to find out.
+    if "transformers" not in sys.modules:
+        return False
     try:
         from transformers import PreTrainedModel
     except ImportError:
