@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from kdforge.bench.suites import text as text_suite
+
 import common  # noqa: F401  (offline environment, thread count)
 from common import accuracy_record, load_previous, mean_std, run_recipe, save
 
@@ -29,27 +31,8 @@ CONDITIONS: dict[str, dict[str, Any]] = {
 
 
 def tree(objectives: dict[str, Any], seed: int, epochs: float) -> dict[str, Any]:
-    """R8 at 64 tokens, a live MiniLM teacher (its Q/K/V are recorded), a 2-layer BERT student."""
-    return {
-        "name": "r8-minilm-relations",
-        "seed": seed,
-        "profile": False,
-        "data": {"name": "reuters_r8", "params": {"max_len": 64, "val_fraction": 0.1}, "batch_size": 32},
-        "teacher": {
-            "kind": "live",
-            "seed": 0,
-            "model": {"name": "minilm_classifier"},
-            "train": {"epochs": 1, "optimizer": {"name": "adamw", "lr": 0.005}, "log_every": 1000},
-        },
-        "student": {"name": "tiny_bert", "params": {"layers": 2, "hidden": 128, "heads": 2}},
-        "objectives": objectives,
-        "train": {
-            "epochs": epochs,
-            "optimizer": {"name": "adamw", "lr": 0.001},
-            "schedule": {"name": "cosine"},
-            "log_every": 1000,
-        },
-    }
+    """R8 at 64 tokens, a live MiniLM teacher (its Q/K/V are recorded), a 2-layer BERT student (the text suite's)."""
+    return text_suite.tree(objectives, seed, epochs, name="r8-minilm-relations")
 
 
 def main() -> None:

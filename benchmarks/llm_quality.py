@@ -39,16 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "llm_quality.json"
 OUTPUT = {"path": RESULTS}  # --results replaces it
 KDFORGE = str(ROOT / ".venv" / "bin" / "kdforge")
-TEACHER = {"name": "hf", "params": {"path": "~/.cache/kdforge/llm/smollm2-135m-instruct", "task": "causal_lm"}}
-STUDENT = {
-    "name": "hf",
-    "params": {
-        "task": "causal_lm",
-        "config": {"model_type": "llama", "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
-                   "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
-                   "tie_word_embeddings": True},
-    },
-}  # fmt: skip
+# The same pair as `kdforge bench llm`.
+from kdforge.bench.suites.llm import STUDENT, TEACHER  # noqa: E402
+
 FKL = {"kl": {"objective": "forward_kl", "weight": 1.0}}
 # arm -> (objectives, teacher source: "store64" | "store32" | "live", responses section or None)
 ARMS: dict[str, tuple[dict[str, Any], str, dict[str, Any] | None]] = {

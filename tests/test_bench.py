@@ -213,6 +213,12 @@ def test_suite_runs_resumes_and_summarises(tmp_path: Path, teacher_cache: str):
     # The summary table fits the README's columns: one row per cell, mean ± std printed.
     assert "±" in res.stdout and "cnn->mlp256" in res.stdout
 
+    # --summary-only runs nothing: a third seed is not trained, the summary still covers the two on disk.
+    res = run_cli("bench", *[a if a != "2" else "3" for a in args], "--summary-only", timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "ran nothing (--summary-only)" in res.stdout
+    assert not list(results.glob("fashion-mnist+*/*/*/seed-2.json"))
+
     # Runs with --set overrides live beside the suite's own results, never in place of them.
     folder = next(results.glob("fashion-mnist+*"))
     assert not (results / "fashion-mnist").exists()

@@ -410,6 +410,9 @@ def bench(
     ] = False,
     list_suites: Annotated[bool, typer.Option("--list", help="list the suites and their cells")] = False,
     no_readme: Annotated[bool, typer.Option("--no-readme", help="leave the README alone")] = False,
+    summary_only: Annotated[
+        bool, typer.Option("--summary-only", help="run nothing: summarise the finished cells on disk")
+    ] = False,
 ) -> None:
     """Run a benchmark suite over seeds (finished cells are skipped), summarise it and regenerate the README tables."""
     from kdforge.bench import SUITES, get_suite, run_suite, validate_suite
@@ -437,12 +440,12 @@ def bench(
             count = validate_suite(get_suite(suite), seed_list, list(overrides or []), cells)
             out.print(f"{suite}: {count} cell runs resolve", soft_wrap=True, highlight=False)
             return
-        report = run_suite(suite, seed_list, results, overrides, cells, work, say=note)
+        report = run_suite(suite, seed_list, results, overrides, cells, work, say=note, run_missing=not summary_only)
         header, rows = summary_rows(report.summary)
         out.print(fitted(f"{suite} — mean ± std over seeds", header, rows))
+        done = "ran nothing (--summary-only)" if summary_only else f"{len(report.ran)} cell run(s) done"
         out.print(
-            f"{len(report.ran)} cell run(s) done, {len(report.skipped)} already finished; "
-            f"summary: {report.summary_path}",
+            f"{done}, {len(report.skipped)} already finished; summary: {report.summary_path}",
             soft_wrap=True,
             highlight=False,
         )

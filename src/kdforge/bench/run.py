@@ -80,8 +80,10 @@ def run_suite(
     only: list[str] | None = None,
     work: str | Path | None = None,
     say: Callable[[str], None] = lambda _: None,
+    run_missing: bool = True,
 ) -> BenchReport:
-    """Run the suite's unfinished cells over ``seeds`` (finished ones are skipped), then summarise all of them."""
+    """Run the suite's unfinished cells over ``seeds`` (finished ones are skipped), then summarise all of them;
+    ``run_missing=False`` only summarises what is on disk."""
     suite = get_suite(name)
     if not seeds:
         raise ConfigError("--seeds must be at least 1")
@@ -98,7 +100,7 @@ def run_suite(
             label = f"{cell.name} seed {seed}"
             path = cell_path(folder, cell, seed)
             key = keys[(cell.name, seed)]
-            if finished_record(path, key) is not None:
+            if finished_record(path, key) is not None or not run_missing:
                 skipped.append(label)
                 continue
             say(f"[{len(ran) + len(skipped) + 1}/{total}] {suite.name}: {label}")

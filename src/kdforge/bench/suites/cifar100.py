@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kdforge.bench.suite import Cell, Suite, register_suite
-from kdforge.bench.suites.common import ACCURACY_COLUMNS
+from kdforge.bench.suites.common import ACCURACY_COLUMNS, method_cells
 
 EPOCHS = 240
 PAIRS = {"resnet32x4->resnet8x4": ("resnet32x4", "resnet8x4"), "wrn_40_2->wrn_16_2": ("wrn_40_2", "wrn_16_2"),
@@ -57,11 +57,7 @@ def recipe(pair: str, method: str, seed: int) -> dict[str, Any]:
 
 def cells() -> list[Cell]:
     """Every method on every pair."""
-    return [
-        Cell(f"{pair}/{method}", {"pair": pair, "method": method}, recipe=lambda s, p=pair, m=method: recipe(p, m, s))
-        for pair in PAIRS
-        for method in METHODS
-    ]
+    return method_cells(PAIRS, METHODS, recipe)
 
 
 SUITE = register_suite(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kdforge.bench.suite import Cell, Suite, register_suite
-from kdforge.bench.suites.common import ACCURACY_COLUMNS, adamw_cosine
+from kdforge.bench.suites.common import ACCURACY_COLUMNS, adamw_cosine, method_cells
 
 EPOCHS = 10
 TEACHER = {
@@ -53,11 +53,7 @@ def recipe(pair: str, method: str, seed: int) -> dict[str, Any]:
 
 def cells() -> list[Cell]:
     """Every method on every pair."""
-    return [
-        Cell(f"{pair}/{method}", {"pair": pair, "method": method}, recipe=lambda s, p=pair, m=method: recipe(p, m, s))
-        for pair in STUDENTS
-        for method in METHODS
-    ]
+    return method_cells(STUDENTS, METHODS, recipe)
 
 
 SUITE = register_suite(

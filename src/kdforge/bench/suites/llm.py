@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kdforge.bench.suite import Cell, Column, Suite, register_suite
+from kdforge.bench.suites.common import method_cells
 
 STEPS, BATCH, MAX_LEN = 100, 8, 128
 TEACHER = {"name": "hf", "params": {"path": "~/.cache/kdforge/llm/smollm2-135m-instruct", "task": "causal_lm"}}
@@ -46,9 +47,8 @@ def recipe(method: str, seed: int) -> dict[str, Any]:
 
 
 def cells() -> list[Cell]:
-    """Every objective on the one pair."""
-    pair = "smollm2-135m->llama-4x128"
-    return [Cell(f"{pair}/{m}", {"pair": pair, "method": m}, recipe=lambda s, m=m: recipe(m, s)) for m in METHODS]
+    """Every method on the one pair."""
+    return method_cells(["smollm2-135m->llama-4x128"], METHODS, lambda _pair, method, seed: recipe(method, seed))
 
 
 SUITE = register_suite(

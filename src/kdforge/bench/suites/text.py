@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kdforge.bench.suite import Cell, Suite, register_suite
-from kdforge.bench.suites.common import ACCURACY_COLUMNS, adamw_cosine
+from kdforge.bench.suites.common import ACCURACY_COLUMNS, adamw_cosine, method_cells
 
 EPOCHS = 4
 RELATIONS = {"weight": 1.0, "layers": "last", "relation_heads": 8}
@@ -16,10 +16,10 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
-def recipe(method: str, seed: int) -> dict[str, Any]:
+def tree(objectives: dict[str, Any], seed: int, epochs: float = EPOCHS, name: str = "bench-r8") -> dict[str, Any]:
     """R8 at 64 tokens, a live MiniLM teacher (its Q/K/V recorded for relations), a randomly initialised student."""
     return {
-        "name": f"bench-r8-{method.replace('+', '-')}",
+        "name": name,
         "seed": seed,
         "profile": False,
         "data": {"name": "reuters_r8", "params": {"max_len": 64, "val_fraction": 0.1}, "batch_size": 32},
@@ -30,15 +30,19 @@ def recipe(method: str, seed: int) -> dict[str, Any]:
             "train": {"epochs": 1, "optimizer": {"name": "adamw", "lr": 0.005}, "log_every": 1000},
         },
         "student": {"name": "tiny_bert", "params": {"layers": 2, "hidden": 128, "heads": 2}},
-        "objectives": METHODS[method],
-        "train": adamw_cosine(EPOCHS, lr=0.001),
+        "objectives": objectives,
+        "train": adamw_cosine(epochs, lr=0.001),
     }
+
+
+def recipe(method: str, seed: int) -> dict[str, Any]:
+    """One cell's recipe."""
+    return tree(METHODS[method], seed, name=f"bench-r8-{method.replace('+', '-')}")
 
 
 def cells() -> list[Cell]:
     """Every method on the one pair."""
-    pair = "minilm->tiny_bert"
-    return [Cell(f"{pair}/{m}", {"pair": pair, "method": m}, recipe=lambda s, m=m: recipe(m, s)) for m in METHODS]
+    return method_cells(["minilm->tiny_bert"], METHODS, lambda _pair, method, seed: recipe(method, seed))
 
 
 SUITE = register_suite(
