@@ -14,6 +14,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from kdforge.bench.suites.fashion_mnist import DATA
+
 import common  # noqa: F401  (offline environment, thread count)
 from common import accuracy_record, adamw_cosine, load_previous, mean_std, run_recipe, save
 
@@ -53,11 +55,7 @@ def tree(student: str, objectives: dict[str, Any], seed: int) -> dict[str, Any]:
         "name": f"features-{student}",
         "seed": seed,
         "profile": False,
-        "data": {
-            "name": "fashion_mnist",
-            "params": {"val_fraction": 0.1, "seed": 0, "train_limit": 5400},
-            "batch_size": 128,
-        },
+        "data": DATA,
         "teacher": {
             "kind": "live",
             "seed": 0,

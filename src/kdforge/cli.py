@@ -442,7 +442,8 @@ def bench(
             return
         report = run_suite(suite, seed_list, results, overrides, cells, work, say=note, run_missing=not summary_only)
         header, rows = summary_rows(report.summary)
-        out.print(fitted(f"{suite} — mean ± std over seeds", header, rows))
+        # The group labels (pair, method) name a row, so every split part repeats them.
+        out.print(fitted(f"{suite} — mean ± std over seeds", header, rows, keys=header.index("seeds")))
         done = "ran nothing (--summary-only)" if summary_only else f"{len(report.ran)} cell run(s) done"
         out.print(
             f"{done}, {len(report.skipped)} already finished; summary: {report.summary_path}",

@@ -1,4 +1,4 @@
-"""Tables that fit the console: too many columns split into groups that each fit, the first column repeated in each.
+"""Tables that fit the console: too many columns split into groups that each fit, the key columns repeated in each.
 
 A value is never cut: a column is at least as wide as its longest word, headings and prose wrap on words, and only
 a single word wider than the whole console is folded onto a second line (never replaced by '…').
@@ -29,17 +29,20 @@ def line_width(text: str) -> int:
     return max((cell_len(line) for line in text.splitlines()), default=0)
 
 
-def column_groups(minimum: Sequence[int], width: int) -> list[list[int]]:
-    """Column indices per table, each group led by column 0, as many following columns as fit ``width``."""
-    if len(minimum) <= 1:
+def column_groups(minimum: Sequence[int], width: int, keys: int = 1) -> list[list[int]]:
+    """Column indices per table, each group led by the first ``keys`` columns (what names a row), as many following
+    columns as fit ``width``."""
+    keys = max(1, min(keys, len(minimum)))
+    if len(minimum) <= keys:
         return [list(range(len(minimum)))]
-    lead = EDGE + minimum[0] + COLUMN_EXTRA
-    groups, group, used = [], [0], lead
-    for j in range(1, len(minimum)):
+    lead_columns = list(range(keys))
+    lead = EDGE + sum(minimum[j] + COLUMN_EXTRA for j in lead_columns)
+    groups, group, used = [], list(lead_columns), lead
+    for j in range(keys, len(minimum)):
         need = minimum[j] + COLUMN_EXTRA
-        if used + need > width and len(group) > 1:
+        if used + need > width and len(group) > keys:
             groups.append(group)
-            group, used = [0], lead
+            group, used = list(lead_columns), lead
         group.append(j)
         used += need
     groups.append(group)
@@ -70,6 +73,7 @@ class FittedTable:
     justify: Sequence[str] | None = None  # per column: left | right | center (default left)
     show_header: bool = True
     caption: str | None = None
+    keys: int = 1  # leading columns that name a row, repeated in every group
 
     def tables(self, width: int) -> list[Table]:
         """The rich tables (one per column group) that together show every cell within ``width`` columns."""
@@ -78,7 +82,8 @@ class FittedTable:
         minimum = [max(max(word_width(row[j]) for row in cells), 1) for j in range(n)]
         maximum = [max(max(line_width(row[j]) for row in cells), 1) for j in range(n)]
         # Headings unwrapped when that costs no extra group; otherwise as many columns per group as words allow.
-        natural, tightest = column_groups(maximum, width), column_groups(minimum, width)
+        natural = column_groups(maximum, width, self.keys)
+        tightest = column_groups(minimum, width, self.keys)
         groups = natural if len(natural) <= len(tightest) else tightest
         out = []
         for k, group in enumerate(groups):
@@ -115,10 +120,11 @@ def fitted(
     *,
     show_header: bool = True,
     caption: str | None = None,
+    keys: int = 1,
 ) -> FittedTable:
     """A table of strings that fits whatever console prints it, splitting its columns into groups if needed."""
     if any(len(r) != len(headers) for r in rows):
         raise ValueError(f"every row needs {len(headers)} cells, one per heading")
     if justify is not None and len(justify) != len(headers):
         raise ValueError(f"justify needs {len(headers)} entries, one per heading")
-    return FittedTable(title, list(headers), [list(r) for r in rows], justify, show_header, caption)
+    return FittedTable(title, list(headers), [list(r) for r in rows], justify, show_header, caption, keys)

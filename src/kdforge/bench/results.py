@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from kdforge.bench.suite import Cell, Suite
+from kdforge.evaluate.full import json_safe
 from kdforge.files import atomic_write_text
 from kdforge.version import __version__
 
@@ -67,7 +68,8 @@ def machine() -> dict[str, Any]:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON, atomically (a kill never leaves half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    # Strict JSON: a metric that was not measured (NaN) is written as null.
+    atomic_write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 def stamp() -> str:
@@ -77,7 +79,7 @@ def stamp() -> str:
 
 def mean_std(values: list[float]) -> dict[str, float | int | None]:
     """Mean and sample standard deviation of the finite values (std 0 for one value; None for none)."""
-    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    finite = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
     if not finite:
         return {"mean": None, "std": None, "n": 0}
     return {

@@ -64,7 +64,10 @@ def render_results(results: str | Path) -> str:
         path = root / f"{stem}.json"
         if path.is_file():
             lines += section(_load(path))
-    lines += suites.suites_section(root)
+    suite_lines = suites.suites_section(root)
+    if suite_lines and lines and lines[-1]:
+        lines.append("")  # a heading glued to the paragraph above would not render as a heading
+    lines += suite_lines
     return "\n".join([START, *lines, END])
 
 
