@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_servers import llama_server, transformers_server  # noqa: F401  (one server of each kind per test session)
+from reliability_log import ReliabilityLog
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -25,6 +26,12 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subproce
     return subprocess.run(
         [str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ}
     )
+
+
+@pytest.fixture
+def reliability(request: pytest.FixtureRequest) -> ReliabilityLog:
+    """Where a reliability test records the faults it tried (see tests/reliability_log.py)."""
+    return ReliabilityLog(request.node.nodeid)
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ Actions (tuples; the first item names the kind):
     ("status", code)                 an error status with OpenAI's error JSON for that code (see ERROR_BODIES)
     ("status", code, headers)        the same with extra headers, e.g. {"Retry-After": "1"}
     ("status", code, headers, body)  the same with a given JSON body (dict) or raw body (str / bytes)
+    ("echo_auth", code)              an error status whose message echoes the request's Authorization header, as a
+                                     misconfigured proxy or a careless server does (the key must still never leak)
     ("sleep", seconds)               wait, then answer with the default action (for client timeouts)
     ("sleep", seconds, action)       wait, then answer with ``action``
     ("malformed",)                   HTTP 200 whose body is not JSON
@@ -309,6 +311,10 @@ class _Handler(BaseHTTPRequestHandler):
             body = action[3] if len(action) > 3 else ERROR_BODIES.get(code, {"error": {"message": f"HTTP {code}"}})
             raw = body if isinstance(body, bytes) else (body.encode() if isinstance(body, str) else json.dumps(body))
             self._send(code, raw if isinstance(raw, bytes) else raw.encode(), headers)
+        elif kind == "echo_auth":
+            auth = self.headers.get("Authorization") or "(none)"
+            message = f"Incorrect API key provided: {auth!r}; request headers: Authorization: {auth}"
+            self._send(int(action[1]), json.dumps({"error": {"message": message, "type": "auth_error"}}).encode())
         elif kind == "sleep":
             time.sleep(float(action[1]))
             try:

@@ -20,7 +20,7 @@ import kdforge.recipes
 from kdforge import cli
 from kdforge.engine.checkpoint import MODEL_FILE, STATE_FILE, load_checkpoint, read_state, save_checkpoint
 from kdforge.errors import ConfigError, IntegrityError, Interrupted
-from kdforge.files import atomic_replace_dir, atomic_write, sweep_staging
+from kdforge.files import atomic_replace_dir, atomic_write, sealed_json, sweep_staging
 from kdforge.recipe import load_yaml
 from kdforge.runner import resolve
 
@@ -33,7 +33,8 @@ def _model() -> nn.Module:
 def _edit_state(folder: Path, change: Callable[[dict[str, Any]], None]) -> None:
     state = json.loads((folder / STATE_FILE).read_text())
     change(state)
-    (folder / STATE_FILE).write_text(json.dumps(state))
+    # Re-sealed: these tests are about well-formed records with bad content, not about a damaged file.
+    (folder / STATE_FILE).write_text(sealed_json(state))
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------------

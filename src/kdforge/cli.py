@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 from kdforge.errors import Interrupted, KdforgeError
+from kdforge.secrets import redact
 from kdforge.tables import FittedTable, fitted
 
 # Plain tracebacks, and only with --debug: typer's pretty ones print local variables, which may hold secrets.
@@ -456,12 +457,16 @@ def bench(
 
 
 def _fail(label: str, message: str | None, code: int) -> NoReturn:
-    """Print one line ``label: message`` on stderr (the traceback first with --debug) and exit with ``code``."""
+    """Print one line ``label: message`` on stderr (the traceback first with --debug) and exit with ``code``.
+
+    Both are redacted: a server or a library may have echoed an API key into an exception's message.
+    """
     if _options["debug"] and sys.exc_info()[0] is not None:
-        traceback.print_exc()
+        sys.stderr.write(redact(traceback.format_exc()))
+        sys.stderr.flush()
     line = Text(label if message is None else f"{label}:", style="bold red")
     if message is not None:
-        line.append(f" {message}")
+        line.append(f" {redact(message)}")
     # soft_wrap: a long message stays one line in a log instead of being wrapped at the console width.
     err.print(line, soft_wrap=True, highlight=False)
     sys.exit(code)
@@ -499,8 +504,11 @@ def main() -> None:
     except typer.Abort:
         _fail("aborted", "input ended", 1)
     except _USAGE_ERROR as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        # One line like every other refusal (click's own block is usage, hint, blank line, error); the command's
+        # --help is named instead of printed.
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        _fail("error", " ".join(exc.format_message().split()) + hint, exc.exit_code)
     except OSError as exc:
         _fail("error", _os_error(exc), 1)
     except Exception as exc:

@@ -19,6 +19,10 @@ class ShapeMismatchError(KdforgeError, ValueError):
     """Teacher and student outputs cannot be compared."""
 
 
+class NonFiniteSignalError(KdforgeError, ValueError):
+    """A teacher signal (logits, top-k log-probabilities, hidden states, features) holds values no loss can use."""
+
+
 class NonFiniteLossError(KdforgeError, FloatingPointError):
     """A loss term became NaN or inf; the message names the step and the term."""
 

@@ -6,13 +6,18 @@ A layer below ``store/`` and ``engine/`` so that both can use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+from kdforge.errors import IntegrityError
 
 try:
     import fcntl
@@ -44,14 +49,63 @@ def file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def sweep_staging_files(target: str | Path) -> list[Path]:
+    """(Writers) delete the temporary files ``.NAME.PID.XXXX.tmp`` that writers killed mid-write left next to
+    ``target``; a file whose writer still runs is left alone. Returns what was removed."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(f".{target.name}.") + r"(\d+)\.[A-Za-z0-9_]{8}\.tmp")
+    removed = []
+    for item in target.parent.iterdir():
+        match = pattern.fullmatch(item.name)
+        # The writer's pid is in the name: a file some other writer's temporary name (safetensors replaces the
+        # file it is given, so a lock on it would not last) is removed only once that writer is gone.
+        if match and not _alive(int(match.group(1))) and item.is_file() and not item.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                item.unlink()
+                removed.append(item)
+    return removed
+
+
+@contextlib.contextmanager
+def _naming(target: Path) -> Iterator[None]:
+    """Give a write's OS error the file it was writing: writers in Rust or C (safetensors, pyarrow) report a full
+    disk as their own exception with no path, which would reach the user as an internal error naming nothing."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is None or err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(target)) from err
+    except Exception as err:
+        text = str(err)
+        if "No space left on device" not in text and "os error 28" not in text:
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from err
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` then move the result over ``path``; readers never see half a file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    sweep_staging_files(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        write(Path(tmp))
+        with _naming(target):
+            write(Path(tmp))
         # mkstemp creates 0600 files, and so does safetensors' save_file (which replaces the file it is given):
         # give the result the permissions a plain open() would, after whatever `write` did.
         os.chmod(tmp, file_mode())
@@ -154,7 +208,8 @@ def atomic_replace_dir(build: Callable[[Path], None], target: str | Path) -> Non
     lock = _try_lock(staging)
     os.chmod(staging, 0o777 & ~_umask())
     try:
-        build(staging)
+        with _naming(target):
+            build(staging)
         for item in staging.rglob("*"):
             if item.is_file() and not item.is_symlink():
                 # Library writers (safetensors) create 0600 files; a staged folder holds data, never executables.
@@ -177,3 +232,52 @@ def atomic_replace_dir(build: Callable[[Path], None], target: str | Path) -> Non
             os.close(lock)
         if staging.exists():
             shutil.rmtree(staging)
+
+
+# --- sealed JSON records ------------------------------------------------------------------------------------------
+# A JSON record kdforge writes (checkpoint state, store manifest, teacher meta, export record) carries the sha256 of
+# its own content, so a flipped byte that still parses (a digit of a step, a metric) is caught like one that does not.
+
+SEAL = "sha256_self"
+
+
+def _canonical(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sealed_json(record: Mapping[str, Any], indent: int | None = 2, default: Callable[[Any], Any] | None = None) -> str:
+    """``record`` as JSON text with ``sha256_self``: the sha256 of its canonical content, checked on read."""
+    # Sealed as a reader will parse it back (default=str turns values into strings; tuples become lists).
+    plain = json.loads(json.dumps(dict(record), default=default))
+    plain.pop(SEAL, None)
+    plain[SEAL] = hashlib.sha256(_canonical(plain)).hexdigest()
+    return json.dumps(plain, indent=indent) + "\n"
+
+
+def _near_seal(key: str) -> bool:
+    """A key one character off ``sha256_self``: the seal's own name hit by a flipped byte."""
+    return len(key) == len(SEAL) and sum(a != b for a, b in zip(key, SEAL, strict=True)) == 1
+
+
+def read_json_record(path: str | Path, fix: str, what: str = "file") -> dict[str, Any]:
+    """A JSON mapping kdforge wrote, its seal checked; damage is one IntegrityError naming ``path`` and ``fix``.
+
+    A record without a seal was written by an older kdforge and is read as it is. A missing file raises
+    FileNotFoundError: only the caller knows whether that is damage.
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = " ".join(str(err).split())
+        raise IntegrityError(f"{what} {str(path)!r} is not valid JSON ({reason}): it is damaged; {fix}") from None
+    if not isinstance(record, dict):
+        raise IntegrityError(
+            f"{what} {str(path)!r} holds a {type(record).__name__}; expected a mapping: it is damaged; {fix}"
+        )
+    seal = record.pop(SEAL, None)
+    if seal is None and any(_near_seal(k) for k in record):
+        raise IntegrityError(f"{what} {str(path)!r} is damaged (its {SEAL} key is garbled); {fix}")
+    if seal is not None and seal != hashlib.sha256(_canonical(record)).hexdigest():
+        raise IntegrityError(f"{what} {str(path)!r} is damaged (its content does not match its {SEAL}); {fix}")
+    return record

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kdforge.errors import ConfigError
-from kdforge.recipe import Recipe
+from kdforge.recipe import ModelConfig, Recipe
 
 
 def preflight(recipe: Recipe) -> None:
@@ -20,9 +20,11 @@ def preflight(recipe: Recipe) -> None:
     from kdforge.registry import DATASETS, MODELS
 
     parse_objectives(recipe.objectives)
+    teacher_model = getattr(recipe.teacher, "model", None)
     for where, cfg in (
         ("student", recipe.student),
-        ("teacher.model", getattr(recipe.teacher, "model", None)),
+        # An LLM teacher's model is a name for its server or folder, not a registered network: its kind checks it.
+        ("teacher.model", teacher_model if isinstance(teacher_model, ModelConfig) else None),
     ):
         if cfg is None:
             continue

@@ -349,15 +349,27 @@ def apply_overrides(tree: dict[str, Any], overrides: Iterable[str] | Mapping[str
     return out
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error: its line number and problem (PyYAML's own text spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    if isinstance(err, yaml.constructor.ConstructorError) and "tag" in problem:
+        problem += "; expected plain YAML (tags that build Python objects are refused)"
+    return where + problem
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML recipe with the safe loader; errors name the file."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"recipe file {str(p)!r} does not exist")
     try:
+        # The safe loader builds plain mappings, lists and scalars only: a tag such as !!python/object/apply is an
+        # error here, never a call.
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"recipe file {str(p)!r} is not valid YAML: {err}") from None
+        raise ConfigError(f"recipe file {str(p)!r} is not valid YAML: {yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe file {str(p)!r} must hold a mapping at the top level")
     return data

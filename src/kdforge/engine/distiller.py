@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -13,9 +14,10 @@ from torch import Tensor, nn
 from kdforge.adapters import ModelAdapter, adapter_for
 from kdforge.batch import as_batch
 from kdforge.engine.terms import ObjectiveConfig, Term, parse_objectives
-from kdforge.errors import ConfigError, ShapeMismatchError
+from kdforge.errors import ConfigError, NonFiniteSignalError, ShapeMismatchError
 from kdforge.objectives.base import BuildContext, ModelsContext, Objective, PairContext
 from kdforge.objectives.chunked import ChunkPlan, ChunkTarget, chunked_row_sums
+from kdforge.objectives.guards import label_flags, label_problem, logit_flags, logit_problem, value_flags, value_problem
 from kdforge.signals import (
     DenseSignal,
     FeatureSignal,
@@ -422,14 +424,61 @@ class Distiller(nn.Module):
                 "tokenizer needs vocabulary alignment (kdforge run checks the tokenizers and reports the case)"
             )
 
-    def _check_labels(self, labels: Tensor, num_outputs: int) -> None:
-        # Every batch, not just the first: a label out of range later would index out of bounds inside a loss.
-        bad = labels[(labels >= num_outputs) | ((labels < 0) & (labels != IGNORE))]
-        if bad.numel():
-            raise ShapeMismatchError(
-                f"label {int(bad[0])} is out of range for a model with {num_outputs} outputs: labels must be in "
-                f"[0, {num_outputs - 1}] ({IGNORE} marks positions without a target)"
-            )
+    def _guard(
+        self,
+        labels: Tensor | None,
+        pairs: Mapping[tuple[str, str | None], PairContext],
+        teachers: Mapping[str, TeacherOutput],
+    ) -> None:
+        """Every batch, one read-back: teachers' signals finite where terms read them, labels in range.
+
+        Teachers only (a student teaching another is checked by its own loss); the signals of each pair are the ones
+        its terms see, so whatever a teacher puts at padding is never judged (docs/tensor-guards.md).
+        """
+        checks: list[tuple[Tensor, Callable[[], str | None], type[Exception]]] = []
+        if labels is not None and self.needs.labels:
+            # Every batch, not just the first: a label out of range later would index out of bounds inside a loss.
+            classes = min(self._num_outputs.values())
+            checks.append((label_flags(labels, classes), partial(label_problem, labels, classes), ShapeMismatchError))
+        for pair, ctx in pairs.items():
+            if pair[1] in teachers:
+                checks += self._signal_checks(pair, ctx)
+        if not checks:
+            return
+        device = checks[0][0].device
+        found = torch.cat([flags.to(device) for flags, _, _ in checks]).tolist()
+        at = 0
+        for flags, explain, error in checks:
+            hit, at = any(found[at : at + flags.numel()]), at + flags.numel()
+            problem = explain() if hit else None
+            if problem:
+                raise error(problem)
+
+    def _signal_checks(
+        self, pair: tuple[str, str | None], ctx: PairContext
+    ) -> list[tuple[Tensor, Callable[[], str | None], type[Exception]]]:
+        """Flags and explanations of the teacher values one pair's terms read: logits per term, features once."""
+        out: list[tuple[Tensor, Callable[[], str | None], type[Exception]]] = []
+        source = pair[1]
+        terms = [t for t in self.terms.values() if t.pair == pair]
+        signal = ctx.teacher.logits
+        readers = [t for t in terms if t.objective.needs.teacher_logits]
+        if signal is not None and readers:
+            # The columns compared: a padded teacher head's extra columns are never read.
+            classes = self.compare_vocab if isinstance(signal, DenseSignal) else None
+            flags = logit_flags(signal, classes)
+            for term in readers:
+                where, what = f"objectives.{term.name}", f"teacher logits from {source!r}"
+                explain = partial(logit_problem, where, what, signal, term.objective.masked_ok, classes)
+                out.append((flags, explain, NonFiniteSignalError))
+        features = ctx.teacher.features
+        for path, value in features.tensors.items() if features is not None else ():
+            if not (torch.is_tensor(value) and value.is_floating_point()):
+                continue  # integer values (and whatever else a recorder keeps) cannot be NaN
+            users = [t.name for t in terms if path in t.objective.needs.teacher_features] or [t.name for t in terms]
+            where, what = f"objectives.{users[0]}", f"teacher features {path!r} from {source!r}"
+            out.append((value_flags(value), partial(value_problem, where, what, value), NonFiniteSignalError))
+        return out
 
     # -- one batch --------------------------------------------------------------------------------------------------
 
@@ -464,16 +513,15 @@ class Distiller(nn.Module):
         if not self._num_outputs:
             self.check(batch, outs, teachers)
             self._num_outputs = {k: _outputs(o) for k, o in outs.items()}
-        labels = batch.get("label")
-        if labels is not None and self.needs.labels:
-            self._check_labels(labels, min(self._num_outputs.values()))
         when = Progress(step=step, epoch=epoch, progress=progress)
         pairs: dict[tuple[str, str | None], PairContext] = {}
-        values: dict[str, Tensor] = {}
-        by_rows: dict[tuple[str, str | None], list[Term]] = {}
         for term in self.terms.values():
             if term.pair not in pairs:
                 pairs[term.pair] = self._pair(term, batch, outs, teachers, when, tokens)
+        self._guard(batch.get("label"), pairs, teachers)
+        values: dict[str, Tensor] = {}
+        by_rows: dict[tuple[str, str | None], list[Term]] = {}
+        for term in self.terms.values():
             if self.by_rows[term.name]:
                 by_rows.setdefault(term.pair, []).append(term)
                 continue

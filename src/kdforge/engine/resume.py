@@ -7,7 +7,6 @@ the rest of a CPU run bit-identical to a run that was never stopped.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 
 from kdforge.engine.checkpoint import MODEL_FILE, STATE_FILE, read_state
 from kdforge.errors import IntegrityError
-from kdforge.files import atomic_replace_dir, readable_dir, sha256_file
+from kdforge.files import atomic_replace_dir, readable_dir, sealed_json, sha256_file
 
 MODULES_FILE = "modules.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -122,7 +121,7 @@ def save_training_state(
             save_file(tensors, str(tmp / name))
         record["modules"] = list(modules)
         record["files"] = {name: sha256_file(tmp / name) for name in files}
-        (tmp / STATE_FILE).write_text(json.dumps(record, indent=2, default=str))
+        (tmp / STATE_FILE).write_text(sealed_json(record, default=str))
 
     atomic_replace_dir(build, target)
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from kdforge.engine.checkpoint import save_model
@@ -26,6 +25,7 @@ from kdforge.export.parity import as_tensor
 from kdforge.models import build_model
 from kdforge.models.hf import is_hf_student, load_hf_folder, save_hf_folder
 from kdforge.registry import Registry
+from kdforge.weights import read_safetensors
 
 SPEC_FILE = "model.json"
 ONNX_OPSET = 18  # run by onnxruntime >= 1.14; the dynamo exporter's own default
@@ -83,7 +83,7 @@ def load_safetensors(folder: str | Path) -> nn.Module:
         model = build_model(spec["model"], spec["num_classes"], tuple(spec["input_shape"]), **spec["params"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise ConfigError(f"{str(folder / SPEC_FILE)!r} is not a kdforge model record ({err})") from None
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model.load_state_dict(read_safetensors(folder / "model.safetensors", f"export {str(folder)!r}"))
     return model.eval()
 
 

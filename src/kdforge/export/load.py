@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +10,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdforge.errors import ConfigError
+from kdforge.errors import ConfigError, IntegrityError
 from kdforge.export.formats import load_safetensors
 from kdforge.export.inputs import INPUT, MASK, student_inputs, torch_runner
 from kdforge.export.parity import as_tensor
+from kdforge.files import read_json_record, sha256_file
 from kdforge.models.hf import HF_MODELS, load_hf_folder
 
 RECORD = "export.json"
@@ -53,24 +53,42 @@ class LoadedExport:
         return named
 
 
+# The artefact files an export folder holds besides export.json, by format: a folder with one of them and no
+# export.json is an export whose record was lost, not some other kind of folder.
+_ARTEFACTS = ("model.onnx", "model.json", "config.json")
+FIX = "it is not used: export the run again (`kdforge export RUN --format ...`)"
+
+
 def is_export_folder(path: str | Path) -> bool:
-    """Whether ``path`` is a folder written by `kdforge export` (it holds export.json)."""
-    return (Path(path) / RECORD).is_file()
+    """Whether ``path`` is a folder written by `kdforge export` (export.json, or an artefact that lost it)."""
+    path = Path(path)
+    if (path / RECORD).is_file():
+        return True
+    return not (path / "recipe.yaml").exists() and any((path / name).is_file() for name in _ARTEFACTS)
 
 
 def read_record(folder: str | Path) -> dict[str, Any]:
-    """The export.json of ``folder``; a malformed one is a ConfigError naming the file and the missing key."""
+    """The export.json of ``folder``, seal checked; a malformed one is an error naming the file and the missing key."""
     path = Path(folder) / RECORD
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{str(path)!r} is not a readable export record ({' '.join(str(err).split())})") from None
-    if not isinstance(record, dict):
-        raise ConfigError(f"{str(path)!r}: expected a JSON object written by `kdforge export`")
+    if not path.is_file():
+        raise IntegrityError(f"export record {str(path)!r} is missing; {FIX}")
+    record = read_json_record(path, FIX, "export record")
     for key in ("format", "run", "checkpoint"):
         if key not in record:
             raise ConfigError(f"{str(path)!r} has no {key!r}; expected a record written by `kdforge export`")
     return record
+
+
+def verify_files(folder: Path, record: dict[str, Any]) -> None:
+    """Check every artefact file against the sha256 export.json records (exports older than that: nothing to check)."""
+    for name, digest in (record.get("sha256") or {}).items():
+        path = folder / name
+        # A recorded name stays inside the folder: never a path leading out of it.
+        inside = not Path(name).is_absolute() and ".." not in Path(name).parts
+        if not inside or not path.is_file() or sha256_file(path) != digest:
+            raise IntegrityError(
+                f"export file {str(path)!r} is missing or does not match its sha256 in {RECORD}; {FIX}"
+            )
 
 
 def _onnx_runner(path: Path) -> tuple[Callable[[dict[str, Tensor]], Tensor], list[str]]:
@@ -94,6 +112,7 @@ def load_export(folder: str | Path) -> LoadedExport:
     """Read the artifact of an export folder back: onnx through onnxruntime, safetensors and hf as PyTorch models."""
     folder = Path(folder)
     record = read_record(folder)
+    verify_files(folder, record)
     fmt = record["format"]
     if fmt == "onnx":
         run, names = _onnx_runner(folder / "model.onnx")

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from kdforge.engine.checkpoint import checkpoint_name
 from kdforge.errors import ConfigError
 from kdforge.evaluate.model_stats import size_on_disk
 from kdforge.export.formats import FORMATS, StudentSpec, Writer
 from kdforge.export.inputs import torch_outputs, torch_runner
 from kdforge.export.latency import compare_latency
 from kdforge.export.parity import PARITY_ROWS, TOLERANCE, check_parity, max_abs_diff, parity_inputs
-from kdforge.files import atomic_replace_dir
+from kdforge.files import atomic_replace_dir, sealed_json, sha256_file
 from kdforge.models.hf import HF_MODELS, check_tokenizer_fits, tokenizer_folder, tokenizer_name
 from kdforge.recipe import load_yaml, validate
 from kdforge.rerun import RunStudent, load_run_student, run_folders
@@ -100,9 +100,11 @@ def export_one(folder: Path, fmt: str, checkpoint: str, target: Path) -> dict[st
             record["latency_ms"] = compare_latency(runners, timed)
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         record["files"] = files
+        # Checked by load_export (kdforge eval): a damaged artefact is refused, never evaluated.
+        record["sha256"] = {name: sha256_file(tmp / name) for name in files}
         record["size_bytes"] = sum(files.values())
         record["pytorch_state_bytes"] = size_on_disk(student)
-        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / RECORD).write_text(sealed_json(record))
 
     atomic_replace_dir(build, target)
     record["record"] = str(target / RECORD)
@@ -114,6 +116,7 @@ def export_run(
 ) -> list[dict[str, Any]]:
     """Export every student of ``run_dir`` (the run, or each variant) in ``fmt``; one record per student."""
     format_writer(fmt)  # an unknown format fails before any data is loaded
+    checkpoint_name(checkpoint)
     root = Path(run_dir)
     if not root.is_dir():
         raise ConfigError(f"{str(root)!r} does not exist; expected a run folder written by `kdforge run`")

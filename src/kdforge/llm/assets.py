@@ -111,9 +111,13 @@ def _convert(gguf: Path, out: Path) -> None:
             f"converting {gguf.name} needs transformers, gguf and accelerate ({e}); "
             "install them with `pip install transformers gguf accelerate torch==2.13.0` (or run `make setup`)"
         ) from e
+    from kdforge.models.hf.load import OFFLINE
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **OFFLINE)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, **OFFLINE
+        )
     except ImportError as e:
         raise ConfigError(
             f"loading {gguf.name} needs the gguf package ({e}); install it with `pip install gguf` (or `make setup`)"
@@ -139,8 +143,8 @@ def _convert(gguf: Path, out: Path) -> None:
     with torch.inference_mode():
         expected = model(ids).logits
     del model
-    reloaded_tok = AutoTokenizer.from_pretrained(str(out))
-    reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    reloaded_tok = AutoTokenizer.from_pretrained(str(out), **OFFLINE)
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, **OFFLINE).eval()
     if reloaded_tok(_PROBE_TEXT, return_tensors="pt").input_ids.tolist() != ids.tolist():
         raise ConfigError(f"the tokenizer converted from {gguf.name} does not reload to the same token ids")
     with torch.inference_mode():

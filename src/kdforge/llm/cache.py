@@ -8,17 +8,36 @@ only; headers (where an API key travels) never reach this file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from kdforge.errors import ConfigError
+from kdforge.errors import ConfigError, IntegrityError
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
+
+def _no_space(path: Path) -> bool:
+    """Whether the file system holding ``path`` has no free block left (SQLite reports ENOSPC as an I/O error)."""
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
+
+
+# sha256 guards each row: SQLite checks its own structure, not the bytes of a stored answer (NULL: written before).
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL, sha256 TEXT)"
+)
+_DAMAGED = "delete it to start a new cache (its requests are then sent again)"
+
+
+def _row_digest(key: str, value: str) -> str:
+    return hashlib.sha256(f"{key}\n{value}".encode()).hexdigest()
 
 
 def request_key(payload: Mapping[str, Any]) -> str:
@@ -36,10 +55,20 @@ class RequestCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(f"request cache {str(self.path)!r}: cannot create its folder ({err.strerror})") from None
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            # SQLite would take an empty file for a new database and write over it: an emptied cache is damage.
+            raise IntegrityError(f"request cache {str(self.path)!r} is empty (0 bytes): it is damaged; {_DAMAGED}")
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Held around every statement and by close(): a worker thread still asking when the job closes the cache
+        # (after another thread's error) must never use a connection being closed, which crashes inside SQLite.
+        self._use = threading.Lock()
         self._run(_SCHEMA)
+        columns = {row[1] for row in self._run("PRAGMA table_info(answers)")}
+        if "sha256" not in columns:  # a cache from before row checksums; another process may add it first
+            with contextlib.suppress(ConfigError):
+                self._run("ALTER TABLE answers ADD COLUMN sha256 TEXT")
 
     def _connection(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -50,23 +79,46 @@ class RequestCache:
                 con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a killed process
                 con.execute("PRAGMA busy_timeout=60000")
             except sqlite3.DatabaseError as err:
-                raise ConfigError(f"request cache {str(self.path)!r} is not a usable SQLite file: {err}") from None
+                self._raise(err)
             self._local.con = con
             with self._lock:
                 self._all.append(con)
         return con
 
-    def _run(self, sql: str, args: tuple | list = ()) -> sqlite3.Cursor:
-        """One statement; a database error (locked past the timeout, read-only, disk full, corrupt) is one line."""
-        try:
-            return self._connection().execute(sql, args)
-        except sqlite3.Error as err:
-            raise ConfigError(f"request cache {str(self.path)!r}: {err}") from None
+    def _run(self, sql: str, args: tuple | list = ()) -> list[Any]:
+        """One statement's rows; a database error (locked, read-only, disk full, damaged) is one line."""
+        with self._use:
+            try:
+                return self._connection().execute(sql, args).fetchall()
+            except sqlite3.Error as err:
+                self._raise(err)
+
+    def _raise(self, err: sqlite3.Error) -> NoReturn:
+        """One line for a database error: a full disk, damage (with what to do), or SQLite's own words."""
+        where = f"request cache {str(self.path)!r}"
+        if getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or _no_space(self.path):
+            raise ConfigError(
+                f"{where}: no space left on device ({err}); free some space and run again: the answers stored so "
+                "far are kept"
+            ) from None
+        if isinstance(err, sqlite3.OperationalError):  # locked past the timeout, read-only, ...
+            raise ConfigError(f"{where}: {err}") from None
+        # "file is not a database", "database disk image is malformed", ...
+        raise IntegrityError(f"{where} is damaged ({err}); {_DAMAGED}") from None
+
+    def _answer(self, key: str, value: str, digest: str | None) -> Any:
+        """A stored answer, checked against its row's sha256 before it is used."""
+        if digest is not None and digest != _row_digest(key, value):
+            raise IntegrityError(
+                f"request cache {str(self.path)!r} is damaged (a stored answer does not match its sha256); {_DAMAGED}"
+            )
+        return json.loads(value)
 
     def get(self, key: str) -> Any | None:
         """The stored answer for ``key``, or None."""
-        row = self._run("SELECT value FROM answers WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        rows = self._run("SELECT value, sha256 FROM answers WHERE key = ?", (key,))
+        row = rows[0] if rows else None
+        return None if row is None else self._answer(key, row[0], row[1])
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Stored answers for the keys that have one (chunked: SQLite caps the number of bound parameters)."""
@@ -75,8 +127,10 @@ class RequestCache:
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for key, value in self._run(f"SELECT key, value FROM answers WHERE key IN ({marks})", chunk):
-                found[key] = json.loads(value)
+            for key, value, digest in self._run(
+                f"SELECT key, value, sha256 FROM answers WHERE key IN ({marks})", chunk
+            ):
+                found[key] = self._answer(key, value, digest)
         return found
 
     def put(self, key: str, value: Any) -> None:
@@ -84,14 +138,17 @@ class RequestCache:
         import time
 
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        self._run("INSERT OR IGNORE INTO answers (key, value, created) VALUES (?, ?, ?)", (key, text, time.time()))
+        self._run(
+            "INSERT OR IGNORE INTO answers (key, value, created, sha256) VALUES (?, ?, ?, ?)",
+            (key, text, time.time(), _row_digest(key, text)),
+        )
 
     def __len__(self) -> int:
-        return int(self._run("SELECT COUNT(*) FROM answers").fetchone()[0])
+        return int(self._run("SELECT COUNT(*) FROM answers")[0][0])
 
     def close(self) -> None:
-        """Close every thread's connection."""
-        with self._lock:
+        """Close every thread's connection (a thread asking afterwards opens a new one)."""
+        with self._use, self._lock:
             for con in self._all:
                 con.close()
             self._all.clear()

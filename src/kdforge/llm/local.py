@@ -11,6 +11,7 @@ import copy
 import hashlib
 import inspect
 import json
+import pickle
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ def _load(folder: Path, gguf_file: str | None, dtype: torch.dtype) -> tuple[Any,
     except ImportError:
         raise ConfigError(f"{WHERE} needs `pip install transformers` (kdforge[text])") from None
     from kdforge.models.hf.gguf import unsupported
-    from kdforge.models.hf.load import OFFLINE, float32
+    from kdforge.models.hf.load import OFFLINE, custom_code, float32, pickled_code
 
     where = str(folder / gguf_file) if gguf_file else str(folder)
     kwargs = dict(OFFLINE, **({"gguf_file": gguf_file} if gguf_file else {}))
@@ -75,9 +76,14 @@ def _load(folder: Path, gguf_file: str | None, dtype: torch.dtype) -> tuple[Any,
         tokenizer = _tokenizer(AutoTokenizer, folder, kwargs)
     except ConfigError:
         raise
+    except pickle.UnpicklingError:  # transformers reads .bin weights with weights_only=True: code is refused
+        raise pickled_code(folder, WHERE) from None
     except ValueError as err:
         if gguf_file is not None and "not supported" in str(err):
             raise unsupported(folder / gguf_file, err) from None
+        refused = custom_code(err, folder, WHERE)
+        if refused is not None:
+            raise refused from None
         if "Unrecognized configuration class" in str(err):
             raise ConfigError(f"{WHERE}: {where!r} is not a causal LM ({_one_line(err)[:200]})") from None
         raise ConfigError(f"{WHERE}: cannot load {where!r}: {_one_line(err)}") from None
@@ -144,6 +150,7 @@ class LocalBackend:
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: torch has no per-model thread pool
         folder, gguf = _locate(model, gguf_file)
+        self.source = str(folder / gguf) if gguf else str(folder)  # where the tokenizer (and its template) came from
         self.tokenizer, self.model = _load(folder, gguf, _DTYPES[dtype])
         self.device = torch.device(device)
         self.model.to(self.device)
@@ -277,7 +284,18 @@ class LocalBackend:
         """The final prompt string for chat ``messages``: the tokenizer's chat template when it has one (with the
         assistant's turn opened), else the contents joined by blank lines."""
         if getattr(self.tokenizer, "chat_template", None):
-            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            from jinja2 import TemplateError
+
+            try:
+                # transformers renders the template in jinja2's ImmutableSandboxedEnvironment: a template reaching
+                # for Python internals (__class__, __globals__, os) raises SecurityError instead of running.
+                text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except TemplateError as err:
+                raise ConfigError(
+                    f"{WHERE}: the chat template of {self.source!r} failed ({_one_line(err)[:200]}); expected a "
+                    "template that renders the messages in transformers' sandbox"
+                ) from None
+            return str(text)
         return "\n\n".join(str(m.get("content", "")) for m in messages)
 
     def _new_text(self, prompt_ids: list[int], new: list[int]) -> str:

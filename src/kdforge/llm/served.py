@@ -5,15 +5,14 @@ timeouts, malformed or truncated bodies are retried with exponential backoff and
 What cannot succeed stops the job with one line naming the server and the request count: a refused API key (401/403),
 a model the server does not know, every server unreachable, or a storm of failures in a row. One request that still
 fails after its retries (or a prompt over the context length) is recorded as failed for its text, never guessed.
-The API key is read from the environment variable the recipe names and travels only in the Authorization header:
-cache keys, errors and summaries never see it.
+The API key is read from the environment variable or the file the recipe names (a key written in the recipe itself is
+refused) and travels only in the Authorization header: cache keys, errors and summaries never see it.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
-import os
 import random
 import threading
 import time
@@ -22,12 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from kdforge.errors import ConfigError, KdforgeError
 from kdforge.llm.backend import Completion, GenParams, Usage
 from kdforge.llm.cache import RequestCache, request_key
 from kdforge.recipe import TeacherConfig
+from kdforge.secrets import LITERAL_KEY, read_key, redact
 
 Message = dict[str, str]
 Prompt = str | list[Message]
@@ -52,6 +53,7 @@ class ServedConfig(TeacherConfig):
     base_urls: list[str] = Field(min_length=1, description="e.g. [http://127.0.0.1:8080/v1]; requests spread over all")
     model: str = Field(min_length=1, description="the model name sent in each request")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
+    api_key_file: str | None = Field(None, description="a file holding the API key (and nothing else)")
     endpoint: Literal["chat", "completions"] = "chat"
     concurrency: int = Field(4, ge=1, le=256, description="requests in flight at once, over all servers")
     timeout: float = Field(60.0, gt=0, description="seconds per request")
@@ -72,6 +74,27 @@ class ServedConfig(TeacherConfig):
     cache_namespace: str = Field("", description="part of every cache key: set it when a server's model changes")
     score_top: int = Field(1000, ge=1, le=20000, description="next_token: how many top log-probabilities to ask for")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_literal_key(cls, value: Any) -> Any:
+        # The recipe is saved with every run (and sent to trackers): a key written in it would be saved too.
+        if isinstance(value, dict):
+            extra = value.get("extra_body")
+            places = [(k, "") for k in value] + [(k, "extra_body.") for k in (extra if isinstance(extra, dict) else ())]
+            for key, where in places:
+                if isinstance(key, str) and LITERAL_KEY.match(key):
+                    raise PydanticCustomError(
+                        "literal_key",
+                        "{key} would hold the key itself, and the recipe is saved with every run: put the key in an "
+                        "environment variable named by api_key_env, or in a file named by api_key_file",
+                        {"key": where + key},
+                    )
+            if value.get("api_key_env") and value.get("api_key_file"):
+                raise PydanticCustomError(
+                    "two_keys", "api_key_env and api_key_file both given: name one source of the key", {}
+                )
+        return value
+
     @field_validator("base_urls", mode="before")
     @classmethod
     def _one_url(cls, value: Any) -> Any:
@@ -81,11 +104,12 @@ class ServedConfig(TeacherConfig):
     @classmethod
     def _http(cls, value: list[str]) -> list[str]:
         for url in value:
+            # A URL is printed in errors and summaries: credentials belong in api_key_env/file, never in the URL
+            # (checked first, so that this message, which does not show the URL, is the one a bad one gets).
+            if "@" in url.split("//", 1)[-1].split("/", 1)[0] or "?" in url:
+                raise ValueError("a base URL must not carry credentials or a query (use api_key_env or api_key_file)")
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"{url!r} is not an http(s) URL")
-            # A URL is printed in errors and summaries: credentials belong in api_key_env, never in the URL.
-            if "@" in url.split("//", 1)[1].split("/", 1)[0] or "?" in url:
-                raise ValueError("a base URL must not carry credentials or a query (use api_key_env)")
         return [url.rstrip("/") for url in value]
 
 
@@ -155,17 +179,9 @@ class ServedBackend:
         self.cache = cache
         self.usage = Usage(per_server={url: 0 for url in cfg.base_urls})
         self.fingerprint = f"served:{cfg.model}" + (f"@{cfg.cache_namespace}" if cfg.cache_namespace else "")
-        self._key = None
-        if cfg.api_key_env:
-            self._key = (os.environ.get(cfg.api_key_env) or "").strip()  # a .env file with CRLF leaves a '\r'
-            if not self._key:
-                raise ConfigError(f"teacher.api_key_env={cfg.api_key_env!r}: that environment variable is not set")
-            if not all(33 <= ord(c) <= 126 for c in self._key):
-                raise ConfigError(
-                    f"teacher.api_key_env={cfg.api_key_env!r}: the key holds spaces, control or non-ASCII characters; "
-                    "an HTTP header cannot carry it"
-                )
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        # A Secret: a traceback's locals or a repr of this backend show '***'; only the header carries the value.
+        self._key = read_key(cfg.api_key_env, cfg.api_key_file)
+        headers = {"Authorization": f"Bearer {self._key.reveal()}"} if self._key else {}
         limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
         self._http = httpx.Client(headers=headers, limits=limits, timeout=httpx.Timeout(cfg.timeout, connect=10.0))
         self._httpx = httpx
@@ -179,6 +195,9 @@ class ServedBackend:
         self._pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix=self._thread_prefix)
         self._rng = random.Random()
         self._closing = threading.Event()  # set by close(): backoff waits end at once, no new attempt starts
+        # Held around each cache call and taken by close(): once close() returns no request thread is inside the
+        # cache, so the caller may close it (SQLite closed under a running statement crashes the process).
+        self._cache_lock = threading.Lock()
 
     # -- one request -------------------------------------------------------------------------------------------
     def _pick(self) -> int:
@@ -194,11 +213,8 @@ class ServedBackend:
         self._closing.wait(delay)
 
     def redact(self, text: str) -> str:
-        """``text`` without the API key in any form a message could carry it (plain, repr, bytes)."""
-        if self._key:
-            for form in (self._key, repr(self._key)[1:-1], str(self._key.encode())[2:-1]):
-                text = text.replace(form, "***")
-        return text
+        """``text`` without the API key in any form a message could carry it (plain, repr, bytes, base64)."""
+        return redact(text)
 
     def _stop(self, url: str, what: str) -> ServerError:
         what = self.redact(what)
@@ -254,7 +270,11 @@ class ServedBackend:
                 except ValueError:
                     data = None
                 if status in (401, 403):
-                    hint = f"; check ${self.cfg.api_key_env}" if self.cfg.api_key_env else "; set teacher.api_key_env"
+                    hint = (
+                        f"; check ${self.cfg.api_key_env}" if self.cfg.api_key_env
+                        else f"; check {self.cfg.api_key_file}" if self.cfg.api_key_file
+                        else "; set teacher.api_key_env or teacher.api_key_file"
+                    )  # fmt: skip
                     raise self._stop(url, f"HTTP {status} {_message(data or raw.decode(errors='replace'))}{hint}")
                 if status == 404:
                     text = _message(data or raw.decode(errors="replace"))
@@ -303,14 +323,19 @@ class ServedBackend:
              "body": body}
         )  # fmt: skip
         if self.cache is not None:
-            hit = self.cache.get(key)
+            with self._cache_lock:
+                if self._closing.is_set():
+                    raise RequestFailed("the job is stopping")
+                hit = self.cache.get(key)
             if hit is not None:
                 with self._lock:
                     self.usage.cached += 1
                 return hit
         data = self.post(path, body)
         if self.cache is not None:
-            self.cache.put(key, data)
+            with self._cache_lock:
+                if not self._closing.is_set():  # the caller closes the cache right after close()
+                    self.cache.put(key, data)
         return data
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -473,6 +498,8 @@ class ServedBackend:
         self._closing.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
+        with self._cache_lock:  # waits for a cache call in progress; none starts after this
+            pass
 
 
 def continuation_logprob(data: dict[str, Any], prompt: str, continuation: str, url: str) -> float:

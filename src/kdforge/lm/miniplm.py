@@ -136,8 +136,13 @@ def load_causal_lm(path: str | os.PathLike[str], device: str = "cpu") -> tuple[A
         raise ConfigError(f"model folder {str(folder)!r} has no config.json; expected a local HF causal-LM folder")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    from kdforge.models.hf.load import OFFLINE, guarded
+
+    where = "causal-LM model folder"
+    tokenizer = guarded(lambda: AutoTokenizer.from_pretrained(folder, **OFFLINE), folder, None, where)
+    model = guarded(
+        lambda: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **OFFLINE), folder, None, where
+    )
     return model.to(device).eval(), tokenizer
 
 

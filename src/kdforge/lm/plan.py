@@ -388,8 +388,10 @@ def estimate(recipe: Recipe) -> MemoryPlan:
         return cache["data"]
 
     def vocab() -> int:
-        config = recipe.student.params.get("config") or {}
-        return int(config["vocab_size"]) if "vocab_size" in config else int(bundle().num_classes)
+        config = recipe.student.params.get("config")
+        # A config that is no mapping is refused by the builder, naming params.config; here it has no vocabulary.
+        given = config.get("vocab_size") if isinstance(config, dict) else None
+        return int(given) if isinstance(given, int) and not isinstance(given, bool) else int(bundle().num_classes)
 
     student = _arch(recipe.student, vocab, "student")
     teacher = None

@@ -82,6 +82,9 @@ class ResponseSource:
     ):
         self.cfg, self.student, self.teacher = cfg, student, teacher
         self.pad_id, self.eos_id = pad_id, eos_id
+        self.seed = seed
+        # Re-seeded per batch from (seed, step, sample ids), so a resumed run draws what an uninterrupted one did
+        # without saving generator state in checkpoints.
         self.generator = torch.Generator().manual_seed(seed)
         self.choice = np.random.default_rng(seed)
         self.gen_s, self.gen_tokens, self.replaced, self.batches = 0.0, 0, 0, 0
@@ -105,6 +108,7 @@ class ResponseSource:
         source = self.cfg.source
         if source == "dataset":
             return batch
+        self._reseed(batch, step)
         if source == "mixed" and self.choice.random() >= self.cfg.student_fraction:
             return batch  # GKD: with probability 1 − λ the fixed data set
         prompts = prompts_of(batch, self.cfg.prompt_tokens)
@@ -124,6 +128,13 @@ class ResponseSource:
         moved = {k: v.to(device) for k, v in out.items()}
         moved["index"] = batch["index"] if source != "contrastive" else torch.cat([batch["index"], batch["index"]])
         return moved
+
+    def _reseed(self, batch: dict[str, Any], step: int) -> None:
+        """Seed both generators from the run's seed, the step and the batch's sample ids (unique per micro-batch)."""
+        ids = [int(i) for i in batch["index"].reshape(-1).tolist()] if "index" in batch else []
+        entropy = np.random.SeedSequence([self.seed, step, *ids])
+        self.generator.manual_seed(int(entropy.generate_state(1, dtype=np.uint64)[0] >> 1))
+        self.choice = np.random.default_rng(entropy)
 
     def _generate(self, model: nn.Module, prompts: list[Tensor], verifier: nn.Module | None = None) -> dict[str, Any]:
         cont = continue_prompts(

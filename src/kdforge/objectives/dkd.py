@@ -29,7 +29,8 @@ def _nckd(s: Tensor, t: Tensor, gt: Tensor) -> Tensor:
     return kl_rows(F.log_softmax(t - _MASK * gt, dim=-1), F.log_softmax(s - _MASK * gt, dim=-1))
 
 
-@register_objective("dkd", labels=True)
+# Its one-hot products (-inf · 0) make a NaN gradient at masked classes: -inf teacher logits are refused.
+@register_objective("dkd", labels=True, masked_teacher=False)
 def dkd(
     student_logits: Tensor,
     teacher_logits: Tensor,

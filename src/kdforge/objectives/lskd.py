@@ -13,7 +13,8 @@ def _standardize(z: Tensor) -> Tensor:
     return (z - z.mean(-1, keepdim=True)) / (1e-7 + z.std(-1, keepdim=True))
 
 
-@register_objective("lskd")
+# Standardizing a row that holds -inf is undefined (NaN gradients): -inf teacher logits are refused.
+@register_objective("lskd", masked_teacher=False)
 def lskd(
     student_logits: Tensor,
     teacher_logits: Tensor,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from kdforge.errors import ConfigError
 from kdforge.objectives import token_math as tm
 from kdforge.objectives.base import register_objective, register_row_grad, register_rows
 from kdforge.objectives.chunked import ChunkTarget
@@ -139,7 +140,8 @@ def skew_reverse_kl_rows(
     return tm.skew_reverse_kl_rows(s, target.log_probs(T), alpha, T)
 
 
-@register_objective("skew_reverse_kl")
+# α = 0 is plain reverse KL, infinite at a class of teacher probability 0.
+@register_objective("skew_reverse_kl", masked_teacher=lambda p: p["alpha"] > 0.0)
 def skew_reverse_kl(
     student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None, *, alpha: float = 0.1, T: float = 1.0
 ) -> Tensor:
@@ -218,7 +220,7 @@ def distillm2_rows(
     """DistiLLM-2 per token: (2−β)·skew KL on teacher-written responses, β·skew reverse KL on the student's own."""
     origin = target.field("from_student")
     if origin is None:
-        raise ValueError(
+        raise ConfigError(
             "objective 'distillm2' needs a 'from_student' field per response (teacher- vs student-generated); "
             "use data.responses with both sources"
         )

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdforge.errors import ConfigError, IntegrityError
-from kdforge.files import atomic_write_text
+from kdforge.errors import ConfigError
+from kdforge.files import atomic_write_text, read_json_record, sealed_json
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -100,7 +100,7 @@ class Manifest:
 
     def save(self, root: Path) -> None:
         """Atomically rewrite the manifest."""
-        atomic_write_text(root / MANIFEST, json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
+        atomic_write_text(root / MANIFEST, sealed_json(asdict(self), indent=1))
 
     @classmethod
     def load(cls, root: Path) -> Manifest:
@@ -108,10 +108,11 @@ class Manifest:
         path = Path(root) / MANIFEST
         if not path.is_file():
             raise ConfigError(f"{str(root)!r} is not a kdforge store (no {MANIFEST}); build it with `kdforge cache`")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise IntegrityError(f"{str(path)!r} is not valid JSON ({err})") from None
+        fix = (
+            f"delete it and run `kdforge cache` with the store's recipe again (shards that match their checksums "
+            f"are kept), or delete the folder {str(root)!r} to rebuild the store"
+        )
+        raw = read_json_record(path, fix, "store manifest")
         if raw.get("format") != FORMAT:
             raise ConfigError(f"{str(path)!r} has store format {raw.get('format')!r}; this kdforge reads {FORMAT}")
         return cls(**raw)

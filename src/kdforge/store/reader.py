@@ -57,6 +57,8 @@ class StoreReader:
 
     def __init__(self, root: str | Path, verify: bool = True, resident_bytes: int = 1 << 30, cached_shards: int = 8):
         self.root = Path(root)
+        # `kdforge cache` rebuilds exactly the files that fail their checksums (and rewrites the id table).
+        self._fix = "it is not used: run `kdforge cache` with the store's recipe again to rebuild it"
         self.manifest = Manifest.load(self.root)
         if not self.manifest.complete:
             raise ConfigError(f"store {str(self.root)!r} is incomplete; run `kdforge cache` again to resume it")
@@ -85,9 +87,9 @@ class StoreReader:
         path = self.root / "shards" / name
         record = self.manifest.shards.get(name)
         if record is None or not path.is_file():
-            raise IntegrityError(f"store shard {str(path)!r} is missing")
+            raise IntegrityError(f"store shard {str(path)!r} is missing; {self._fix}")
         if self.verify and sha256_file(path) != record["sha256"]:
-            raise IntegrityError(f"store shard {str(path)!r} does not match its sha256 in the manifest")
+            raise IntegrityError(f"store shard {str(path)!r} does not match its sha256 in the manifest; {self._fix}")
         return with_offsets(load_file(str(path)))
 
     def shard(self, i: int) -> dict[str, Tensor]:
@@ -110,7 +112,9 @@ class StoreReader:
         if record:
             path = self.root / record["name"]
             if not path.is_file() or (self.verify and sha256_file(path) != record["sha256"]):
-                raise IntegrityError(f"store id table {str(path)!r} is missing or does not match its sha256")
+                raise IntegrityError(
+                    f"store id table {str(path)!r} is missing or does not match its sha256; {self._fix}"
+                )
             table = load_file(str(path))
             return table["index"], table.get("view")
         # Stores written before the id table existed: one pass over the shards, one shard at a time.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from kdforge.capture import Recorder
-from kdforge.errors import ConfigError, ShapeMismatchError
-from kdforge.files import atomic_write, atomic_write_text, sha256_file
+from kdforge.errors import ConfigError, IntegrityError, ShapeMismatchError
+from kdforge.files import atomic_write, atomic_write_text, read_json_record, sealed_json, sha256_file
 from kdforge.signals import Needs
 from kdforge.store.codecs import build_codec
 from kdforge.store.manifest import Manifest, shard_name
@@ -49,19 +49,24 @@ def _sidecar(root: Path, name: str) -> Path:
 
 
 def completed_shards(root: Path, plan: Manifest) -> dict[str, dict[str, Any]]:
-    """Shards already on disk whose sidecar record and checksum agree (anything else is rebuilt)."""
+    """Shards already on disk whose sidecar record and checksum agree (anything else is rebuilt, with a warning)."""
     done: dict[str, dict[str, Any]] = {}
     for i in range(plan.num_shards):
         name = shard_name(i)
         meta, data = _sidecar(root, name), root / "shards" / name
-        if not (meta.is_file() and data.is_file()):
-            continue
+        if not (meta.is_file() or data.exists()):
+            continue  # not built yet
         try:
-            record = json.loads(meta.read_text())
-        except json.JSONDecodeError:
-            continue
-        if record.get("sha256") == sha256_file(data):
+            record = read_json_record(meta, "it is rebuilt", "store shard record") if meta.is_file() else None
+        except IntegrityError as err:
+            record, problem = None, str(err)
+        else:
+            problem = f"store shard {str(data)!r} is missing or does not match its recorded sha256; it is rebuilt"
+        if record is not None and data.is_file() and record.get("sha256") == sha256_file(data):
             done[name] = record
+        elif meta.is_file():
+            # A shard killed between its data and its record has no record yet: that is no damage worth a word.
+            print(f"warning: {problem}", file=sys.stderr)
     return done
 
 
@@ -209,7 +214,7 @@ def build_store(
             "top1_sum": top1_sum,
             "positions": positions,
         }
-        atomic_write_text(_sidecar(root, name), json.dumps(record))
+        atomic_write_text(_sidecar(root, name), sealed_json(record, indent=None))
         written.append(name)
         if on_shard is not None:
             on_shard(i)

@@ -8,9 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate.utils import set_seed
-from safetensors.torch import load_file
 from torch import nn
 
 from kdforge import progress
@@ -21,11 +19,12 @@ from kdforge.engine.checkpoint import save_model
 from kdforge.engine.distiller import Distiller
 from kdforge.engine.trainer import Trainer, get_accelerator
 from kdforge.errors import ConfigError, IntegrityError
-from kdforge.files import atomic_replace_dir, readable_dir, sha256_file
+from kdforge.files import atomic_replace_dir, read_json_record, readable_dir, sealed_json, sha256_file
 from kdforge.models import build_model
 from kdforge.recipe import ModelConfig, NetworkTeacherConfig, Recipe, TrainConfig
 from kdforge.registry import TEACHERS
 from kdforge.teachers import Live, Teacher
+from kdforge.weights import read_weights
 
 
 def pretrained_lm(cfg: ModelConfig | None) -> bool:
@@ -147,27 +146,8 @@ def _teacher_key(recipe: Recipe, train_cfg: TrainConfig, data_fingerprint: str |
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_weights(path: Path, where: str) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors, or from a PyTorch .pt/.pth file read with weights_only (no code runs)."""
-    if path.suffix in (".pt", ".pth"):
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # weights_only refuses pickled code; a damaged file fails to unzip
-            raise ConfigError(f"{where}: {str(path)!r} is not a plain PyTorch state dict ({err})") from None
-        # RepDistiller's and mdistiller's teacher checkpoints wrap the state dict: {"model": ..., "epoch": ...}.
-        for key in ("model", "state_dict"):
-            if isinstance(data, dict) and isinstance(data.get(key), dict):
-                data = data[key]
-        if not isinstance(data, dict) or not all(torch.is_tensor(v) for v in data.values()):
-            raise ConfigError(f"{where}: {str(path)!r} holds no state dict of tensors")
-        return data
-    try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises several error types for a damaged file
-        raise ConfigError(f"{where}: {str(path)!r} is not a readable safetensors file ({err})") from None
-
-
 def load_weights(model: nn.Module, path: Path, where: str) -> None:
+    """Load a checkpoint file (safetensors, or a tensors-only PyTorch pickle) into ``model``; errors name ``where``."""
     if not path.is_file():
         raise ConfigError(f"{where}: checkpoint file {str(path)!r} does not exist")
     weights = read_weights(path, where)
@@ -200,20 +180,20 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
     cache = Path(t.cache_dir).expanduser() / f"{t.model.name}-{_teacher_key(recipe, train_cfg, bundle.fingerprint)}"
     found = readable_dir(cache)
     meta_path = found / "meta.json"
+    fix = f"delete the folder {str(cache)!r} to retrain the teacher"
+    if not meta_path.is_file() and (found / "model.safetensors").exists():
+        # Weights without their record cannot be verified: never used, never silently retrained over.
+        raise IntegrityError(f"cached teacher file {str(meta_path)!r} is missing: the cache is damaged; {fix}")
     if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            meta = None
-        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
-            raise IntegrityError(
-                f"cached teacher file {str(meta_path)!r} is not a JSON mapping with a 'sha256'; delete the folder "
-                f"{str(cache)!r} to retrain the teacher"
-            )
+        meta = read_json_record(meta_path, fix, "cached teacher file")
+        if not isinstance(meta.get("sha256"), str):
+            raise IntegrityError(f"cached teacher file {str(meta_path)!r} is not a JSON mapping with a 'sha256'; {fix}")
         with progress.status(f"loading teacher {t.model.name} from the cache {str(cache)!r}"):
             weights = found / "model.safetensors"
             if not weights.is_file() or sha256_file(weights) != meta["sha256"]:
-                raise IntegrityError(f"cached teacher {str(cache)!r} does not match its sha256; delete the folder")
+                raise IntegrityError(
+                    f"cached teacher file {str(weights)!r} is missing or does not match its sha256 in meta.json; {fix}"
+                )
             load_weights(model, weights, "teacher cache")
         return model.eval(), {**meta, "cache": str(cache), "reused": True}
     if not allow_training:
@@ -236,7 +216,7 @@ def train_teacher(recipe: Recipe, allow_training: bool = True) -> tuple[nn.Modul
         def write(tmp: Path) -> None:
             save_model(model, tmp / "model.safetensors")
             meta["sha256"] = sha256_file(tmp / "model.safetensors")
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            (tmp / "meta.json").write_text(sealed_json(meta))
 
         atomic_replace_dir(write, cache)
     acc.wait_for_everyone()

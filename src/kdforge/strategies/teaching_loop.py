@@ -224,6 +224,11 @@ def teaching_loop(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> RunO
     return RunOutcome(summary, student=outcome.student, teacher=outcome.teacher, bundle=outcome.bundle)
 
 
+# Checked when the recipe is resolved, before a run folder (and the recipe in it) is written: a teach section the
+# strategy would refuse anyway, or a teacher holding a literal API key, never leaves a folder behind.
+teaching_loop.check = teach_section  # type: ignore[attr-defined]
+
+
 def _metric(summary: dict[str, Any], metric: str, mode: str) -> float:
     """The dev metric of the student the round keeps (the last epoch's, or the best one's with select: best)."""
     kept = (summary.get("best") if mode == "best" else None) or summary.get("last") or {}

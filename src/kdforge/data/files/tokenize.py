@@ -64,10 +64,17 @@ def load_tokenizer(name: str) -> Any:
     try:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        from kdforge.models.hf.load import OFFLINE
+
+        tok = AutoTokenizer.from_pretrained(str(folder), **OFFLINE)
     except ImportError:
         raise ConfigError(f"data.params.tokenizer={name!r} needs `pip install transformers`") from None
     except Exception as err:  # transformers raises OSError, ValueError or KeyError for a folder it cannot read
+        from kdforge.models.hf.load import custom_code
+
+        refused = custom_code(err, folder, f"data.params.tokenizer={name!r}")
+        if refused is not None:
+            raise refused from None
         cause = " ".join(str(err).split()[:25])
         raise ConfigError(f"data.params.tokenizer={name!r} is not a tokenizer folder ({cause})") from None
     if tok.pad_token is None:

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from kdforge.errors import ConfigError
+from kdforge.weights import read_safetensors
 
 HEAD_WEIGHTS = "kdforge_head.safetensors"
 HEAD_CONFIG = "kdforge_head.json"
@@ -43,7 +44,7 @@ def load_head(folder: str | Path, head: nn.Linear, where: str) -> bool:
     path = Path(folder) / HEAD_WEIGHTS
     if not path.is_file():
         return False
-    weights = load_file(str(path))
+    weights = read_safetensors(path, where)
     shape = tuple(weights["weight"].shape) if "weight" in weights else None
     if shape != tuple(head.weight.shape):
         raise ConfigError(

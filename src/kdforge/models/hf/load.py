@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +60,40 @@ def require_folder(path: Path) -> None:
         )
 
 
-def _guarded(load: Any, folder: Path, gguf_file: str | None) -> Any:
+def pickled_code(folder: Path, where: str) -> ConfigError:
+    """The error for a folder whose PyTorch weight file (pytorch_model.bin) pickles more than tensors."""
+    files = sorted(p.name for p in folder.glob("*.bin")) or ["its PyTorch weight file"]
+    return ConfigError(
+        f"{where}: {str(folder / files[0])!r} holds pickled objects other than tensors (never run); expected "
+        "model.safetensors or a tensors-only pytorch_model.bin"
+    )
+
+
+def custom_code(err: BaseException, path: Path, where: str) -> ConfigError | None:
+    """The error for a folder asking to run its own code (an ``auto_map`` with trust_remote_code=False), else None."""
+    if "trust_remote_code" not in str(err):
+        return None
+    return ConfigError(
+        f"{where}: {str(path)!r} asks to run its own Python code (auto_map in its config); kdforge never runs code "
+        "from a model folder: expected a model and tokenizer class that transformers itself implements"
+    )
+
+
+def guarded(load: Any, folder: Path, gguf_file: str | None, where: str = WHERE) -> Any:
     """Run a transformers load, turning its errors into one-line ConfigErrors naming the folder or GGUF file."""
     try:
         return load()
+    except pickle.UnpicklingError:  # transformers reads .bin weights with weights_only=True: code is refused
+        raise pickled_code(folder, where) from None
     except ValueError as err:
         if gguf_file is not None and "not supported" in str(err):
             raise unsupported(folder / gguf_file, err) from None
-        raise ConfigError(f"{WHERE}: cannot load {str(folder / (gguf_file or ''))!r}: {_one_line(err)}") from None
+        refused = custom_code(err, folder, where)
+        if refused is not None:
+            raise refused from None
+        raise ConfigError(f"{where}: cannot load {str(folder / (gguf_file or ''))!r}: {_one_line(err)}") from None
     except (OSError, KeyError, TypeError) as err:
-        raise ConfigError(f"{WHERE}: cannot load {str(folder / (gguf_file or ''))!r}: {_one_line(err)}") from None
+        raise ConfigError(f"{where}: cannot load {str(folder / (gguf_file or ''))!r}: {_one_line(err)}") from None
 
 
 def _has_trained_head(config: Any) -> bool:
@@ -81,13 +106,13 @@ def from_folder(task: str, folder: Path, num_classes: int, gguf_file: str | None
     from transformers import AutoConfig
 
     kwargs = dict(OFFLINE, **({"gguf_file": gguf_file} if gguf_file else {}))
-    config = _guarded(lambda: AutoConfig.from_pretrained(str(folder), **kwargs), folder, gguf_file)
+    config = guarded(lambda: AutoConfig.from_pretrained(str(folder), **kwargs), folder, gguf_file)
     if task == "sequence_classification":
         if _has_trained_head(config):
             check_labels(config, num_classes, f"{WHERE}: params.path {str(folder)!r}")
         else:
             kwargs["num_labels"] = num_classes
-    return _guarded(lambda: auto_class(task).from_pretrained(str(folder), **kwargs, **float32()), folder, gguf_file)
+    return guarded(lambda: auto_class(task).from_pretrained(str(folder), **kwargs, **float32()), folder, gguf_file)
 
 
 def from_config(task: str, config: Any, num_classes: int) -> nn.Module:
@@ -109,10 +134,19 @@ def from_config(task: str, config: Any, num_classes: int) -> nn.Module:
     if task == "causal_lm":
         kwargs.setdefault("vocab_size", num_classes)
     try:
+        # Recent transformers check field types through huggingface_hub's strict dataclasses (hidden_size: 1.5).
+        from huggingface_hub.errors import StrictDataclassError as FieldError
+    except ImportError:
+        FieldError = ValueError
+    try:
         built = AutoConfig.for_model(model_type, **kwargs)
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, FieldError) as err:
         raise ConfigError(f"{WHERE}: params.config is not a valid {model_type!r} config: {_one_line(err)}") from None
     try:
         return auto_class(task).from_config(built)
-    except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{WHERE}: params.config: no {task} model for {model_type!r}: {_one_line(err)}") from None
+    except (ValueError, KeyError, TypeError, RuntimeError, ArithmeticError) as err:
+        # Sizes the config accepted and the layers cannot take (a negative vocabulary: RuntimeError; hidden_size 0:
+        # ZeroDivisionError in the rotary embedding) are the config's mistake too.
+        raise ConfigError(
+            f"{WHERE}: params.config: no {task} model for {model_type!r}: {type(err).__name__}: {_one_line(err)}"
+        ) from None

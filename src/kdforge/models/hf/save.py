@@ -10,7 +10,7 @@ from torch import nn
 
 from kdforge.errors import ConfigError
 from kdforge.models.hf.head import load_head, read_head_info, write_head
-from kdforge.models.hf.load import OFFLINE, auto_class, float32
+from kdforge.models.hf.load import OFFLINE, auto_class, float32, guarded
 from kdforge.models.hf.pooled import PooledClassifier
 from kdforge.models.hf.sentence import SentenceClassifier, load_sentence_transformer
 
@@ -75,10 +75,14 @@ def load_hf_folder(folder: str | Path) -> nn.Module:
         return model
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(str(folder), **OFFLINE)
+    # Guarded: a folder asking for its own code (config.json auto_map) is refused in one line naming it.
+    config = guarded(lambda: AutoConfig.from_pretrained(str(folder), **OFFLINE), folder, None)
     if info is not None:
-        encoder = auto_class("encoder").from_pretrained(str(folder), **OFFLINE, **float32())
+        encoder = guarded(
+            lambda: auto_class("encoder").from_pretrained(str(folder), **OFFLINE, **float32()), folder, None
+        )
         model = PooledClassifier(encoder, int(info["num_classes"]), str(info.get("pooling", "mean")))
         load_head(folder, model.head, where)
         return model
-    return auto_class(_task(config)).from_pretrained(str(folder), **OFFLINE, **float32())
+    task = _task(config)
+    return guarded(lambda: auto_class(task).from_pretrained(str(folder), **OFFLINE, **float32()), folder, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,24 @@ class SentenceClassifier(nn.Module):
         return self.head(features["sentence_embedding"])
 
 
+def _check_module_types(path: Path) -> None:
+    """Refuse a modules.json naming a class outside sentence_transformers: loading it would import that code."""
+    # sentence-transformers before 6.0 imported any dotted name a local folder's modules.json gave; checked here so
+    # no installed version ever imports code a model folder chose.
+    try:
+        modules = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{WHERE}: {str(path)!r} is not valid JSON ({' '.join(str(err).split())})") from None
+    entries = modules if isinstance(modules, list) else [None]
+    for entry in entries:
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        if not isinstance(kind, str) or not kind.startswith("sentence_transformers."):
+            raise ConfigError(
+                f"{WHERE}: {str(path)!r} names the module type {kind!r}; expected a class of sentence_transformers "
+                "(code named by a model folder is never imported)"
+            )
+
+
 def load_sentence_transformer(folder: Path) -> nn.Module:
     """A SentenceTransformer from a local folder (offline, no remote code), on the CPU in float32."""
     if not (folder / "modules.json").is_file():
@@ -54,6 +73,7 @@ def load_sentence_transformer(folder: Path) -> nn.Module:
             f"{WHERE}: params.path {str(folder)!r} {what}; expected a local sentence-transformers folder "
             "(for a plain transformers folder use model 'hf' with task: encoder)"
         )
+    _check_module_types(folder / "modules.json")
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
