@@ -38,17 +38,18 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _outcomes(junit: Path) -> dict[str, object]:
-    """Passed / skipped counts and failed test ids from pytest's JUnit XML."""
-    passed, skipped, failed = 0, 0, []
+    """Passed / skipped counts, failed test ids and each test's seconds from pytest's JUnit XML."""
+    passed, skipped, failed, seconds = 0, 0, [], {}
     for case in ET.parse(junit).getroot().iter("testcase"):
         name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        seconds[name] = round(float(case.get("time") or 0.0), 1)
         if case.find("failure") is not None or case.find("error") is not None:
             failed.append(name)
         elif case.find("skipped") is not None:
             skipped += 1
         else:
             passed += 1
-    return {"passed": passed, "skipped": skipped, "failed": failed}
+    return {"passed": passed, "skipped": skipped, "failed": failed, "seconds": seconds}
 
 
 def run_tests(tests: list[str]) -> dict[str, object]:

@@ -5,12 +5,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -134,40 +131,6 @@ def test_server_without_logprobs_falls_back_to_self_consistency(transformers_ser
         assert r["answer"].count(" | ") == 2  # the three sampled answers shown
         if r["status"] == "ok":
             assert all(abs(p * 3 - round(p * 3)) < 1e-6 for p in r["probs"])  # shares of 3 votes
-
-
-def test_killed_job_resumes_without_duplicates_or_gaps(llama_server, tmp_path: Path) -> None:
-    n = 40
-    data = _input(tmp_path, n)
-    recipe = tmp_path / "job.yaml"
-    recipe.write_text(yaml.safe_dump(_job(tmp_path, llama_server, data, method="answer", batch=2), sort_keys=False))
-    exe = [sys.executable, "-m", "kdforge.cli", "annotate", str(recipe)]
-    env = {**os.environ, "KDFORGE_PROGRESS": "0"}
-    start = llama_server.requests("/v1/chat/completions")
-    proc = subprocess.Popen(exe, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    cache = tmp_path / "cache.sqlite"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if cache.exists():
-            with sqlite3.connect(cache) as con:
-                if con.execute("SELECT COUNT(*) FROM answers").fetchone()[0] >= 10:
-                    break
-        time.sleep(0.1)
-    assert proc.poll() is None, "the job finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "out/job/annotations.jsonl").exists()
-    with sqlite3.connect(cache) as con:
-        stored = con.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-    assert 10 <= stored < n
-    done = subprocess.run(exe, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    rows = [json.loads(x) for x in (tmp_path / "out/job/annotations.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in rows] == list(range(n))  # every row once: no duplicate, no gap
-    summary = json.loads((tmp_path / "out/job/summary.json").read_text())
-    assert summary["usage"]["cached"] == stored and summary["usage"]["requests"] == n - stored
-    # At most the requests in flight at the kill (concurrency 2) were sent twice.
-    assert llama_server.requests("/v1/chat/completions") - start <= n + 2
 
 
 def test_two_processes_annotate_one_data_set_through_one_cache(llama_server, tmp_path: Path) -> None:
