@@ -12,6 +12,7 @@ object per line on stdout ({"pid", "killed", "rc", "elapsed"}). "ready" is print
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,10 +21,20 @@ import time
 
 # Imported before any fork so children skip the cost; nothing here runs a computation (no thread pool starts).
 import kdforge.cli
+import kdforge.data.text
 import kdforge.llm.annotate
+import kdforge.llm.embedding
 import kdforge.llm.generate
+import kdforge.lm.sources
+import kdforge.models.hf.load
 import kdforge.runner
 import kdforge.store
+import kdforge.strategies.lm
+import kdforge.strategies.teaching_loop
+
+with contextlib.suppress(ImportError):  # the text and LM extras; their tests skip without them
+    import sentence_transformers  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401
 
 
 def _child(request: dict) -> None:

@@ -223,8 +223,8 @@ def _annotate_scenario(llm, n: int) -> Any:
 def test_annotate_killed_at_20_random_moments_keeps_every_row_once(
     llama_server, server: ForkServer, tmp_path: Path, reliability
 ):
-    report = kill_until_done(server, _annotate_scenario(llama_server, 12), tmp_path, KILLS, _rng("annotate"), _equal)
-    _record(reliability, "`kdforge annotate` (12 rows, llama.cpp server)", report, "the same 12 rows, none twice")
+    report = kill_until_done(server, _annotate_scenario(llama_server, 8), tmp_path, KILLS, _rng("annotate"), _equal)
+    _record(reliability, "`kdforge annotate` (8 rows, llama.cpp server)", report, "the same 8 rows, none twice")
 
 
 def _generated(folder: Path) -> list[tuple[str, str, bool]]:
@@ -245,8 +245,10 @@ def _generate_scenario(llm) -> Any:
                     "grain": {"verbalizer": "grain", "description": "wheat harvests"},
                 },
                 "per_label": 2,
-                "max_tokens": 16,
+                "max_tokens": 24,
                 "min_chars": 1,
+                # Re-annotation by scores always yields a label, so the filter's requests are killed too.
+                "filter": {"labeling": {"method": "logprobs", "prompt": PROMPT}},
             },
             "output_dir": str(folder / "out"),
             "cache": str(folder / "cache.sqlite"),
@@ -357,7 +359,7 @@ def _lm_scenario(teacher: Path) -> Any:
             "train": {
                 "max_steps": 4,
                 "chunk_size": 64,
-                "checkpoint_every": 1,
+                "checkpoint_every": 2,
                 "optimizer": {"name": "adamw", "lr": 0.001},
             },
             "output_dir": str(folder / "runs"),

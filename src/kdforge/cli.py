@@ -466,7 +466,8 @@ def _fail(label: str, message: str | None, code: int) -> NoReturn:
         sys.stderr.flush()
     line = Text(label if message is None else f"{label}:", style="bold red")
     if message is not None:
-        line.append(f" {redact(message)}")
+        # One line whatever the message: a library's multi-line text must not break the contract.
+        line.append(" " + " ".join(redact(message).split()))
     # soft_wrap: a long message stays one line in a log instead of being wrapped at the console width.
     err.print(line, soft_wrap=True, highlight=False)
     sys.exit(code)

@@ -90,18 +90,41 @@ def render_reliability(data: dict[str, Any], soak: dict[str, Any] | None = None)
     return "\n".join(lines) + "\n"
 
 
+PARTS = {
+    "inprocess": "200 short runs back to back in one process",
+    "subprocess": "200 `kdforge run` subprocesses back to back (the parent's figures)",
+    "annotate": "one annotation job of 10,000 requests with injected 429 / 500 / timeouts (the job's figures)",
+}
+METERS = (("fds", "open files"), ("threads", "OS threads"), ("py_threads", "Python threads"), ("rss_mib", "RSS (MiB)"))
+
+
 def soak_section(soak: dict[str, Any]) -> list[str]:
-    """The load figures of benchmarks/results/soak.json (written by benchmarks/soak.py)."""
+    """The load figures of benchmarks/results/soak.json (written by benchmarks/soak.py): per part, each meter at
+    warm-up and at the end with their ratio, then every criterion and whether it held."""
     lines = ["## Load (soak)", ""]
-    checks = soak.get("checks") or []
-    if checks:
-        body = [[_cell(c["what"]), _cell(c["measured"]), "yes" if c["pass"] else "**no**"] for c in checks]
-        lines += table(["check", "measured", "pass"], body)
-    else:
-        lines.append("```json")
-        lines.append(json.dumps({k: v for k, v in soak.items() if k not in ("machine",)}, indent=1)[:4000])
-        lines.append("```")
-    lines += ["", f"From `benchmarks/results/soak.json` ({soak.get('command', 'benchmarks/soak.py')}).", ""]
+    for name, part in soak.get("parts", {}).items():
+        title = PARTS.get(name, name)
+        quick = " (quick run)" if part.get("quick") else ""
+        lines += [f"### {title[0].upper()}{title[1:]}{quick}", ""]
+        body = [
+            [label, f"{part['warmup'][key]:,}", f"{part['end'][key]:,}", f"{part['ratios'][key]:.3f}"]
+            for key, label in METERS
+            if key in part.get("ratios", {})
+        ]
+        lines += [*table(["meter", "after warm-up", "at the end", "ratio"], body), ""]
+        extra = []
+        if "retries_by_kind" in part:
+            kinds = ", ".join(f"{k} {v:,}" for k, v in part["retries_by_kind"].items())
+            lost, twice = part.get("lost", "?"), part.get("duplicated", "?")
+            extra.append(f"retries: {kinds}; rows lost {lost}, duplicated {twice}")
+        if "runs" in part:
+            extra.append(f"{part.get('runs_completed', part['runs'])} runs")
+        extra.append(f"wall {part['wall_s']:,.0f} s")
+        checks = part.get("pass", {})
+        held = sum(bool(v) for v in checks.values())
+        failed = [k for k, v in checks.items() if not v]
+        verdict = f"{held}/{len(checks)} criteria held" + (f"; **failed: {', '.join(failed)}**" if failed else "")
+        lines += [f"{'; '.join(extra)}. {verdict} (`{part.get('command', 'benchmarks/soak.py')}`).", ""]
     return lines
 
 
