@@ -22,8 +22,10 @@ demo: setup
 	$(BIN)/kdforge run
 
 # KDFORGE_REQUIRE_LLM_SERVERS: setup installed the LLM servers, so their tests must run, never skip.
+# Two workers (pytest-xdist): much of a test's time is a subprocess importing PyTorch on one core; work stealing
+# keeps both cores busy to the end, since the kill campaigns are a few long tests.
 test: setup browser
-	KDFORGE_REQUIRE_LLM_SERVERS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	KDFORGE_REQUIRE_LLM_SERVERS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
 
 setup: $(STAMP) data llm-assets
 

@@ -57,7 +57,9 @@ def run_tests(tests: list[str]) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         log, junit = Path(tmp) / "trials.jsonl", Path(tmp) / "junit.xml"
         env = {**os.environ, "KDFORGE_RELIABILITY_LOG": str(log), "KDFORGE_REQUIRE_LLM_SERVERS": "1"}
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *tests]
+        # Two workers, as `make test` runs them; the log is appended line by line, so both can write it.
+        options = ["-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "worksteal", f"--junitxml={junit}"]
+        command = [sys.executable, "-m", "pytest", *options, *tests]
         start = time.monotonic()
         subprocess.run(command, cwd=ROOT, env=env, check=False)
         wall = time.monotonic() - start

@@ -76,7 +76,7 @@ class Scenario:
 
     folder: Path
     start: list[str]
-    resume: Callable[[], list[str]]
+    resume: Callable[[], list[str] | None]  # None: the killed command had already finished
     result: Callable[[], Any]
     check_killed: Callable[[], None] = lambda: None  # what must hold right after a kill (nothing half-written)
 
@@ -122,7 +122,12 @@ def kill_until_done(
                 report.kills += 1
                 report.moments.append(round(moment or 0.0, 3))
                 scenario.check_killed()
-                argv = scenario.resume()
+                resumed = scenario.resume()
+                if resumed is None:  # killed after its last write: finished, nothing to continue
+                    report.finished_runs += 1
+                    same(scenario.result(), want)
+                    break
+                argv = resumed
                 continue
             assert ended.rc == 0, f"attempt {report.attempts} (argv {argv}) failed: {ended.stderr[-3000:]}"
             report.finished_runs += 1

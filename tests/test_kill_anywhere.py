@@ -71,6 +71,16 @@ def _run_folder(root: Path) -> Path | None:
     return folders[-1] if folders else None
 
 
+def _resume_run(folder: Path, start: list[str]) -> list[str] | None:
+    """How a user continues a killed `kdforge run`: --resume its folder, or start over if it had none yet."""
+    run = _run_folder(folder)
+    if run is None:
+        return start  # killed before the run folder had its recipe: nothing was trained
+    if (run / "summary.json").is_file() and (run / "report.md").is_file():
+        return None  # killed after its last write (`--resume` says it already finished)
+    return ["run", "--resume", str(run)]
+
+
 def _weights(root: Path) -> dict[str, torch.Tensor]:
     folder = _run_folder(root)
     assert folder is not None and (folder / "summary.json").is_file(), f"no finished run under {root}"
@@ -105,10 +115,8 @@ def _image_run(folder: Path) -> Scenario:
     (folder / "recipe.yaml").write_text(yaml.safe_dump(tree))
     start = ["run", str(folder / "recipe.yaml")]
 
-    def resume() -> list[str]:
-        run = _run_folder(folder)
-        # Killed before the run folder had its recipe: nothing was trained, so the command starts over.
-        return start if run is None else ["run", "--resume", str(run)]
+    def resume() -> list[str] | None:
+        return _resume_run(folder, start)
 
     return Scenario(folder, start, resume, lambda: _weights(folder))
 
@@ -368,9 +376,8 @@ def _lm_scenario(teacher: Path) -> Any:
         (folder / "lm.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
         start = ["run", str(folder / "lm.yaml")]
 
-        def resume() -> list[str]:
-            run = _run_folder(folder)
-            return start if run is None else ["run", "--resume", str(run)]
+        def resume() -> list[str] | None:
+            return _resume_run(folder, start)
 
         return Scenario(folder, start, resume, lambda: _weights(folder))
 

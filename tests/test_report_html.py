@@ -312,7 +312,7 @@ def _copy_run(run: Path, to: Path, records: bool = False) -> Path:
 def test_a_record_of_other_checkpoints_is_made_again(digits_run: Path, tmp_path: Path) -> None:
     import json
 
-    from kdforge.files import sha256_file
+    from kdforge.files import sealed_json, sha256_file
 
     run = _copy_run(digits_run, tmp_path / "run", records=True)  # the record an earlier test made, if any
     write_report([run], tmp_path / "first")
@@ -322,7 +322,7 @@ def test_a_record_of_other_checkpoints_is_made_again(digits_run: Path, tmp_path:
     assert before["models"]["kd"]["checkpoint"]["sha256"] == sha256_file(state_path)
     # What a resume that trained further leaves: the same folder, a checkpoint of a later step.
     state = json.loads(state_path.read_text())
-    state_path.write_text(json.dumps({**state, "step": state["step"] + 7}))
+    state_path.write_text(sealed_json({**state, "step": state["step"] + 7}))  # sealed, as kdforge writes it
     write_report([run], tmp_path / "second")
     after = json.loads(record.read_text())
     assert after["models"]["kd"]["checkpoint"] == {"folder": "kd", "step": state["step"] + 7,
@@ -340,7 +340,7 @@ def test_a_run_that_cannot_be_evaluated_is_reported_from_its_logs_with_a_note(di
     import torch
     from safetensors.torch import save_file
 
-    from kdforge.files import sha256_file
+    from kdforge.files import sealed_json, sha256_file
 
     broken = _copy_run(digits_run, tmp_path / "broken")
     ckpt = broken / "kd" / "checkpoints" / "last"
@@ -348,7 +348,7 @@ def test_a_run_that_cannot_be_evaluated_is_reported_from_its_logs_with_a_note(di
     save_file({"x": torch.zeros(3)}, str(ckpt / "model.safetensors"))
     state = json.loads((ckpt / "state.json").read_text())
     state["files"]["model.safetensors"] = sha256_file(ckpt / "model.safetensors")
-    (ckpt / "state.json").write_text(json.dumps(state))
+    (ckpt / "state.json").write_text(sealed_json(state))
     files = write_report([broken, digits_run], tmp_path / "out")
     (note,) = [n for n in files.notes if n.startswith("broken:")]
     assert note.startswith("broken: not re-evaluated (RuntimeError: Error(s) in loading state_dict"), note

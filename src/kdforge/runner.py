@@ -108,7 +108,9 @@ def resume(path: str | Path) -> dict[str, Any]:
     folder = Path(path).expanduser()
     if not (folder / "recipe.yaml").is_file():
         raise ConfigError(f"--resume {str(folder)!r}: not a run folder (no recipe.yaml)")
-    if (folder / SUMMARY).is_file():
+    # The report is a run's last write: a run killed after its summary but before its report is finished anew
+    # (the strategies keep their finished results; only the report is written).
+    if (folder / SUMMARY).is_file() and (folder / "report.md").is_file():
         raise ConfigError(f"--resume {str(folder)!r}: this run already finished; it is never overwritten")
     recipe = validate(load_yaml(folder / "recipe.yaml"), source=f"{folder / 'recipe.yaml'}")
     return run(recipe, RunDir(folder, main=get_accelerator().is_main_process), resume=True)
