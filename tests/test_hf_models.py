@@ -13,6 +13,7 @@ from kdforge.adapters import HFAdapter, ModuleAdapter, adapter_for
 from kdforge.errors import ConfigError
 from kdforge.models import build_model
 from kdforge.models.hf import check_tokenizer_fits, embedding_rows, load_hf_folder, save_hf_folder, tokenizer_folder
+from lm_models import finish_gguf, tiny_gguf_writer
 
 transformers = pytest.importorskip("transformers")
 
@@ -207,23 +208,9 @@ def test_gguf_of_an_architecture_transformers_cannot_load_names_it(tmp_path: Pat
 
 
 def test_gguf_llama_loads_as_a_causal_lm(tmp_path: Path):
-    vocab, hidden, inner = 64, 16, 32
-    rng = np.random.default_rng(0)
-
-    def weight(*shape: int) -> np.ndarray:
-        return (0.02 * rng.standard_normal(shape)).astype(np.float32)
-
-    tensors = {"token_embd.weight": weight(vocab, hidden), "output_norm.weight": np.ones(hidden, np.float32)}
-    tensors["output.weight"] = weight(vocab, hidden)
-    for name in ("attn_norm", "ffn_norm"):
-        tensors[f"blk.0.{name}.weight"] = np.ones(hidden, np.float32)
-    for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-        tensors[f"blk.0.{name}.weight"] = weight(hidden, hidden)
-    tensors.update({"blk.0.ffn_gate.weight": weight(inner, hidden), "blk.0.ffn_up.weight": weight(inner, hidden)})
-    tensors["blk.0.ffn_down.weight"] = weight(hidden, inner)
-    meta = {"context_length": 64, "embedding_length": hidden, "block_count": 1, "feed_forward_length": inner}
-    meta.update({"head_count": 2, "head_count_kv": 2, "rope_dimension_count": hidden // 2, "vocab_size": vocab})
-    _write_gguf(tmp_path / "llama.gguf", "llama", tensors, **meta)
+    gguf = pytest.importorskip("gguf")
+    vocab = 64
+    finish_gguf(tiny_gguf_writer(gguf, str(tmp_path / "llama.gguf"), vocab))
     pytest.importorskip("transformers.modeling_gguf_pytorch_utils")
     model = build_model("hf", vocab, (16,), path=str(tmp_path / "llama.gguf"), task="causal_lm")
     assert isinstance(model, transformers.LlamaForCausalLM) and next(model.parameters()).dtype == torch.float32

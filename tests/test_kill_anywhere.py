@@ -23,6 +23,7 @@ import yaml
 from safetensors.torch import load_file
 
 from kill_harness import ForkServer, KillReport, Scenario, kill_until_done
+from test_llm_annotate import LABELS, PROMPT, TEXTS
 
 pytestmark = pytest.mark.slow
 
@@ -165,18 +166,6 @@ def _equal(got: Any, want: Any) -> None:
 
 
 # --- kdforge annotate / generate against llama.cpp's server: the sqlite cache keeps every finished answer ----------
-
-LABELS = {"earn": "earnings", "acq": "acquisition", "crude": "oil", "grain": "grain"}
-TEXTS = [
-    "Net profit rose to 12.5 mln dlrs, or 1.10 dlrs per share, from 9.8 mln dlrs a year earlier, the company said.",
-    "The company agreed to acquire all outstanding shares of its rival for 45 dlrs a share in cash.",
-    "Crude oil prices climbed as OPEC ministers agreed to cut output by one mln barrels per day.",
-    "The U.S. Agriculture Department said wheat and corn exports rose to 1.2 mln tonnes last week.",
-]
-PROMPT = {
-    "instruction": "Classify the news article into one of these topics: {labels}.",
-    "template": "Article: {text}\nTopic:",
-}
 
 
 def _teacher(llm) -> dict:

@@ -15,6 +15,7 @@ from kdforge.errors import ConfigError  # noqa: E402
 from kdforge.llm.backend import GenParams  # noqa: E402
 from kdforge.llm.cache import RequestCache  # noqa: E402
 from kdforge.llm.local import LocalBackend  # noqa: E402
+from lm_models import finish_gguf, tiny_gguf_writer  # noqa: E402
 
 PROMPTS = ["the oil price rose sharply today . topic :", "wheat exports fell this year . topic :"]
 # Single- and multi-token labels; each starts with a space so the joint tokenization splits at the boundary.
@@ -170,31 +171,7 @@ def test_load_errors_name_the_path(tmp_path: Path):
 def test_a_gguf_file_loads_dequantised(tmp_path: Path, tokenizer):
     gguf = pytest.importorskip("gguf")
     pytest.importorskip("transformers.modeling_gguf_pytorch_utils")
-    vocab, hidden, inner = len(tokenizer), 16, 32
-    rng = np.random.default_rng(0)
-
-    def weight(*shape: int) -> np.ndarray:
-        return (0.02 * rng.standard_normal(shape)).astype(np.float32)
-
-    tensors = {"token_embd.weight": weight(vocab, hidden), "output_norm.weight": np.ones(hidden, np.float32)}
-    tensors["output.weight"] = weight(vocab, hidden)
-    for name in ("attn_norm", "ffn_norm"):
-        tensors[f"blk.0.{name}.weight"] = np.ones(hidden, np.float32)
-    for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-        tensors[f"blk.0.{name}.weight"] = weight(hidden, hidden)
-    tensors.update({"blk.0.ffn_gate.weight": weight(inner, hidden), "blk.0.ffn_up.weight": weight(inner, hidden)})
-    tensors["blk.0.ffn_down.weight"] = weight(hidden, inner)
-    meta = {"context_length": 64, "embedding_length": hidden, "block_count": 1, "feed_forward_length": inner}
-    meta.update({"head_count": 2, "head_count_kv": 2, "rope_dimension_count": hidden // 2, "vocab_size": vocab})
-    writer = gguf.GGUFWriter(str(tmp_path / "tiny.gguf"), "llama")
-    for key, value in meta.items():
-        getattr(writer, f"add_{key}")(value)
-    for name, value in tensors.items():
-        writer.add_tensor(name, value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(tiny_gguf_writer(gguf, str(tmp_path / "tiny.gguf"), len(tokenizer)))
     tokenizer.save_pretrained(str(tmp_path))  # the GGUF has no tokenizer metadata: the folder's files are used
 
     backend = LocalBackend(str(tmp_path), "tiny.gguf")

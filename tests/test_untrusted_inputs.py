@@ -12,11 +12,11 @@ import pickle
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from kdforge.errors import ConfigError, IntegrityError, KdforgeError
+from lm_models import finish_gguf, tiny_gguf_writer
 
 transformers = pytest.importorskip("transformers")
 
@@ -353,25 +353,8 @@ def _hostile_gguf(path: Path, template: str) -> Path:
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     tokens = list(bytes_to_unicode().values())
-    vocab, hidden, inner = len(tokens), 16, 32
-    rng = np.random.default_rng(0)
-
-    def weight(*shape: int) -> np.ndarray:
-        return (0.02 * rng.standard_normal(shape)).astype(np.float32)
-
-    tensors = {"token_embd.weight": weight(vocab, hidden), "output_norm.weight": np.ones(hidden, np.float32)}
-    tensors["output.weight"] = weight(vocab, hidden)
-    for name in ("attn_norm", "ffn_norm"):
-        tensors[f"blk.0.{name}.weight"] = np.ones(hidden, np.float32)
-    for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-        tensors[f"blk.0.{name}.weight"] = weight(hidden, hidden)
-    tensors.update({"blk.0.ffn_gate.weight": weight(inner, hidden), "blk.0.ffn_up.weight": weight(inner, hidden)})
-    tensors["blk.0.ffn_down.weight"] = weight(hidden, inner)
-    meta = {"context_length": 64, "embedding_length": hidden, "block_count": 1, "feed_forward_length": inner}
-    meta.update({"head_count": 2, "head_count_kv": 2, "rope_dimension_count": hidden // 2, "vocab_size": vocab})
-    writer = gguf.GGUFWriter(str(path), "llama")
-    for key, value in meta.items():
-        getattr(writer, f"add_{key}")(value)
+    vocab = len(tokens)
+    writer = tiny_gguf_writer(gguf, str(path), vocab)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
     writer.add_token_types([1] * vocab)
@@ -380,12 +363,7 @@ def _hostile_gguf(path: Path, template: str) -> Path:
     writer.add_bos_token_id(0)
     writer.add_eos_token_id(1)
     writer.add_chat_template(template)
-    for name, value in tensors.items():
-        writer.add_tensor(name, value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     return path
 
 
