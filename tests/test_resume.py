@@ -31,7 +31,7 @@ RECIPES = {
 }
 
 
-def _recipe(tmp: Path, kind: str, out: str) -> Path:
+def _recipe(tmp: Path, kind: str, out: str, checkpoint_every: int = 3) -> Path:
     tree = {
         "name": f"resume-{kind}",
         "seed": 3,
@@ -42,7 +42,7 @@ def _recipe(tmp: Path, kind: str, out: str) -> Path:
             "grad_accum": 1,
             "optimizer": {"name": "adamw", "lr": 0.003},
             "log_every": 1,
-            "checkpoint_every": 3,
+            "checkpoint_every": checkpoint_every,
         },
         "output_dir": str(tmp / f"{out}-{kind}"),
         "profile": False,
@@ -132,6 +132,30 @@ def test_ctrl_c_saves_says_how_to_continue_and_resumes_bit_identical(tmp_path: P
     # A finished run is never overwritten.
     again = run_cli("run", "--resume", str(run_dir))
     assert again.returncode == 2 and "already finished" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_sigkill_after_an_epoch_end_checkpoint_resumes_bit_identical(tmp_path: Path, uninterrupted) -> None:
+    # Only epoch ends are checkpointed, so the resume starts a new epoch: its data order must be the one the
+    # uninterrupted run drew there (once it depended on how far the previous epoch had drawn from the generator).
+    recipe = _recipe(tmp_path, "ema", "epoch", checkpoint_every=0)
+    proc = _start(recipe)
+    root, deadline = tmp_path / "epoch-ema", time.monotonic() + 240
+    state: dict = {}
+    while not (state.get("step") and state.get("micro") == 0 and not state.get("finished")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no epoch-end checkpoint before the run ended"
+        found = list(root.glob("*/checkpoints/last/state.json"))
+        try:
+            state = json.loads(found[0].read_text()) if found else {}
+        except (OSError, ValueError):
+            state = {}  # being replaced at this moment
+        time.sleep(0.005)
+    proc.kill()
+    proc.communicate(timeout=60)
+    run_dir = _run_dir(root)
+    res = run_cli("run", "--resume", str(run_dir))
+    assert res.returncode == 0, res.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["resumed_from_step"] >= state["step"]
+    _assert_identical(_weights(run_dir), uninterrupted["ema"])
 
 
 def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path: Path) -> None:

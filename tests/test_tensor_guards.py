@@ -235,6 +235,52 @@ def test_labels_out_of_range_are_refused_naming_value_and_classes(reliability) -
     reliability.record(AREA, "label >= classes or < 0", "ShapeMismatchError naming value and classes", 3 * len(users))
 
 
+def test_rows_labelled_minus_100_are_left_out_by_every_label_using_objective(reliability) -> None:
+    # Semi-supervised batches mix labelled rows with unlabelled ones (-100): a label-using term must give the value it
+    # gives on the labelled rows alone (as cross-entropy's ignore_index does), a finite gradient, and none at all on
+    # the unlabelled rows. dkd and pskd once crashed inside torch's one_hot instead.
+    users = [n for n in LOGIT if Objective(OBJECTIVES.get(n)).needs.labels]
+    s, t = _inputs()
+    y = torch.tensor([0, -100, 5, -100])
+    kept = torch.tensor([0, 2])
+    for name in users:
+        obj = Objective(OBJECTIVES.get(name))
+        student = s.clone().requires_grad_()
+        loss = obj(student, t, y)
+        loss.backward()
+        alone = obj(s[kept], t[kept], y[kept])
+        assert torch.allclose(loss, alone, rtol=1e-6, atol=1e-7), (name, float(loss), float(alone))
+        assert torch.isfinite(student.grad).all(), name
+        assert torch.count_nonzero(student.grad[[1, 3]]) == 0, (name, "gradient on an unlabelled row")
+    assert {"ce", "dkd", "pskd"} <= set(users)
+    behaviour = "left out: the value on the labelled rows alone, no gradient on the others"
+    reliability.record(AREA, "rows labelled -100 (no target) in a batch", behaviour, trials=len(users))
+
+
+def test_dkd_and_pskd_on_partly_labelled_rows_match_their_formulas() -> None:
+    # Independent formulas on the labelled rows, written from the papers (DKD eq. 7, PS-KD eq. 4).
+    s, t = _inputs(1)
+    y = torch.tensor([2, -100, 7, 1])
+    keep = y != -100
+    gt = torch.nn.functional.one_hot(y[keep], C).bool()
+    T = 4.0
+    ps, pt = (s[keep] / T).softmax(-1), (t[keep] / T).softmax(-1)
+    b_s = torch.stack([ps[gt], 1 - ps[gt]], -1)
+    b_t = torch.stack([pt[gt], 1 - pt[gt]], -1)
+    tckd = (b_t * (b_t.log() - b_s.log())).sum(-1)
+    qs = (s[keep] / T).masked_fill(gt, -1e9).softmax(-1)
+    qt = (t[keep] / T).masked_fill(gt, -1e9).softmax(-1)
+    nckd = torch.where(qt > 0, qt * (qt.log() - qs.log()), torch.zeros_like(qt)).sum(-1)
+    want_dkd = (1.0 * tckd + 8.0 * nckd).mean() * T * T
+    got_dkd = Objective(OBJECTIVES.get("dkd"))(s, t, y)
+    assert torch.allclose(got_dkd, want_dkd, rtol=1e-5), (float(got_dkd), float(want_dkd))
+    alpha = 0.8 * 0.5
+    target = (1 - alpha) * gt.float() + alpha * t[keep].softmax(-1)
+    want_pskd = -(target * s[keep].log_softmax(-1)).sum(-1).mean()
+    got_pskd = Objective(OBJECTIVES.get("pskd"))(s, t, y, progress=0.5)
+    assert torch.allclose(got_pskd, want_pskd, rtol=1e-6), (float(got_pskd), float(want_pskd))
+
+
 # -- through a Distiller: the once-per-step guard --------------------------------------------------------------------
 
 

@@ -53,9 +53,10 @@ class SemiBatchSampler(Sampler[list[int]]):
     """Batches of ``labelled_batch`` labelled + ``unlabelled_batch`` unlabeled positions; an epoch is one pass over
     the unlabeled set while the (small) labelled set is cycled, reshuffled at each pass, as in FixMatch.
 
-    Every random draw of an epoch comes from ``generator`` inside ``__iter__``, so restoring the generator's state
-    saved at the epoch's start (as the trainer does on resume) reproduces that epoch's batches exactly. With ``tag``
-    positions are yielded as ``epoch * size + position``, as ``EpochSampler`` does, so augmented views change per epoch.
+    Every random draw of an epoch comes from ``generator`` inside ``__iter__``, so seeding the generator at the
+    epoch's start (as the trainer does, from the run's seed and the epoch) reproduces that epoch's batches exactly.
+    With ``tag`` positions are yielded as ``epoch * size + position``, as ``EpochSampler`` does, so augmented views
+    change per epoch.
     """
 
     def __init__(
@@ -112,7 +113,7 @@ def semi_loader(
 ) -> DataLoader:
     """A loader of mixed batches over ``ds`` with labels kept only at ``labelled_positions`` (others -100).
 
-    ``loader.generator`` is the sampler's generator: saving and restoring its state replays an epoch.
+    ``loader.generator`` is the sampler's generator: seeding it the same way replays an epoch.
     """
     masked = mask_unlabelled(ds, labelled_positions)
     keep = torch.zeros(len(ds), dtype=torch.bool)

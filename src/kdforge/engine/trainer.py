@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -150,7 +151,6 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     last: dict[str, Any] | None = None
-    epoch_rng: list[int] | None = None  # the data order generator's state at the start of the current epoch
 
 
 @dataclass
@@ -176,6 +176,11 @@ def epoch_sampler(loader: Any) -> Any:
         if isinstance(candidate, EpochSampler) or hasattr(candidate, "epoch"):
             return candidate
     return None
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data order generator's seed for one epoch of a run (well mixed, so neighbouring seeds share no epoch)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def metric_of(record: dict[str, Any], select: SelectConfig) -> float | None:
@@ -286,10 +291,6 @@ class Trainer:
         first = next(iter(train_loader), None)
         if first is None:
             raise ConfigError("the training data yielded no batch: the training split is empty")
-        if generator is not None:
-            # Peeking at the first batch drew from the order generator; start epoch 0 from a state that depends on
-            # the seed alone, as a resumed run will.
-            generator.manual_seed(self.seed)
         if sampler is not None:
             sampler.epoch = -1
         # Recorders and connectors exist before the optimizer sees the parameters; memory banks get the data's size.
@@ -390,15 +391,16 @@ class Trainer:
                         break
                 else:
                     # The loader ran out without a final sync (nothing left to accumulate): the epoch is over.
-                    st.epoch, st.micro, st.epoch_rng = st.epoch + 1, 0, None
+                    st.epoch, st.micro = st.epoch + 1, 0
 
     def _epoch_batches(self, run: Prepared) -> Iterator[Any]:
         """The current epoch's batches in an order fixed by the seed and epoch, past those already consumed."""
         st, generator = self.state, run.generator
         if generator is not None:
-            if st.epoch_rng is not None:  # resuming: the order this epoch started with
-                generator.set_state(torch.tensor(st.epoch_rng, dtype=torch.uint8))
-            st.epoch_rng = generator.get_state().tolist()
+            # The order depends on the seed and the epoch alone, never on how much earlier epochs drew from the
+            # generator (the loader draws a worker seed, the sampler may draw past its last batch): a run resumed
+            # at any step, an epoch boundary included, replays the order an uninterrupted run saw.
+            generator.manual_seed(epoch_seed(self.seed, st.epoch))
         if run.sampler is not None:
             run.sampler.epoch = st.epoch - 1
         batches = iter(run.loader)
@@ -496,7 +498,7 @@ class Trainer:
             self._log({"split": "train", "step": st.step, "epoch": epoch_now, "lr": lr, **window.pop(), **gen})
         epoch_done = st.micro >= len(run.loader)
         if epoch_done:
-            st.epoch, st.micro, st.epoch_rng = st.epoch + 1, 0, None
+            st.epoch, st.micro = st.epoch + 1, 0
             self.callbacks.on_epoch_end(self, st.epoch)
         due = st.step % cfg.eval_every == 0 if cfg.eval_every else st.step % run.steps_per_epoch == 0
         if due or last:
@@ -552,7 +554,6 @@ class Trainer:
             "history": st.history,
             "best": st.best,
             "last": st.last,
-            "epoch_rng": st.epoch_rng,
             "metrics": {k: v for k, v in (st.last or {}).items() if k not in ("step", "epoch")},
             "seed": self.seed,
             "term_states": self.distiller.term_state_dict(),
@@ -602,7 +603,6 @@ class Trainer:
             state["best"],
             state["last"],
         )
-        st.epoch_rng = state.get("epoch_rng")
         self.distiller.load_term_state_dict(state.get("term_states", {}))
         self.accelerator.step = state.get("accelerate_step", 0)
         if "rng.safetensors" in tensors:

@@ -6,9 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdforge.objectives.base import register_objective
-from kdforge.objectives.functional import log_softmax_rows, rows, softmax_rows
-
-IGNORE = -100
+from kdforge.objectives.functional import IGNORE, log_softmax_rows, rows, softmax_rows
 
 
 @register_objective("cwtm", labels=True)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdforge.objectives.base import register_objective
-from kdforge.objectives.functional import kl_rows, one_hot, rows
+from kdforge.objectives.functional import kl_rows, labelled_mean, one_hot, rows
 
 # As in mdistiller: subtracting this from the target logit removes the target class from the softmax.
 _MASK = 1000.0
@@ -40,8 +40,8 @@ def dkd(
     beta: float = 8.0,
     T: float = 4.0,
 ) -> Tensor:
-    """(α·TCKD + β·NCKD)·T², batch-mean; DKD's warm-up is the term's ``warmup_epochs`` (e.g. 20), as for any term."""
+    """(α·TCKD + β·NCKD)·T², mean over labelled rows (-100: left out); warm-up via the term's ``warmup_epochs``."""
     s = rows(student_logits) / T
     t = rows(teacher_logits) / T
     gt = one_hot(labels, s.shape[-1], s.dtype)
-    return (alpha * _tckd(s, t, gt) + beta * _nckd(s, t, gt)).mean() * T * T
+    return labelled_mean(alpha * _tckd(s, t, gt) + beta * _nckd(s, t, gt), labels) * T * T

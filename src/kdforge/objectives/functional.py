@@ -48,6 +48,18 @@ def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
     return -(target_probs * F.log_softmax(logits, dim=-1)).sum(-1)
 
 
+IGNORE = -100  # the label of a row without a target, as in F.cross_entropy
+
+
 def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    """One-hot rows for integer ``labels``."""
-    return F.one_hot(labels.reshape(-1).long(), num_classes).to(dtype)
+    """One-hot rows for integer ``labels``; a row labelled -100 gets class 0's row (``labelled_mean`` drops it)."""
+    return F.one_hot(labels.reshape(-1).long().clamp(min=0), num_classes).to(dtype)
+
+
+def labelled_mean(per_row: Tensor, labels: Tensor) -> Tensor:
+    """Mean of per-row values over the rows that have a label (not -100), as F.cross_entropy's ignore_index does.
+
+    No host sync (a weighted sum, not a boolean index); a batch without any label is 0/0 = NaN, as cross-entropy's.
+    """
+    keep = (labels.reshape(-1) != IGNORE).to(per_row.dtype)
+    return (per_row * keep).sum() / keep.sum()

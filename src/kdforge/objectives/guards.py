@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from kdforge.errors import NonFiniteSignalError, ShapeMismatchError
+from kdforge.objectives.functional import IGNORE
 from kdforge.signals import DenseSignal, HeadSignal, SparseSignal
 
-IGNORE = -100  # label of positions without a target, as in F.cross_entropy
 # Positions in the flags of a logit signal.
 BAD, MASKED, EMPTY = 0, 1, 2
 Signal = Tensor | DenseSignal | SparseSignal | HeadSignal

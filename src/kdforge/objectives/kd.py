@@ -9,9 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdforge.objectives.base import register_objective
-from kdforge.objectives.functional import log_softmax_rows, rows, softmax_rows
-
-IGNORE = -100  # label of positions without a target (padding), as in F.cross_entropy
+from kdforge.objectives.functional import IGNORE, log_softmax_rows, rows, softmax_rows
 
 
 class FusedKD(torch.autograd.Function):

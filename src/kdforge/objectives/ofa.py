@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from kdforge.errors import ConfigError, ShapeMismatchError
 from kdforge.models.stages import feature_stages, head_path
 from kdforge.objectives.base import BuildContext, ModelsContext, PairContext, register_objective
+from kdforge.objectives.functional import IGNORE
 from kdforge.signals import DenseSignal, Needs, SparseSignal
 
-IGNORE = -100  # a sample without a label: its target mask is all zeros (only the teacher's part remains)
 FINAL_GRID = 7  # token branches merge patches down to a 7×7 grid, as the reference does ("49 patches")
 HEADS = 4  # attention heads of a token branch's blocks (the reference's Block(num_heads=4))
 
