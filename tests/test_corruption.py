@@ -29,7 +29,7 @@ from kdforge.errors import KdforgeError
 
 DAMAGES = ("truncate-half", "truncate-0", "flip-middle", "flip-header", "delete")
 # Words of the advice every refusal gives: what to delete, rebuild, export or resume.
-ADVICE = ("delete", "again", "build", "retrain", "--checkpoint", "resume")
+ADVICE = ("delete", "again", "build", "retrain", "--checkpoint", "resume", "restore")
 DIGITS = {"name": "digits", "params": {"val_fraction": 0.1}, "batch_size": 64}
 
 
@@ -229,6 +229,173 @@ def test_checkpoint_matrix_recorded(reliability):
         )
 
 
+# --- a run's recipe.yaml (what resume, re-run and export build from) ---------------------------------------------
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_run_recipe_is_refused_by_resume(run_dir, tmp_path, monkeypatch, capsys, how, reliability):
+    copy = _resumable(run_dir, tmp_path)
+    damage(copy / "recipe.yaml", how)
+    before = tree_hashes(copy)
+    code, err = cli_main(monkeypatch, capsys, "run", "--resume", str(copy))
+    assert code == 2, err
+    assert_refused(one_line(err), "recipe.yaml")
+    assert_unchanged(before, copy, "recipe.yaml", how)
+    assert not (copy / "summary.json").exists(), "nothing resumed from a damaged recipe"
+    if how == "delete":
+        reliability.record(
+            "corruption",
+            "run recipe.yaml: truncate ×2, flip ×2, delete; read by `kdforge run --resume`",
+            "refused: exit 2, one line naming the file and what to do; nothing written",
+            trials=len(DAMAGES),
+        )
+
+
+def test_an_edited_copy_of_a_run_recipe_still_runs_as_a_new_recipe(run_dir, tmp_path) -> None:
+    # The seal is a YAML comment: copying a run's recipe.yaml, editing it and running it is a new run, not damage.
+    from kdforge.recipe import load_run_recipe, load_yaml
+
+    text = (run_dir / "recipe.yaml").read_text()
+    assert text.startswith("# sha256_self: ")
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(text.replace("max_steps: 6", "max_steps: 5"))
+    assert load_yaml(edited)["train"]["max_steps"] == 5
+    with pytest.raises(KdforgeError, match=r"edited\.yaml' is damaged"):
+        load_run_recipe(edited)
+
+
+@pytest.mark.parametrize("reader", ("resume", "report"))
+def test_a_damaged_metrics_line_is_refused(run_dir, tmp_path, monkeypatch, capsys, reader, reliability):
+    # A changed digit in a logged loss: still valid JSON, only the line's own seal can tell.
+    copy = _resumable(run_dir, tmp_path)
+    path = copy / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    at = lines[1].index('"loss": ') + len('"loss": ') + 2
+    lines[1] = lines[1][:at] + str((int(lines[1][at]) + 1) % 10) + lines[1][at + 1 :]
+    path.write_text("".join(lines))
+    before = tree_hashes(copy)
+    args = ("run", "--resume", str(copy)) if reader == "resume" else ("report", str(copy), "--out", str(tmp_path / "r"))
+    code, err = cli_main(monkeypatch, capsys, *args)
+    assert code == 2, err
+    line = one_line(err)
+    assert_refused(line, "metrics.jsonl")
+    assert "line 2" in line, line
+    assert_unchanged(before, copy, "metrics.jsonl", "flip")
+    if reader == "report":
+        reliability.record(
+            "corruption",
+            "metrics.jsonl: a digit changed inside a logged value; read by `kdforge run --resume` and `kdforge report`",
+            "refused: exit 2, one line naming the file and the line; nothing written",
+            trials=2,
+        )
+
+
+def test_a_line_torn_by_a_kill_is_dropped_before_the_next_append(tmp_path) -> None:
+    from kdforge.engine.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.log({"split": "train", "step": 1, "loss": 1.5})
+    with open(run.path / "metrics.jsonl", "a") as f:
+        f.write('{"split": "train", "step": 2, "lo')  # a kill mid-append
+    again = RunDir(tmp_path / "run")
+    assert again.read_metrics() == [{"split": "train", "step": 1, "loss": 1.5}]
+    again.log({"split": "train", "step": 2, "loss": 1.25})
+    assert [r["step"] for r in again.read_metrics()] == [1, 2]
+
+
+# --- Parquet files a later command reads: annotate's labeled rows, generate's data set -----------------------------
+
+LABELS2 = ["earn", "acq"]
+
+
+@pytest.fixture(scope="module")
+def parquet_job(work: Path) -> dict[str, Path]:
+    """A labeled.parquet as `kdforge annotate` writes it, the same texts as a JSONL file, and a test file."""
+    import pyarrow as pa
+
+    from kdforge.sealed_parquet import write_sealed_table
+    from kdforge.teachers.annotations import LABELS_KEY
+
+    words = ["profit rose", "net income up", "agreed to buy", "acquired its rival"]
+    rows = [{"text": f"{words[i % 4]} in quarter {i}", "label": LABELS2[(i % 4) // 2]} for i in range(24)]
+    labeled = [{**r, "probs": [0.9, 0.1] if r["label"] == "earn" else [0.2, 0.8], "confidence": 0.9} for r in rows]
+    folder = work / "parquet-job"
+    folder.mkdir()
+    meta = {LABELS_KEY: json.dumps(LABELS2).encode()}
+    write_sealed_table(folder / "labeled.parquet", pa.Table.from_pylist(labeled).replace_schema_metadata(meta))
+    write_sealed_table(folder / "dataset.parquet", pa.Table.from_pylist(rows))
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
+    return {"folder": folder}
+
+
+def _parquet_recipe(tmp: Path, job: Path, train: Path, teacher: Path | None) -> Path:
+    tree: dict[str, Any] = {
+        "name": "on-parquet",
+        "data": {
+            "name": "files",
+            "params": {"train": str(train), "test": str(job / "test.jsonl"), "labels": LABELS2, "tokenizer": "minilm",
+                       "max_len": 16},
+            "batch_size": 8,
+        },
+        "student": {"name": "text_bag"},
+        "objectives": {"kd": 1.0} if teacher is not None else {"ce": 1.0},
+        "train": {"max_steps": 2},
+        "output_dir": str(tmp / "runs"),
+        "profile": False,
+    }  # fmt: skip
+    if teacher is not None:
+        tree["teacher"] = {"kind": "annotations", "path": str(teacher)}
+    path = tmp / "on-parquet.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.mark.parametrize("how", (*DAMAGES, "flip-value"))
+@pytest.mark.parametrize("name", ("labeled.parquet", "dataset.parquet"))
+def test_damaged_parquet_output_is_refused_by_training(parquet_job, tmp_path, monkeypatch, capsys, name, how):
+    job = parquet_job["folder"]
+    copy = tmp_path / name
+    shutil.copy(job / name, copy)
+    if how == "flip-value":
+        # A byte inside a stored text: Parquet itself reads the file fine, only the seal can tell.
+        data = bytearray(copy.read_bytes())
+        data[data.index(b"acquired its rival")] ^= 0x01
+        copy.write_bytes(bytes(data))
+    else:
+        damage(copy, how)
+    before = tree_hashes(tmp_path)
+    if name == "labeled.parquet":
+        recipe = _parquet_recipe(tmp_path, job, job / "train.jsonl", copy)
+    else:
+        recipe = _parquet_recipe(tmp_path, job, copy, None)
+    code, err = cli_main(monkeypatch, capsys, "run", str(recipe))
+    assert code == 2, err
+    line = one_line(err)
+    assert name in line, line
+    if name == "labeled.parquet" or how == "flip-value":
+        assert_refused(line, name)  # kdforge's own output: damaged, and how to write it again
+    assert_unchanged(before, tmp_path, name, how)
+    assert not list((tmp_path / "runs").rglob("summary.json")), "nothing trained on a damaged file"
+
+
+def test_undamaged_parquet_outputs_train(parquet_job, tmp_path, monkeypatch, capsys, reliability):
+    job = parquet_job["folder"]
+    for teacher in (job / "labeled.parquet", None):
+        (tmp_path / str(teacher is None)).mkdir()
+        train = job / ("train.jsonl" if teacher is not None else "dataset.parquet")
+        code, err = cli_main(monkeypatch, capsys, "run", str(_parquet_recipe(tmp_path / str(teacher is None), job,
+                                                                             train, teacher)))  # fmt: skip
+        assert code == 0, err
+    for name, reader in (("labeled.parquet", "an annotations teacher"), ("dataset.parquet", "data.params.train")):
+        reliability.record(
+            "corruption",
+            f"{name}: truncate ×2, flip ×2 (header, a stored text), delete; read by {reader} in `kdforge run`",
+            "refused: exit 2, one line naming the file (kdforge's sealed output: 'damaged', write it again)",
+            trials=len(DAMAGES) + 1,
+        )
+
+
 # --- teacher cache -------------------------------------------------------------------------------------------------
 
 
@@ -320,13 +487,36 @@ def test_cache_rebuilds_a_damaged_store_file(store, tmp_path, monkeypatch, capsy
 
 EXPORT_FILES = (("safetensors", "model.safetensors"), ("safetensors", "model.json"), ("onnx", "model.onnx"))
 EXPORT_FILES += (("safetensors", "export.json"), ("onnx", "export.json"))
+EXPORT_FILES += (("hf", "model.safetensors"), ("hf", "config.json"), ("hf", "generation_config.json"))
+EXPORT_FILES += (("hf", "export.json"),)
+
+
+@pytest.fixture(scope="module")
+def hf_export(work: Path) -> Path:
+    """A causal-LM run (a one-layer Llama student, one step) exported in the Hugging Face format."""
+    from kdforge.export.run import export_run
+    from kdforge.runner import resolve, run
+    from lm_models import LM_STUDENT
+
+    tree = {
+        "name": "lm",
+        "data": {"name": "austen_lm", "batch_size": 4, "params": {"max_len": 32, "train_limit": 8, "test_limit": 4}},
+        "student": LM_STUDENT,
+        "objectives": {"ce": 1.0},
+        "train": {"max_steps": 1},
+        "output_dir": str(work / "lm-runs"),
+        "profile": False,
+    }
+    result = run(resolve(tree))
+    return Path(export_run(result["run_dir"], "hf")[0]["record"]).parent
 
 
 @pytest.mark.parametrize("how", DAMAGES)
 @pytest.mark.parametrize(("fmt", "name"), EXPORT_FILES)
-def test_damaged_export_is_refused_by_eval(export_dirs, tmp_path, monkeypatch, capsys, fmt, name, how):
+def test_damaged_export_is_refused_by_eval(request, tmp_path, monkeypatch, capsys, fmt, name, how):
     copy = tmp_path / "export"
-    shutil.copytree(export_dirs[fmt], copy)
+    source = request.getfixturevalue("hf_export") if fmt == "hf" else request.getfixturevalue("export_dirs")[fmt]
+    shutil.copytree(source, copy)
     damage(copy / name, how)
     before = tree_hashes(copy)
     code, err = cli_main(monkeypatch, capsys, "eval", str(copy))
@@ -574,5 +764,46 @@ def test_full_disk_during_a_request_cache_append(request_cache, small_disk, monk
         "full disk",
         f"disk full during a request cache append of `kdforge annotate` ({small_disk.method})",
         "one line naming the cache and 'no space left on device'; the answers stored before are intact",
+        trials=1,
+    )
+
+
+def test_full_disk_between_two_request_cache_appends(request_cache, small_disk, monkeypatch, capsys, reliability):
+    from kdforge.llm.cache import RequestCache
+
+    cache, server, summary = request_cache
+    if not small_disk.mounted:
+        pytest.skip("SQLite writes its own file: ENOSPC can only be shown on a real full file system here")
+    copy = small_disk.root / "requests.sqlite"
+    shutil.copy(cache, copy)
+    real, puts = RequestCache.put, []
+
+    def put_then_fill(self: Any, key: str, value: Any) -> None:
+        real(self, key, value)
+        puts.append(key)
+        if len(puts) == 2:
+            small_disk.fill()  # another process takes the disk between two appends of a running job
+
+    monkeypatch.setattr(RequestCache, "put", put_then_fill)
+    recipe = _annotate_recipe(small_disk.root.parent, server, copy, 12, name="more")
+    code, err = cli_main(monkeypatch, capsys, "annotate", str(recipe))
+    assert code in (1, 2), err
+    _full_line(err, copy)
+    small_disk.free()
+    with contextlib.closing(sqlite3.connect(copy)) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stored = con.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    assert stored >= summary["rows"] + 2, "the answers appended before the disk filled are kept"
+    code, err = cli_main(monkeypatch, capsys, "annotate", str(recipe))
+    assert code == 0, err
+    done = json.loads((small_disk.root.parent / "annotations" / "more" / "summary.json").read_text())
+    # The job's own count (the server's log may still be writing the first job's last line).
+    assert done["rows"] == 12 and done["usage"]["cached"] == min(stored, 12)
+    assert done["usage"]["requests"] == 12 - min(stored, 12), "only the missing answers are sent again"
+    reliability.record(
+        "full disk",
+        f"disk full between two request cache appends of a running `kdforge annotate` ({small_disk.method})",
+        "one line naming the cache and 'no space left on device'; every answer stored before is intact; the same "
+        "command after freeing space sends only the missing requests",
         trials=1,
     )

@@ -221,8 +221,11 @@ def _annotate_scenario(llm, n: int) -> Any:
         start = ["annotate", str(folder / "job.yaml")]
 
         def check_killed() -> None:
-            # The rows file is written whole at the end: a killed job never leaves a partial one to be mistaken.
-            assert not (folder / "out/job/annotations.jsonl").exists()
+            # The rows file is written whole (atomically) at the end: a killed job leaves none, or, killed between it
+            # and the summary, every row once; never a partial one to be mistaken for a result.
+            path = folder / "out/job/annotations.jsonl"
+            if path.exists():
+                assert [r["id"] for r in _rows(path)] == list(range(n)), "a partial rows file after a kill"
 
         return Scenario(folder, start, lambda: start, lambda: _annotations(folder, n), check_killed)
 

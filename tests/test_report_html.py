@@ -160,7 +160,9 @@ def test_classification_report_compares_teacher_and_both_students(digits_run: Pa
     assert "http://" not in html and "https://" not in html
     assert "&lt;script&gt;alert(1)&lt;b&gt;&amp;x" in html
     assert "&lt;script&gt;alert(2)&lt;/script&gt; &amp; more" in html
-    assert page.pre[0] == (digits_run / "recipe.yaml").read_text()  # the resolved recipe, verbatim once unescaped
+    # The resolved recipe, verbatim once unescaped, without the seal line kdforge checks it by.
+    seal, _, recipe_text = (digits_run / "recipe.yaml").read_text().partition("\n")
+    assert seal.startswith("# sha256_self: ") and page.pre[0] == recipe_text
     md = check_markdown(tmp_path / "out", pngs)
     prose = re.sub(r"```.*?```", "", md, flags=re.S)  # recipe text inside a code fence is shown literally
     assert "| teacher |" in prose and "\\<script\\>alert(1)" in prose and "<script>" not in prose

@@ -479,3 +479,37 @@ def test_checkpoint_names_cannot_leave_the_run_folder(tmp_path: Path, reliabilit
         "refused: one line, expected last or best; nothing read or written outside the run folder",
         trials=len(calls) * 3,
     )
+
+
+def test_store_manifests_and_export_records_cannot_name_files_outside(tmp_path: Path, reliability):
+    # Inventory of names read back from files kdforge wrote, and what becomes of them: a store's shard files are
+    # named from their index (shard_name(i)), never from the manifest; its ids and keys are integers and tensor names,
+    # no path. An export record's file list is checked to stay inside its folder. A tampered (validly resealed)
+    # record that names '../' files makes nothing outside get read.
+    from kdforge.export.load import verify_files
+    from kdforge.files import read_json_record, sealed_json
+    from kdforge.store import StoreReader
+
+    from store_worker import make
+
+    root = tmp_path / "store"
+    make(str(root))
+    outside = tmp_path / "escape.safetensors"
+    outside.write_bytes((root / "shards" / "shard-00000.safetensors").read_bytes())
+    manifest = read_json_record(root / "manifest.json", "")
+    record = manifest["shards"].pop("shard-00000.safetensors")
+    manifest["shards"]["../../escape.safetensors"] = record
+    manifest["features"] = {"names": ["../../escape"]}
+    (root / "manifest.json").write_text(sealed_json(manifest, indent=1))
+    with pytest.raises(IntegrityError, match=r"shards/shard-00000\.safetensors' is missing"):
+        StoreReader(root).shard(0)
+    for bad in ("../escape.safetensors", str(outside), "a/../../escape.safetensors"):
+        with pytest.raises(IntegrityError, match="export file"):
+            verify_files(root, {"sha256": {bad: "0" * 64}})
+    reliability.record(
+        "no code execution",
+        "tampered (resealed) store manifest naming '../' shard files and features; export record naming '../', "
+        "absolute and nested-'..' files",
+        "nothing outside the folder is read: shards are named by index, export files must stay inside (refused)",
+        trials=4,
+    )

@@ -270,7 +270,7 @@ def diagnose(
     from kdforge.diagnose import cka_tables
     from kdforge.diagnose import diagnose as run_diagnose
     from kdforge.errors import ConfigError
-    from kdforge.recipe import load_yaml
+    from kdforge.recipe import load_run_recipe, load_yaml
     from kdforge.runner import resolve
 
     if recipe is not None and "=" in recipe:
@@ -284,7 +284,7 @@ def diagnose(
         assert run_dir is not None
         if not (Path(run_dir) / "recipe.yaml").is_file():
             raise ConfigError(f"--run {run_dir!r} is not a run folder (no recipe.yaml)")
-        tree = load_yaml(Path(run_dir) / "recipe.yaml")
+        tree = load_run_recipe(Path(run_dir) / "recipe.yaml")
 
     def paths(value: str | None) -> list[str] | None:
         return [p.strip() for p in value.split(",") if p.strip()] if value else None

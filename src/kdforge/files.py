@@ -281,3 +281,69 @@ def read_json_record(path: str | Path, fix: str, what: str = "file") -> dict[str
     if seal is not None and seal != hashlib.sha256(_canonical(record)).hexdigest():
         raise IntegrityError(f"{what} {str(path)!r} is damaged (its content does not match its {SEAL}); {fix}")
     return record
+
+
+TEXT_SEAL = f"# {SEAL}: "  # the first line of a sealed text file; a comment to YAML, so a copy still loads anywhere
+
+
+def sealed_text(text: str) -> str:
+    """``text`` under a first comment line holding its sha256: a truncated or edited copy no longer matches."""
+    return f"{TEXT_SEAL}{hashlib.sha256(text.encode()).hexdigest()}\n{text}"
+
+
+def read_sealed_text(path: str | Path, fix: str, what: str = "file") -> str:
+    """The text of a file written with ``sealed_text``, seal checked and removed; damage is one IntegrityError.
+
+    The seal is on the first line so that a truncation, which cuts from the end, is always caught. A file without
+    a seal (written by an older kdforge) is read as it is.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise IntegrityError(f"{what} {str(path)!r} is not UTF-8 text: it is damaged; {fix}") from None
+    first, _, rest = text.partition("\n")
+    head = first[: len(TEXT_SEAL)]
+    if head != TEXT_SEAL:
+        if len(head) == len(TEXT_SEAL) and sum(a != b for a, b in zip(head, TEXT_SEAL, strict=True)) == 1:
+            raise IntegrityError(f"{what} {str(path)!r} is damaged (its {SEAL} line is garbled); {fix}")
+        return text
+    if first[len(TEXT_SEAL) :] != hashlib.sha256(rest.encode()).hexdigest():
+        raise IntegrityError(f"{what} {str(path)!r} is damaged (its content does not match its {SEAL}); {fix}")
+    return rest
+
+
+def sealed_line(record: Mapping[str, Any]) -> str:
+    """One JSON-lines record with its own ``sha256_self`` (a log line that can be checked alone), newline included."""
+    return sealed_json(record, indent=None)
+
+
+def read_sealed_lines(path: str | Path, fix: str, what: str = "log") -> list[dict[str, Any]]:
+    """The records of a JSON-lines log kdforge appends to, each line's seal checked.
+
+    A last line without its newline is what a kill mid-append leaves: dropped, as never written. Any other line that
+    is not a record, or does not match its seal, is one IntegrityError naming the file and the line. Lines without a
+    seal (an older kdforge) are read as they are.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise IntegrityError(f"{what} {str(path)!r} is not UTF-8 text: it is damaged; {fix}") from None
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines[:-1], start=1):  # the piece after the last newline is empty or torn
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            raise IntegrityError(f"{what} {str(path)!r} line {number} is not a JSON record: it is damaged; {fix}")
+        seal = record.pop(SEAL, None)
+        garbled = seal is None and any(_near_seal(k) for k in record)
+        if garbled or (seal is not None and seal != hashlib.sha256(_canonical(record)).hexdigest()):
+            raise IntegrityError(f"{what} {str(path)!r} line {number} does not match its {SEAL}: it is damaged; {fix}")
+        records.append(record)
+    return records

@@ -22,7 +22,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from kdforge.errors import ConfigError
+from kdforge.errors import ConfigError, IntegrityError
+from kdforge.files import read_sealed_text
 
 
 class Strict(BaseModel):
@@ -364,10 +365,32 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"recipe file {str(p)!r} does not exist")
+    return _parse_yaml(p.read_text(), p)
+
+
+RUN_RECIPE_FIX = (
+    "it is the record of what this run trained and cannot be trusted now; restore it from a backup, or run the "
+    "recipe again as a new run"
+)
+
+
+def load_run_recipe(path: str | Path) -> dict[str, Any]:
+    """A run folder's recipe.yaml, its seal checked: a resume, re-run or export must never build from a damaged one."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe file {str(p)!r} does not exist")
+    text = read_sealed_text(p, RUN_RECIPE_FIX, what="run recipe")
+    try:
+        return _parse_yaml(text, p)
+    except ConfigError as err:  # kdforge wrote a valid mapping here: an unsealed file that no longer is one is damaged
+        raise IntegrityError(f"{err}: it is damaged; {RUN_RECIPE_FIX}") from None
+
+
+def _parse_yaml(text: str, p: Path) -> dict[str, Any]:
     try:
         # The safe loader builds plain mappings, lists and scalars only: a tag such as !!python/object/apply is an
         # error here, never a call.
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe file {str(p)!r} is not valid YAML: {yaml_problem(err)}") from None
     if not isinstance(data, dict):

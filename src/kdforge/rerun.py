@@ -21,7 +21,7 @@ from kdforge.evaluate.lm import lm_metrics
 from kdforge.evaluate.predict import predict
 from kdforge.files import atomic_write_text, readable_dir, sha256_file
 from kdforge.progress import status
-from kdforge.recipe import Recipe, load_yaml, validate
+from kdforge.recipe import Recipe, load_run_recipe, validate
 from kdforge.report import row
 from kdforge.strategies.provision import build, provide_teacher
 from kdforge.teachers import evaluation_model
@@ -41,14 +41,14 @@ def run_folders(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir)
     if not (root / "recipe.yaml").is_file():
         raise ConfigError(f"{str(root)!r} is not a run folder (no recipe.yaml)")
-    parent = validate(load_yaml(root / "recipe.yaml"), source=str(root / "recipe.yaml"))
+    parent = validate(load_run_recipe(root / "recipe.yaml"), source=str(root / "recipe.yaml"))
     return [root / name for name in parent.variants] if parent.variants else [root]
 
 
 def load_run_student(folder: str | Path, checkpoint: str = "last") -> RunStudent:
     """Rebuild the student of one run folder from its recipe.yaml and ``checkpoints/<checkpoint>``."""
     folder = Path(folder)
-    recipe = validate(load_yaml(folder / "recipe.yaml"), source=str(folder / "recipe.yaml"))
+    recipe = validate(load_run_recipe(folder / "recipe.yaml"), source=str(folder / "recipe.yaml"))
     ckpt = folder / "checkpoints" / checkpoint_name(checkpoint)
     # A kill between a checkpoint swap's two renames leaves only `.NAME.old`; readers use it as it is.
     if not readable_dir(ckpt).is_dir():
@@ -266,7 +266,7 @@ def _evaluate_export(folder: Path, batch_size: int | None) -> tuple[dict[str, An
             f"{str(folder / 'export.json')!r} names run {str(run)!r}, which has no recipe.yaml; the export is "
             "evaluated on its run's test split, so the run folder must still exist"
         )
-    recipe = validate(load_yaml(run / "recipe.yaml"), source=str(run / "recipe.yaml"))
+    recipe = validate(load_run_recipe(run / "recipe.yaml"), source=str(run / "recipe.yaml"))
     bundle = load_data(recipe)
     # An ONNX graph is the student's architecture: its FLOPs and parameters are counted on a freshly built student.
     source = artifact.model if artifact.model is not None else build(recipe.student, bundle, "student")

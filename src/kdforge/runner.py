@@ -20,7 +20,7 @@ from kdforge.errors import ConfigError, KdforgeError
 from kdforge.evaluate import model_profile, test_metrics
 from kdforge.evaluate.lm import lm_metrics
 from kdforge.preflight import preflight
-from kdforge.recipe import Recipe, apply_overrides, dump, load_yaml, validate
+from kdforge.recipe import Recipe, apply_overrides, dump, load_run_recipe, validate
 from kdforge.registry import STRATEGIES
 from kdforge.report import comparison_rows, render_markdown
 from kdforge.strategies.common import SUMMARY, RunOutcome
@@ -57,7 +57,7 @@ def run(recipe: Recipe, run_dir: RunDir | None = None, resume: bool = False) -> 
         run_dir = RunDir(path[0], main=acc.is_main_process)
     if not resume:
         # Written first, so that a stopped run can always be resumed from its folder alone.
-        run_dir.write_text("recipe.yaml", dump(recipe))
+        run_dir.write_recipe(dump(recipe))
     strategy = STRATEGIES.get(recipe.strategy.name)
     results: dict[str, RunOutcome] = {}
     try:
@@ -107,12 +107,15 @@ def resume(path: str | Path) -> dict[str, Any]:
     """Continue a stopped or killed run from its folder: its recipe.yaml and each sub-run's last checkpoint."""
     folder = Path(path).expanduser()
     if not (folder / "recipe.yaml").is_file():
-        raise ConfigError(f"--resume {str(folder)!r}: not a run folder (no recipe.yaml)")
+        raise ConfigError(
+            f"--resume {str(folder)!r}: not a run folder (no recipe.yaml); give the folder `kdforge run` printed, "
+            "or run the recipe again"
+        )
     # The report is a run's last write: a run killed after its summary but before its report is finished anew
     # (the strategies keep their finished results; only the report is written).
     if (folder / SUMMARY).is_file() and (folder / "report.md").is_file():
         raise ConfigError(f"--resume {str(folder)!r}: this run already finished; it is never overwritten")
-    recipe = validate(load_yaml(folder / "recipe.yaml"), source=f"{folder / 'recipe.yaml'}")
+    recipe = validate(load_run_recipe(folder / "recipe.yaml"), source=f"{folder / 'recipe.yaml'}")
     return run(recipe, RunDir(folder, main=get_accelerator().is_main_process), resume=True)
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from kdforge.bench.suite import Cell, Suite, Tree
 from kdforge.engine.rundir import RunDir
-from kdforge.errors import ConfigError
-from kdforge.recipe import Recipe
+from kdforge.errors import ConfigError, KdforgeError
+from kdforge.recipe import Recipe, load_run_recipe
 
 
 def resolved_recipe(cell: Cell, seed: int, overrides: list[str]) -> Recipe:
@@ -76,13 +76,12 @@ def run_recipe_cell(suite: Suite, cell: Cell, seed: int, overrides: list[str], w
 
 def _resumable(folder: Path, recipe: Recipe) -> bool:
     """Whether ``folder`` holds an interrupted run of this very recipe (continue it); any other content is cleared."""
-    from kdforge.recipe import load_yaml
 
     if not folder.exists():
         return False
     try:
-        same = load_yaml(folder / "recipe.yaml") == recipe.model_dump(mode="json")
-    except (ConfigError, OSError):
+        same = load_run_recipe(folder / "recipe.yaml") == recipe.model_dump(mode="json")
+    except (KdforgeError, OSError):  # a damaged kept recipe: measured again
         same = False
     if not same:
         # A kept folder of another definition: its metrics.jsonl would be appended to and mix two histories.

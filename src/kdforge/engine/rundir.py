@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdforge.files import atomic_write_text
+from kdforge.files import atomic_write, atomic_write_text, read_sealed_lines, sealed_line, sealed_text
+
+METRICS_FIX = "restore it from a backup, or delete the damaged line (its record is lost) and resume or report again"
 
 
 def _jsonable(value: Any) -> Any:
@@ -23,6 +25,7 @@ class RunDir:
         self.path = Path(path)
         self.root = self.path  # the folder a user names to resume (the parent of every variant's folder)
         self.main = main
+        self._tail_checked = False
         if main:
             self.path.mkdir(parents=True, exist_ok=True)
 
@@ -55,13 +58,29 @@ class RunDir:
         """Append one JSON line to metrics.jsonl."""
         if not self.main:
             return
+        if not self._tail_checked:
+            self._drop_torn_tail()
         with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+            f.write(sealed_line({k: _jsonable(v) for k, v in record.items()}))
 
     def write_text(self, name: str, text: str) -> None:
         """Atomically write a text file in the run folder."""
         if self.main:
             atomic_write_text(self.path / name, text)
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line a killed writer left without its newline, so the next record starts a line of its own."""
+        self._tail_checked = True
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            atomic_write(path, lambda p: p.write_bytes(data[: data.rfind(b"\n") + 1]))
+
+    def write_recipe(self, text: str) -> None:
+        """Write the resolved recipe, sealed: resume, re-run and export refuse it once damaged."""
+        self.write_text("recipe.yaml", sealed_text(text))
 
     def write_json(self, name: str, data: Any) -> None:
         """Atomically write a JSON file in the run folder."""
@@ -73,11 +92,11 @@ class RunDir:
         if not self.main or not path.exists():
             return
         kept = [r for r in self.read_metrics() if int(r.get("step", 0)) <= step]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(path, "".join(sealed_line(r) for r in kept))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """All records of metrics.jsonl."""
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_sealed_lines(path, METRICS_FIX, what="metrics log")

@@ -21,13 +21,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kdforge.engine.callbacks import Callback
 from kdforge.engine.rundir import RunDir
 from kdforge.errors import ConfigError, Interrupted
 from kdforge.files import atomic_write_text
-from kdforge.recipe import TrackConfig, apply_overrides
+from kdforge.recipe import TrackConfig, apply_overrides, load_run_recipe
 
 STATE_FILE = "tracking.json"
 # Keys of a metrics.jsonl record that are bookkeeping, not metrics, in an evaluation record ("n": sample count).
@@ -103,8 +101,7 @@ def mask_secrets(tree: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _recipe_tree(path: Path) -> dict[str, Any]:
-    tree = yaml.safe_load(path.read_text()) if path.is_file() else None
-    return tree if isinstance(tree, dict) else {}
+    return load_run_recipe(path) if path.is_file() else {}
 
 
 def stage_recipe(root_tree: Mapping[str, Any], inside: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from kdforge.export.latency import compare_latency
 from kdforge.export.parity import PARITY_ROWS, TOLERANCE, check_parity, max_abs_diff, parity_inputs
 from kdforge.files import atomic_replace_dir, sealed_json, sha256_file
 from kdforge.models.hf import HF_MODELS, check_tokenizer_fits, tokenizer_folder, tokenizer_name
-from kdforge.recipe import load_yaml, validate
+from kdforge.recipe import load_run_recipe, validate
 from kdforge.rerun import RunStudent, load_run_student, run_folders
 
 RECORD = "export.json"
@@ -42,7 +42,7 @@ def _target(root: Path, folder: Path, fmt: str, out: str | Path | None) -> Path:
 
 def _require_hf(folder: Path) -> None:
     # Checked on the recipe, before minutes of data loading: only HF students have an HF folder to write.
-    name = validate(load_yaml(folder / "recipe.yaml"), source=str(folder / "recipe.yaml")).student.name
+    name = validate(load_run_recipe(folder / "recipe.yaml"), source=str(folder / "recipe.yaml")).student.name
     if name not in HF_MODELS:
         raise ConfigError(
             f"--format hf: student {name!r} is not a Hugging Face model; expected a student built with model "

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kdforge.errors import ConfigError
-from kdforge.files import atomic_write, atomic_write_text
+from kdforge.files import atomic_write_text
 from kdforge.llm.job import JobRecipe, build_backend, open_cache, output_folder, validate_job
 from kdforge.llm.labels import LabelSet, PromptConfig, clip
 from kdforge.llm.methods import METHODS, MethodContext, Outcome, calibrate, content_free_floor
@@ -258,14 +258,14 @@ def _write(
     seconds: float,
 ) -> dict[str, Any]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
+    from kdforge.sealed_parquet import write_sealed_table
     from kdforge.teachers.annotations import LABELS_KEY
 
     meta = {LABELS_KEY: json.dumps(list(labels.names)).encode()}
     records = [asdict(r) for r in rows]
     table = pa.Table.from_pylist(records).replace_schema_metadata(meta)
-    atomic_write(out / "annotations.parquet", lambda p: pq.write_table(table, p))
+    write_sealed_table(out / "annotations.parquet", table)
     atomic_write_text(out / "annotations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     labeled = [
         {
@@ -281,7 +281,7 @@ def _write(
     ]
     if labeled:
         lt = pa.Table.from_pylist(labeled).replace_schema_metadata(meta)
-        atomic_write(out / "labeled.parquet", lambda p: pq.write_table(lt, p))
+        write_sealed_table(out / "labeled.parquet", lt)
     else:  # never leave an earlier run's training file beside this run's summary
         (out / "labeled.parquet").unlink(missing_ok=True)
     counts = {s: sum(r.status == s for r in rows) for s in ("ok", "unknown", "failed", "empty")}

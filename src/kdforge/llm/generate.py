@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdforge.errors import ConfigError
-from kdforge.files import atomic_write, atomic_write_text
+from kdforge.files import atomic_write_text
 from kdforge.llm.backend import GenParams, generate_each
 from kdforge.llm.dedup import duplicates
 from kdforge.llm.job import JobRecipe, build_backend, open_cache, output_folder, validate_job
@@ -218,7 +218,8 @@ def _filter(backend: Any, cfg: GenerateConfig, labels: LabelSet, seed: int, jobs
 def _write(out: Path, recipe: GenerateRecipe, labels: LabelSet, jobs: list[dict], texts: list, fates: list,
            verdict: dict, backend: Any, seconds: float) -> dict[str, Any]:  # fmt: skip
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from kdforge.sealed_parquet import write_sealed_table
 
     records = []
     for i, (job, text, fate) in enumerate(zip(jobs, texts, fates, strict=True)):
@@ -236,8 +237,7 @@ def _write(out: Path, recipe: GenerateRecipe, labels: LabelSet, jobs: list[dict]
             f"generate: none of {len(records)} candidates survived (see {out / 'generated.jsonl'}); "
             "loosen generate.near_duplicate / min_chars or the filter"
         )
-    table = pa.Table.from_pylist(kept)
-    atomic_write(out / "dataset.parquet", lambda p: pq.write_table(table, p))
+    write_sealed_table(out / "dataset.parquet", pa.Table.from_pylist(kept))
     atomic_write_text(out / "dataset.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
     reasons: dict[str, int] = {}
     for r in records:

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdforge.errors import ConfigError
-from kdforge.files import atomic_write, atomic_write_text
+from kdforge.files import atomic_write_text
 from kdforge.llm.backend import GenParams
 from kdforge.llm.job import JobRecipe, build_backend, open_cache, output_folder, validate_job
 from kdforge.llm.labels import LabelSet, clip, fill
@@ -148,7 +148,8 @@ def rationales(recipe: RationalesRecipe, out: Path | None = None, show: bool = T
 def _write(out: Path, recipe: RationalesRecipe, labels: LabelSet, texts: list, records: list, backend: Any,
            seconds: float) -> dict[str, Any]:  # fmt: skip
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from kdforge.sealed_parquet import write_sealed_table
 
     cfg = recipe.rationales
     label_list = ", ".join(labels.verbalizers)
@@ -169,8 +170,7 @@ def _write(out: Path, recipe: RationalesRecipe, labels: LabelSet, texts: list, r
             f"rationales: no rationale of {len(records)} ended in the gold label (see {out / 'candidates.jsonl'}); "
             "a stronger teacher, more samples per example or a clearer prompt is needed"
         )
-    table = pa.Table.from_pylist(kept)
-    atomic_write(out / "rationales.parquet", lambda p: pq.write_table(table, p))
+    write_sealed_table(out / "rationales.parquet", pa.Table.from_pylist(kept))
     atomic_write_text(out / "rationales.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
     examples = {r["id"] for r in records}
     summary = {

@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdforge.engine.rundir import METRICS_FIX
 from kdforge.errors import ConfigError, KdforgeError
+from kdforge.files import read_sealed_lines, read_sealed_text
+from kdforge.recipe import RUN_RECIPE_FIX
 
 CHECKPOINTS = ("last", "best")
 
@@ -54,16 +57,8 @@ def read_json(path: Path) -> Any:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a line cut short by a killed run is skipped, not fatal."""
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(item, dict):
-            records.append(item)
-    return records
+    """The records of a metrics.jsonl, each line's seal checked; a line cut short by a killed run is skipped."""
+    return read_sealed_lines(path, METRICS_FIX, what="metrics log")
 
 
 def _logs(folder: Path) -> dict[str, list[dict[str, Any]]]:
@@ -138,7 +133,7 @@ def collect_run(run_dir: str | Path, checkpoint: str = "last", evaluate: bool = 
     return RunData(
         path=path,
         kind=_kind(record, students),
-        recipe_text=(path / "recipe.yaml").read_text(),
+        recipe_text=read_sealed_text(path / "recipe.yaml", RUN_RECIPE_FIX, what="run recipe"),
         objectives_text=_objectives(folders),
         summary=summary,
         students=students,

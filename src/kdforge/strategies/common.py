@@ -47,7 +47,7 @@ def start(recipe: Recipe, run_dir: RunDir, resume: bool) -> tuple[Accelerator, d
     if resume and (done := finished(run_dir)) is not None:
         return acc, done
     if not resume:
-        run_dir.write_text("recipe.yaml", dump(recipe))
+        run_dir.write_recipe(dump(recipe))
     return acc, None
 
 

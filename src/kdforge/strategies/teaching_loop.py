@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from kdforge.engine.rundir import RunDir
 from kdforge.errors import ConfigError
-from kdforge.files import atomic_write, atomic_write_text
+from kdforge.files import atomic_write_text
 from kdforge.llm.targeted import at_random, nearest, write_near
 from kdforge.recipe import Recipe, StrategyConfig, TeacherConfig, format_validation_error, teacher_section
 from kdforge.registry import STRATEGIES
@@ -108,10 +108,10 @@ def _rows(path: str, text_column: str, label_column: str | None) -> tuple[list[s
 
 def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(rows)
-    atomic_write(path, lambda p: pq.write_table(table, p))
+    from kdforge.sealed_parquet import write_sealed_table
+
+    write_sealed_table(path, pa.Table.from_pylist(rows))
 
 
 def split_errors(outcome: RunOutcome, split: str, names: list[str]) -> tuple[list[int], dict[str, float]]:

@@ -20,10 +20,12 @@ from kdforge.errors import ConfigError
 from kdforge.files import sha256_file
 from kdforge.recipe import TeacherConfig
 from kdforge.registry import TEACHERS
+from kdforge.sealed_parquet import read_sealed_table
 from kdforge.signals import DenseSignal, Needs, TeacherOutput
 from kdforge.teachers.base import Teacher, TeacherBuild, sample_ids
 
 LABELS_KEY = b"kdforge.labels"
+ANNOTATION_FIX = "write it again with `kdforge annotate` (its request cache makes that quick)"
 
 
 class AnnotationsConfig(TeacherConfig):
@@ -37,16 +39,9 @@ class AnnotationsConfig(TeacherConfig):
 
 def read_distributions(path: Path, column: str) -> tuple[np.ndarray, list[str] | None]:
     """The [rows, labels] probability matrix of an annotation file and its label names (from the file's metadata)."""
-    import pyarrow.parquet as pq
-
     if not path.is_file():
-        raise ConfigError(f"teacher.path={str(path)!r}: no such file; write it with `kdforge annotate`")
-    try:
-        table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises its own types for a file that is not Parquet
-        raise ConfigError(
-            f"teacher.path={str(path)!r} cannot be read as Parquet: {' '.join(str(err).split())}"
-        ) from None
+        raise ConfigError(f"teacher.path={str(path)!r}: no such file; write it with `kdforge annotate` (again)")
+    table = read_sealed_table(path, ANNOTATION_FIX, what="teacher.path")
     if column not in table.column_names:
         raise ConfigError(
             f"teacher.path={str(path)!r} has no column {column!r}; columns found: {', '.join(table.column_names)}"
@@ -69,11 +64,11 @@ def _check_rows(path: Path, recipe: Any) -> None:
     train = params.get("train")
     if train is None or Path(train).expanduser().resolve() == path.resolve():
         return
-    import pyarrow.parquet as pq
-
     from kdforge.data.files.source import read_source
 
-    ours = pq.read_table(path, columns=["text"]).column("text").to_pylist() if _has_text(path) else None
+    ours = None
+    if _has_text(path):
+        ours = read_sealed_table(path, ANNOTATION_FIX, "teacher.path", ["text"]).column("text").to_pylist()
     theirs = read_source("data.params.train", train).column(params.get("text_column", "text")).to_pylist()
     if ours is None or ours[: len(theirs)] != theirs:
         raise ConfigError(

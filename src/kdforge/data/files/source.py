@@ -107,12 +107,29 @@ def _root_cause(err: BaseException) -> str:
     return " ".join(str(err).split())[:200] or type(err).__name__
 
 
+def _check_parquet(key: str, value: str, path: Path) -> None:
+    """Refuse a Parquet file that cannot be read, or that kdforge wrote (generate, annotate, a teaching round) and no
+    longer matches its seal, before `datasets` (which logs its own error lines) ever sees it."""
+    import pyarrow.parquet as pq
+
+    from kdforge.sealed_parquet import read_sealed_table, sealed
+
+    try:
+        meta = pq.read_schema(path).metadata
+    except Exception as err:  # pyarrow's own types for a file that is not (or no longer) Parquet
+        raise ConfigError(f"{key}={value!r} cannot be read as parquet: {' '.join(str(err).split())}") from None
+    if sealed(meta):
+        read_sealed_table(path, "write it again with the kdforge command that made it", what=key)
+
+
 def read_source(key: str, value: str) -> Source:
     """Read the file or folder a recipe key names; every failure is one ConfigError naming key and path."""
     path, fmt = check_path(key, value)
     if fmt == "images":
         rows = list_image_folder(key, path)
     else:
+        if fmt == "parquet":
+            _check_parquet(key, value, path)
         try:
             with quiet():
                 rows = datasets.load_from_disk(str(path)) if fmt == "disk" else _load_file(path, fmt)
