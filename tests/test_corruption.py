@@ -390,7 +390,7 @@ def test_undamaged_parquet_outputs_train(parquet_job, tmp_path, monkeypatch, cap
     for name, reader in (("labeled.parquet", "an annotations teacher"), ("dataset.parquet", "data.params.train")):
         reliability.record(
             "corruption",
-            f"{name}: truncate ×2, flip ×2 (header, a stored text), delete; read by {reader} in `kdforge run`",
+            f"{name}: truncate ×2, flip ×3 (middle, header, a stored text), delete; read by {reader} in `kdforge run`",
             "refused: exit 2, one line naming the file (kdforge's sealed output: 'damaged', write it again)",
             trials=len(DAMAGES) + 1,
         )
