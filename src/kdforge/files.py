@@ -259,6 +259,21 @@ def _near_seal(key: str) -> bool:
     return len(key) == len(SEAL) and sum(a != b for a, b in zip(key, SEAL, strict=True)) == 1
 
 
+def _unseal(record: dict[str, Any]) -> str | None:
+    """Remove ``record``'s seal and say what is wrong with it: None when it matches or there is none (older files)."""
+    seal = record.pop(SEAL, None)
+    if seal is None:
+        return f"its {SEAL} key is garbled" if any(_near_seal(k) for k in record) else None
+    return None if seal == hashlib.sha256(_canonical(record)).hexdigest() else f"its content does not match its {SEAL}"
+
+
+def _utf8(path: Path, fix: str, what: str) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise IntegrityError(f"{what} {str(path)!r} is not UTF-8 text: it is damaged; {fix}") from None
+
+
 def read_json_record(path: str | Path, fix: str, what: str = "file") -> dict[str, Any]:
     """A JSON mapping kdforge wrote, its seal checked; damage is one IntegrityError naming ``path`` and ``fix``.
 
@@ -275,11 +290,9 @@ def read_json_record(path: str | Path, fix: str, what: str = "file") -> dict[str
         raise IntegrityError(
             f"{what} {str(path)!r} holds a {type(record).__name__}; expected a mapping: it is damaged; {fix}"
         )
-    seal = record.pop(SEAL, None)
-    if seal is None and any(_near_seal(k) for k in record):
-        raise IntegrityError(f"{what} {str(path)!r} is damaged (its {SEAL} key is garbled); {fix}")
-    if seal is not None and seal != hashlib.sha256(_canonical(record)).hexdigest():
-        raise IntegrityError(f"{what} {str(path)!r} is damaged (its content does not match its {SEAL}); {fix}")
+    problem = _unseal(record)
+    if problem:
+        raise IntegrityError(f"{what} {str(path)!r} is damaged ({problem}); {fix}")
     return record
 
 
@@ -298,10 +311,7 @@ def read_sealed_text(path: str | Path, fix: str, what: str = "file") -> str:
     a seal (written by an older kdforge) is read as it is.
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise IntegrityError(f"{what} {str(path)!r} is not UTF-8 text: it is damaged; {fix}") from None
+    text = _utf8(path, fix, what)
     first, _, rest = text.partition("\n")
     head = first[: len(TEXT_SEAL)]
     if head != TEXT_SEAL:
@@ -326,11 +336,7 @@ def read_sealed_lines(path: str | Path, fix: str, what: str = "log") -> list[dic
     seal (an older kdforge) are read as they are.
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise IntegrityError(f"{what} {str(path)!r} is not UTF-8 text: it is damaged; {fix}") from None
-    lines = text.split("\n")
+    lines = _utf8(path, fix, what).split("\n")
     records = []
     for number, line in enumerate(lines[:-1], start=1):  # the piece after the last newline is empty or torn
         if not line.strip():
@@ -341,9 +347,8 @@ def read_sealed_lines(path: str | Path, fix: str, what: str = "log") -> list[dic
             record = None
         if not isinstance(record, dict):
             raise IntegrityError(f"{what} {str(path)!r} line {number} is not a JSON record: it is damaged; {fix}")
-        seal = record.pop(SEAL, None)
-        garbled = seal is None and any(_near_seal(k) for k in record)
-        if garbled or (seal is not None and seal != hashlib.sha256(_canonical(record)).hexdigest()):
-            raise IntegrityError(f"{what} {str(path)!r} line {number} does not match its {SEAL}: it is damaged; {fix}")
+        problem = _unseal(record)
+        if problem:
+            raise IntegrityError(f"{what} {str(path)!r} line {number} is damaged ({problem}); {fix}")
         records.append(record)
     return records

@@ -41,16 +41,8 @@ def write_sealed_table(path: str | Path, table: pa.Table) -> None:
     atomic_write(path, lambda p: pq.write_table(sealed, p))
 
 
-def check_sealed_table(path: str | Path, table: pa.Table, fix: str, what: str = "file") -> pa.Table:
-    """``table`` (read from ``path``) if its seal matches or it has none (not kdforge's); else an IntegrityError."""
-    seal = (table.schema.metadata or {}).get(SEAL_KEY)
-    if seal is not None and seal.decode(errors="replace") != table_digest(table):
-        raise IntegrityError(f"{what} {str(path)!r} is damaged (its rows do not match its {SEAL}); {fix}")
-    return table
-
-
-def read_sealed_table(path: str | Path, fix: str, what: str = "file", columns: list[str] | None = None) -> pa.Table:
-    """Read a Parquet file kdforge wrote, seal checked (on every column, then ``columns`` kept); damage is refused."""
+def read_sealed_table(path: str | Path, fix: str, what: str = "file") -> pa.Table:
+    """Read a Parquet file, its seal checked when it has one (kdforge wrote it); damage is one IntegrityError."""
     import pyarrow.parquet as pq
 
     with open(path, "rb") as fh:
@@ -65,8 +57,10 @@ def read_sealed_table(path: str | Path, fix: str, what: str = "file", columns: l
         raise IntegrityError(
             f"{what} {str(path)!r} cannot be read as Parquet ({reason}): it is damaged; {fix}"
         ) from None
-    check_sealed_table(path, table, fix, what)
-    return table.select(columns) if columns is not None else table
+    seal = (table.schema.metadata or {}).get(SEAL_KEY)
+    if seal is not None and seal.decode(errors="replace") != table_digest(table):
+        raise IntegrityError(f"{what} {str(path)!r} is damaged (its rows do not match its {SEAL}); {fix}")
+    return table
 
 
 def sealed(meta: dict[bytes, bytes] | None) -> bool:

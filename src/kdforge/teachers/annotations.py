@@ -37,11 +37,15 @@ class AnnotationsConfig(TeacherConfig):
     floor: float = Field(1e-6, gt=0, lt=1, description="probabilities are clipped here before the log")
 
 
-def read_distributions(path: Path, column: str) -> tuple[np.ndarray, list[str] | None]:
-    """The [rows, labels] probability matrix of an annotation file and its label names (from the file's metadata)."""
+def read_annotations(path: Path) -> Any:
+    """The annotation file as a pyarrow table, its seal checked (read once: distributions and texts come from it)."""
     if not path.is_file():
         raise ConfigError(f"teacher.path={str(path)!r}: no such file; write it with `kdforge annotate` (again)")
-    table = read_sealed_table(path, ANNOTATION_FIX, what="teacher.path")
+    return read_sealed_table(path, ANNOTATION_FIX, what="teacher.path")
+
+
+def read_distributions(path: Path, table: Any, column: str) -> tuple[np.ndarray, list[str] | None]:
+    """The [rows, labels] probability matrix of an annotation table and its label names (from the file's metadata)."""
     if column not in table.column_names:
         raise ConfigError(
             f"teacher.path={str(path)!r} has no column {column!r}; columns found: {', '.join(table.column_names)}"
@@ -58,7 +62,7 @@ def read_distributions(path: Path, column: str) -> tuple[np.ndarray, list[str] |
     return np.asarray(rows, dtype=np.float32), names
 
 
-def _check_rows(path: Path, recipe: Any) -> None:
+def _check_rows(path: Path, table: Any, recipe: Any) -> None:
     """Row i of the annotation file must be training sample i: the same file, or a file with the same texts."""
     params = dict(getattr(getattr(recipe, "data", None), "params", {}) or {})
     train = params.get("train")
@@ -66,21 +70,13 @@ def _check_rows(path: Path, recipe: Any) -> None:
         return
     from kdforge.data.files.source import read_source
 
-    ours = None
-    if _has_text(path):
-        ours = read_sealed_table(path, ANNOTATION_FIX, "teacher.path", ["text"]).column("text").to_pylist()
+    ours = table.column("text").to_pylist() if "text" in table.column_names else None
     theirs = read_source("data.params.train", train).column(params.get("text_column", "text")).to_pylist()
     if ours is None or ours[: len(theirs)] != theirs:
         raise ConfigError(
             f"teacher.path={str(path)!r} and data.params.train={train!r} do not hold the same texts row by row: "
             "the soft labels would be misaligned; train on the annotation file itself"
         )
-
-
-def _has_text(path: Path) -> bool:
-    import pyarrow.parquet as pq
-
-    return "text" in pq.read_schema(path).names
 
 
 @TEACHERS.register("annotations")
@@ -97,7 +93,8 @@ class Annotations(Teacher):
     def from_recipe(cls, cfg: AnnotationsConfig, build: TeacherBuild) -> tuple[Teacher | None, dict[str, Any]]:
         """Read the file; its label set must be the data set's, in the same order."""
         path = Path(cfg.path).expanduser()
-        probs, names = read_distributions(path, cfg.column)
+        table = read_annotations(path)
+        probs, names = read_distributions(path, table, cfg.column)
         bundle = build.bundle
         if probs.shape[1] != bundle.num_classes:
             raise ConfigError(
@@ -114,7 +111,7 @@ class Annotations(Teacher):
                 f"teacher.path={str(path)!r} has {len(probs)} rows; the training data has sample id "
                 f"{int(bundle.train.indices.max())}: train on the same file (data.params.train)"
             )
-        _check_rows(path, build.recipe)
+        _check_rows(path, table, build.recipe)
         logits = torch.from_numpy(np.log(np.clip(probs, cfg.floor, None)))
         fingerprint = "annotations:" + sha256_file(path)[:16]
         return cls(logits, fingerprint), {"kind": "annotations", "path": str(path), "rows": len(probs)}
