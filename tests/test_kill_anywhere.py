@@ -256,7 +256,7 @@ def _generate_scenario(llm) -> Any:
                     "crude": {"verbalizer": "oil", "description": "oil prices"},
                     "grain": {"verbalizer": "grain", "description": "wheat harvests"},
                 },
-                "per_label": 2,
+                "per_label": 1,  # two examples: each costs the server ~1.6 s here (generation + re-annotation)
                 "max_tokens": 24,
                 "min_chars": 1,
                 # Re-annotation by scores always yields a label, so the filter's requests are killed too.
@@ -276,7 +276,7 @@ def test_generate_killed_at_20_random_moments_gives_the_same_examples(
     llama_server, server: ForkServer, tmp_path: Path, reliability
 ):
     report = kill_until_done(server, _generate_scenario(llama_server), tmp_path, KILLS, _rng("generate"), _equal)
-    _record(reliability, "`kdforge generate` (4 examples, llama.cpp server)", report, "the same examples")
+    _record(reliability, "`kdforge generate` (2 examples, llama.cpp server)", report, "the same examples")
 
 
 # --- kdforge teach: rounds of train → errors → the teacher labels pool texts; the same command again ---------------
@@ -367,7 +367,7 @@ def _lm_scenario(teacher: Path) -> Any:
                 "name": "austen_lm",
                 "batch_size": 4,
                 "eval_batch_size": 8,
-                "params": {"max_len": 32, "train_limit": 16, "test_limit": 4, "val_fraction": 0.002},
+                "params": {"max_len": 32, "train_limit": 16, "test_limit": 4, "val_fraction": 0.0002},
             },
             "student": LM_STUDENT,
             "teacher": {"kind": "live", "model": {"name": "hf", "params": {"path": str(teacher), "task": "causal_lm"}}},

@@ -68,7 +68,7 @@ def recipe(tmp_path: Path, teacher: Path | None, **extra: object) -> Path:
             "name": "austen_lm",
             "batch_size": 4,
             "eval_batch_size": 8,
-            "params": {"max_len": 48, "train_limit": 16, "test_limit": 8, "val_fraction": 0.002},
+            "params": {"max_len": 48, "train_limit": 16, "test_limit": 8, "val_fraction": 0.0003},
         },
         "student": STUDENT,
         "objectives": {"kl": {"objective": "forward_kl", "weight": 0.5}, "ce": 0.5},

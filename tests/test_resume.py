@@ -31,14 +31,14 @@ RECIPES = {
 }
 
 
-def _recipe(tmp: Path, kind: str, out: str, checkpoint_every: int = 3) -> Path:
+def _recipe(tmp: Path, kind: str, out: str, checkpoint_every: int = 10) -> Path:
     tree = {
         "name": f"resume-{kind}",
         "seed": 3,
         "data": {"name": "digits", "params": {"val_fraction": 0.1}, "batch_size": 32},
         "student": {"name": "mlp", "params": {"hidden": [256, 256], "dropout": 0.1}},
         "train": {
-            "epochs": 4,
+            "epochs": 2,  # two: a resume from the first epoch's end must draw the second epoch's order
             "grad_accum": 1,
             "optimizer": {"name": "adamw", "lr": 0.003},
             "log_every": 1,

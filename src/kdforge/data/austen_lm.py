@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable
@@ -34,7 +35,16 @@ def tokenizer_path(name: str) -> Path:
 
 
 def load_tokenizer(folder: Path) -> Any:
-    """A fast transformers tokenizer from a local folder (never the hub)."""
+    """A fast transformers tokenizer from a local folder (never the hub), shared within a process: never mutate it."""
+    resolved = Path(folder).expanduser().resolve()
+    # Keyed by the files' sizes and times too, so a folder rewritten in place is read again.
+    stamp = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in resolved.iterdir() if p.is_file()))
+    return _load_tokenizer(resolved, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(folder: Path, stamp: tuple[tuple[str, int, int], ...]) -> Any:
+    """``load_tokenizer`` without the cache: parsing a 50k-262k token vocabulary takes a quarter second or more."""
     from transformers import AutoTokenizer
 
     from kdforge.models.hf.load import OFFLINE

@@ -7,7 +7,6 @@ from typing import cast
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from torch import Tensor
 
 from kdforge.data.augment import get_augment
@@ -31,6 +30,9 @@ MAX_PIXEL = 16.0
 @functools.lru_cache(maxsize=1)
 def load_arrays() -> tuple[Tensor, Tensor, str]:
     """All 1797 images standardised as (N, 1, 8, 8) float32, their labels and the fingerprint."""
+    # Imported here: scikit-learn costs ~1.5 s to import, which every other command (and every error) would pay.
+    from sklearn.datasets import load_digits
+
     raw = load_digits()
     images = np.asarray(raw.images, dtype=np.float64)
     labels = np.asarray(raw.target, dtype=np.int64)

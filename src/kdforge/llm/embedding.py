@@ -58,7 +58,8 @@ class EmbeddingBackend:
         normalize: bool = True,
     ):
         folder, name = _model_folder(model)
-        self.encoder = _load(folder)
+        self._folder = folder
+        self._encoder: Any = None  # loaded on the first text to embed: a re-run answered by the cache needs none
         self.cache = cache
         self.batch_size = batch_size
         self.prefix = prefix
@@ -66,6 +67,13 @@ class EmbeddingBackend:
         self.centroids: np.ndarray | None = None  # [num_labels, dim], NaN rows for labels without examples
         self.fingerprint = f"embedding:{name}:{prefix}" + ("" if normalize else ":raw")
         self.usage = Usage()
+
+    @property
+    def encoder(self) -> Any:
+        """The sentence-transformers model (loading it and its package takes seconds, so only when needed)."""
+        if self._encoder is None:
+            self._encoder = _load(self._folder)
+        return self._encoder
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         """[N, dim] float32 embeddings (unit length when ``normalize``: dot products are then cosines)."""
@@ -152,4 +160,4 @@ class EmbeddingBackend:
 
     def close(self) -> None:
         """Drop the model (the cache belongs to the caller)."""
-        self.encoder = None
+        self._encoder = None
