@@ -256,7 +256,9 @@ def _generate_scenario(llm) -> Any:
                     "crude": {"verbalizer": "oil", "description": "oil prices"},
                     "grain": {"verbalizer": "grain", "description": "wheat harvests"},
                 },
-                "per_label": 1,  # two examples: each costs the server ~1.6 s here (generation + re-annotation)
+                # Four examples of 24 tokens: fewer or shorter ones are labelled at the filter's 50% mass threshold,
+                # where llama.cpp's answer moves with its reused KV prefix, so a resumed job could keep another set.
+                "per_label": 2,
                 "max_tokens": 24,
                 "min_chars": 1,
                 # Re-annotation by scores always yields a label, so the filter's requests are killed too.
@@ -276,7 +278,7 @@ def test_generate_killed_at_20_random_moments_gives_the_same_examples(
     llama_server, server: ForkServer, tmp_path: Path, reliability
 ):
     report = kill_until_done(server, _generate_scenario(llama_server), tmp_path, KILLS, _rng("generate"), _equal)
-    _record(reliability, "`kdforge generate` (2 examples, llama.cpp server)", report, "the same examples")
+    _record(reliability, "`kdforge generate` (4 examples, llama.cpp server)", report, "the same examples")
 
 
 # --- kdforge teach: rounds of train → errors → the teacher labels pool texts; the same command again ---------------

@@ -123,7 +123,8 @@ def test_annotate_with_logprobs_and_rerun_sends_nothing(llama_server, tmp_path: 
 
 def test_server_without_logprobs_falls_back_to_self_consistency(transformers_server, tmp_path: Path) -> None:
     data = _input(tmp_path, 2)
-    summary = annotate(load_recipe(_job(tmp_path, transformers_server, data, samples=3)), show=False)
+    # Four answer tokens: `transformers serve` generates in Python, several seconds per request on 2 cores.
+    summary = annotate(load_recipe(_job(tmp_path, transformers_server, data, samples=3, max_tokens=4)), show=False)
     # auto → logprobs asked; the server drops them, so each text gets 3 sampled answers: 1 + 3 requests.
     assert summary["method"] == "logprobs" and summary["usage"]["requests"] == 2 * 4
     assert transformers_server.requests("/v1/chat/completions") >= 8
