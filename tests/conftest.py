@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 
+from kill_harness import ForkServer
 from llm_servers import llama_server, transformers_server  # noqa: F401  (one server of each kind per test session)
 from reliability_log import ReliabilityLog
 
@@ -20,12 +24,47 @@ os.environ["KDFORGE_PROGRESS"] = "0"
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Idle fork servers of this test process (tests/fork_server.py); a thread that finds none starts one.
+_IDLE_FORKS: list[ForkServer] = []
+_FORKS_LOCK = threading.Lock()
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``kdforge`` console script the way a user does."""
-    exe = Path(sys.executable).with_name("kdforge")
-    return subprocess.run(
-        [str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ}
-    )
+    """Run ``kdforge ARGS`` in a new process with this process's environment, as a user's shell does.
+
+    The process is forked from a server that has imported kdforge (tests/fork_server.py) and runs
+    ``kdforge.cli.main()`` as the console script does: a few hundred commands would otherwise each pay ~2.5 s of
+    imports. KDFORGE_TEST_SPAWN=1 starts the installed console script instead.
+    """
+    argv = ["kdforge", *args]
+    if os.environ.get("KDFORGE_TEST_SPAWN") == "1":
+        exe = Path(sys.executable).with_name("kdforge")
+        return subprocess.run(
+            [str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ}
+        )
+    with _FORKS_LOCK:
+        server = _IDLE_FORKS.pop() if _IDLE_FORKS else None
+    if server is None:
+        server = ForkServer(Path(tempfile.mkdtemp(prefix="kdforge-cli-")))
+    try:
+        ended = server.run(
+            list(args), Path(cwd or os.getcwd()), kill_after=timeout, env=dict(os.environ), replace_env=True
+        )
+    finally:
+        with _FORKS_LOCK:
+            _IDLE_FORKS.append(server)
+    if ended.killed:
+        raise subprocess.TimeoutExpired(argv, timeout, ended.stdout, ended.stderr)
+    return subprocess.CompletedProcess(argv, ended.rc, ended.stdout, ended.stderr)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the fork servers ``run_cli`` started."""
+    with _FORKS_LOCK:
+        servers, _IDLE_FORKS[:] = list(_IDLE_FORKS), []
+    for server in servers:
+        server.close()
+        shutil.rmtree(server.scratch, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,12 +12,15 @@ object per line on stdout ({"pid", "killed", "rc", "elapsed"}). "ready" is print
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import signal
 import sys
 import time
+
+import torch
 
 # Imported before any fork so children skip the cost; nothing here runs a computation (no thread pool starts).
 import kdforge.cli
@@ -46,7 +49,12 @@ def _child(request: dict) -> None:
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.chdir(request["cwd"])
+        if request.get("replace_env"):
+            os.environ.clear()
         os.environ.update(request.get("env") or {})
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        if threads.isdigit() and int(threads) > 0:
+            torch.set_num_threads(int(threads))  # a fresh process reads it as torch starts; this one started before
         sys.stdin = open(os.devnull)  # noqa: SIM115  (the request pipe belongs to the server)
         sys.argv = ["kdforge", *request["argv"]]
         kdforge.cli.main()
@@ -59,6 +67,8 @@ def _child(request: dict) -> None:
         traceback.print_exc()
         code = 1
     finally:
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()  # what a process's normal exit would run (trackers' and loggers' flushes)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

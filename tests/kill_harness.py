@@ -50,17 +50,28 @@ class ForkServer:
             raise RuntimeError(f"the fork server did not start: {first!r}")
         self.count = 0
 
-    def run(self, argv: list[str], cwd: Path, kill_after: float | None = None, env: dict | None = None) -> Ended:
-        """Run ``kdforge *argv`` in a fresh child; SIGKILL it after ``kill_after`` seconds unless it ended before."""
+    def run(
+        self,
+        argv: list[str],
+        cwd: Path,
+        kill_after: float | None = None,
+        env: dict | None = None,
+        replace_env: bool = False,
+    ) -> Ended:
+        """Run ``kdforge *argv`` in a fresh child; SIGKILL it after ``kill_after`` seconds unless it ended before.
+        ``env`` is added to the server's environment, or is the child's whole environment with ``replace_env``."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.count += 1
         out, err = self.scratch / f"{self.count}.out", self.scratch / f"{self.count}.err"
         request = {"argv": argv, "cwd": str(cwd), "env": env or {}, "stdout": str(out), "stderr": str(err)}
+        request["replace_env"] = replace_env
         self.proc.stdin.write(json.dumps({**request, "kill_after": kill_after}) + "\n")
         self.proc.stdin.flush()
         reply = json.loads(self.proc.stdout.readline())
         # A child killed within its first milliseconds may not have opened its output files yet.
         text = [p.read_text(errors="replace") if p.exists() else "" for p in (out, err)]
+        for path in (out, err):
+            path.unlink(missing_ok=True)
         return Ended(reply["killed"], reply["rc"], reply["elapsed"], *text)
 
     def close(self) -> None:
