@@ -38,7 +38,8 @@ def load_tokenizer(folder: Path) -> Any:
     """A fast transformers tokenizer from a local folder (never the hub), shared within a process: never mutate it."""
     resolved = Path(folder).expanduser().resolve()
     # Keyed by the files' sizes and times too, so a folder rewritten in place is read again.
-    stamp = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in resolved.iterdir() if p.is_file()))
+    stats = {p.name: p.stat() for p in resolved.iterdir() if p.is_file()}
+    stamp = tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in stats.items()))
     return _load_tokenizer(resolved, stamp)
 
 
