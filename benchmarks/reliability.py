@@ -32,6 +32,8 @@ TESTS = [
     "tests/test_secrets.py",
     "tests/test_fuzz.py",
     "tests/test_tensor_guards.py",
+    "tests/test_llm_cache.py",
+    "tests/test_llm_annotate.py::test_two_processes_annotate_one_data_set_through_one_cache",
 ]
 DOC = ROOT / "docs" / "reliability.md"
 RESULTS = ROOT / "benchmarks" / "results"

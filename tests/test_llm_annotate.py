@@ -134,7 +134,7 @@ def test_server_without_logprobs_falls_back_to_self_consistency(transformers_ser
             assert all(abs(p * 3 - round(p * 3)) < 1e-6 for p in r["probs"])  # shares of 3 votes
 
 
-def test_two_processes_annotate_one_data_set_through_one_cache(llama_server, tmp_path: Path) -> None:
+def test_two_processes_annotate_one_data_set_through_one_cache(llama_server, tmp_path: Path, reliability) -> None:
     n = 16
     data = _input(tmp_path, n)
     procs = []
@@ -153,6 +153,12 @@ def test_two_processes_annotate_one_data_set_through_one_cache(llama_server, tmp
     assert [r["label"] for r in one] == [r["label"] for r in two]  # the first answer stored wins for both
     with sqlite3.connect(tmp_path / "cache.sqlite") as con:
         assert con.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == n
+    reliability.record(
+        "concurrency",
+        f"two `kdforge annotate` processes started together on one data set ({n} rows) and one new request cache",
+        "both exit 0 with the same labels; each request's answer stored once",
+        trials=1,
+    )
 
 
 def test_generate_dedups_and_filters_by_reannotation(llama_server, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ AREAS = (
     "secrets",
     "fuzz",
     "tensor guards",
+    "concurrency",
     "load",
 )
 
