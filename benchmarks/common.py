@@ -23,6 +23,7 @@ from kdforge.engine.rundir import RunDir
 from kdforge.recipe import apply_overrides
 from kdforge.runner import resolve
 from kdforge.strategies.offline import offline
+from kdforge.version import __version__
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Two benchmark processes on a 2-core machine must not both spin 2 OpenMP threads: set BENCH_THREADS=1 for each.
@@ -35,6 +36,7 @@ def machine() -> dict[str, Any]:
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
+        "kdforge": __version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),

@@ -85,7 +85,7 @@ def render_reliability(data: dict[str, Any], soak: dict[str, Any] | None = None)
     lines += [
         "---",
         f"Measured {data['date']} on {machine.get('cpus', '?')} CPU(s), torch {machine.get('torch', '?')}, "
-        f"kdforge {machine.get('kdforge', '?')} (commit {data.get('commit', '?')}); "
+        f"kdforge{' ' + machine['kdforge'] if 'kdforge' in machine else ''} (commit {data.get('commit', '?')}); "
         f"`{data['command']}` took {data['wall_s']:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
