@@ -3,8 +3,10 @@ saved as a transformers folder, token losses, generated responses, vocabulary ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,33 @@ def test_mixed_on_policy_responses_report_generation_apart(tmp_path: Path, teach
     gen = summary["generation"]
     assert gen["source"] == "mixed" and gen["gen_batches"] == 2 and gen["gen_tokens"] == 2 * 4 * 6
     assert gen["gen_s"] > 0
+
+
+def test_seqkd_responses_are_cached_and_a_damaged_cache_is_refused_in_one_line(tmp_path: Path, teachers) -> None:
+    store = tmp_path / "responses"
+    responses = {"source": "seqkd", "prompt_tokens": 8, "max_new_tokens": 6, "cache_dir": str(store)}
+    path = recipe(tmp_path, teachers["same"], responses=responses)
+    done = run_cli("run", str(path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run_folder(tmp_path) / "summary.json").read_text())["generation"]["gen_tokens"] == 2 * 4 * 6
+    (cache,) = store.glob("seqkd-*.sqlite")
+    with contextlib.closing(sqlite3.connect(cache)) as con:
+        blob = con.execute("SELECT tokens FROM responses LIMIT 1").fetchone()[0]
+    data = bytearray(cache.read_bytes())
+    data[bytes(data).index(blob) + 2] ^= 0x01  # one generated token id changed; SQLite itself sees nothing wrong
+    cache.write_bytes(bytes(data))
+    tree = yaml.safe_load(path.read_text())
+    tree["output_dir"] = str(tmp_path / "again")
+    path.write_text(yaml.safe_dump(tree))
+    bad = run_cli("run", str(path))
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    error = [line for line in bad.stderr.splitlines() if line.startswith("error:")]  # after the progress lines
+    assert len(error) == 1 and "Traceback" not in bad.stderr, bad.stderr
+    assert str(cache) in error[0] and "delete it" in error[0], error[0]
+    assert cache.read_bytes() == bytes(data), "the damaged cache was written to"
+    cache.unlink()  # what the message says to do: the responses are generated again
+    again = run_cli("run", str(path))
+    assert again.returncode == 0, again.stderr[-2000:]
 
 
 def test_an_int8_teacher_on_its_own_device_distills_and_a_missing_device_is_refused(tmp_path: Path, teachers) -> None:

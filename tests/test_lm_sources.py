@@ -3,10 +3,13 @@ DistiLLM-2's paired responses, and the errors for models that cannot generate.""
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 import torch
 
-from kdforge.errors import ConfigError
+from kdforge.errors import ConfigError, IntegrityError
 from kdforge.lm.generation import Continuations, continue_prompts, pack
 from kdforge.lm.sources import ResponseSource, prompts_of
 from kdforge.recipe import ResponsesConfig
@@ -106,6 +109,61 @@ def test_seqkd_generates_each_sample_once_and_reuses_it_from_the_cache(tmp_path)
     assert torch.equal(first["input"], second["input"])
     prompt = plain_batch()["input"][0, :4]
     assert first["input"][0, 4:].tolist() == hf_greedy(teacher, prompt, 5)
+
+
+def _seqkd_cache(folder: Path) -> tuple[ResponsesConfig, Path]:
+    """A SeqKD response cache written by a real run of the source (3 samples), closed so its log is in the file."""
+    cfg = ResponsesConfig(source="seqkd", prompt_tokens=4, max_new_tokens=5, cache_dir=str(folder))
+    src = ResponseSource(cfg, tiny_llama(0), tiny_llama(1), pad_id=0, eos_id=None, seed=0, cache_key="k")
+    src(plain_batch(), step=0)
+    src.cache.close()
+    return cfg, folder / "seqkd-k.sqlite"
+
+
+@pytest.mark.parametrize("how", ("truncate-half", "truncate-0", "flip-header", "flip-response"))
+def test_a_damaged_response_cache_is_refused_in_one_line_and_left_as_it_is(tmp_path: Path, how: str, reliability):
+    cfg, path = _seqkd_cache(tmp_path)
+    data = bytearray(path.read_bytes())
+    if how == "truncate-half":
+        data = data[: len(data) // 2]
+    elif how == "truncate-0":
+        data = bytearray()
+    elif how == "flip-header":
+        data[1] ^= 0x01
+    else:
+        with sqlite3.connect(path) as con:
+            blob = con.execute("SELECT tokens FROM responses LIMIT 1").fetchone()[0]
+        data[bytes(data).index(blob) + 3] ^= 0x01  # inside a token id: still a valid database, wrong text
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError) as caught:
+        src = ResponseSource(cfg, tiny_llama(0), tiny_llama(1), pad_id=0, eos_id=None, seed=0, cache_key="k")
+        src(plain_batch(), step=0)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and "delete it" in message, message
+    assert path.read_bytes() == bytes(data), "the damaged cache was written to"
+    reliability.record(
+        "corruption",
+        "SeqKD response cache (SQLite): truncate ×2, flip a header byte, flip a stored token; read by the next run",
+        "refused: one line naming the file, 'delete it' (responses are generated again); the file is not written",
+        trials=1,
+    )
+
+
+def test_a_response_cache_from_before_row_checksums_is_read_and_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "seqkd-k.sqlite"
+    tokens = torch.tensor([5, 9, 13, 7, 1, 2, 3, 4, 5], dtype=torch.long)
+    with sqlite3.connect(path) as con:  # the layout written before sha256 was added
+        con.execute("CREATE TABLE responses (id INTEGER PRIMARY KEY, tokens BLOB)")
+        con.execute("INSERT INTO responses VALUES (?, ?)", (0, tokens.numpy().tobytes()))
+    from kdforge.lm.sources import ResponseCache
+
+    cache = ResponseCache(path)
+    assert torch.equal(cache.get([0, 1])[0], tokens)
+    cache.put({1: tokens[:3]})
+    assert torch.equal(cache.get([1])[1], tokens[:3])
+    cache.close()
+    with sqlite3.connect(path) as con:
+        assert con.execute("SELECT COUNT(*) FROM responses WHERE sha256 IS NOT NULL").fetchone()[0] == 1
 
 
 def test_mixed_writes_the_student_share_of_batches() -> None:

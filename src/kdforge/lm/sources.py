@@ -7,10 +7,12 @@ training step and reported with the training log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kdforge.errors import ConfigError
+from kdforge.errors import ConfigError, IntegrityError
 from kdforge.lm.generation import Continuations, continue_prompts, pack, require_generative
 from kdforge.recipe import ResponsesConfig
+from kdforge.sqlite_files import connect, prepare_database, raise_sqlite_error, row_digest
 
 IGNORE = -100
 
@@ -43,28 +46,61 @@ def prompts_of(batch: dict[str, Any], prompt_tokens: int) -> list[Tensor]:
     return out
 
 
+# sha256 guards each row's token bytes (SQLite checks its own pages only); NULL in rows written before it existed.
+_SCHEMA = "CREATE TABLE IF NOT EXISTS responses (id INTEGER PRIMARY KEY, tokens BLOB, sha256 TEXT)"
+_REGENERATE = "delete it: the teacher's responses are then generated again"
+
+
 class ResponseCache:
     """Teacher responses by sample id in SQLite: SeqKD generates each sample's response once, across runs too."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS responses (id INTEGER PRIMARY KEY, tokens BLOB)")
+        self.path, self.where = path, f"response cache {str(path)!r}"
+        prepare_database(path, _SCHEMA, self.where, _REGENERATE)
+        self.db = connect(path, self.where, _REGENERATE)
+        self._run(_SCHEMA)
+        if "sha256" not in {row[1] for row in self._run("PRAGMA table_info(responses)")}:
+            with contextlib.suppress(ConfigError):  # another rank may add it first
+                self._run("ALTER TABLE responses ADD COLUMN sha256 TEXT")
+
+    def _run(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """One statement's rows; a database error (locked, disk full, damaged) is one line naming the file."""
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as err:
+            raise_sqlite_error(self.where, self.path, err, _REGENERATE)
+
+    def _tokens(self, sample: int, blob: bytes, digest: str | None) -> Tensor:
+        """A stored response, checked against its row's sha256 before training on it."""
+        if (digest is not None and digest != row_digest(str(sample), blob)) or len(blob) % 8:
+            raise IntegrityError(
+                f"{self.where} is damaged (the stored response of sample {sample} does not match its sha256); "
+                f"{_REGENERATE}"
+            )
+        return torch.from_numpy(np.frombuffer(blob, dtype=np.int64).copy())
 
     def get(self, ids: list[int]) -> dict[int, Tensor]:
         """The cached responses among ``ids``."""
         marks = ",".join("?" * len(ids))
-        rows = self.db.execute(f"SELECT id, tokens FROM responses WHERE id IN ({marks})", ids).fetchall()
-        return {int(i): torch.from_numpy(np.frombuffer(b, dtype=np.int64).copy()) for i, b in rows}
+        rows = self._run(f"SELECT id, tokens, sha256 FROM responses WHERE id IN ({marks})", ids)
+        return {int(i): self._tokens(int(i), blob, digest) for i, blob, digest in rows}
 
     def put(self, items: dict[int, Tensor]) -> None:
-        """Store responses (one transaction)."""
-        with self.db:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?)",
-                [(i, t.long().numpy().tobytes()) for i, t in items.items()],
-            )
+        """Store responses (one transaction: a killed run keeps all of a batch's responses or none)."""
+        rows = []
+        for i, tokens in items.items():
+            blob = tokens.long().numpy().tobytes()
+            rows.append((i, blob, row_digest(str(i), blob)))
+        try:
+            with self.db:  # isolation_level=None: begin explicitly so the rows commit (or roll back) together
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executemany("INSERT OR REPLACE INTO responses (id, tokens, sha256) VALUES (?, ?, ?)", rows)
+        except sqlite3.Error as err:
+            raise_sqlite_error(self.where, self.path, err, _REGENERATE)
+
+    def close(self) -> None:
+        """Close the connection (the last one out folds SQLite's write-ahead log into the file)."""
+        self.db.close()
 
 
 class ResponseSource:
