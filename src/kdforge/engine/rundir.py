@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from kdforge.files import atomic_write, atomic_write_text, read_sealed_lines, sealed_line, sealed_text
+from kdforge.files import (
+    atomic_write,
+    atomic_write_text,
+    read_sealed_lines,
+    sealed_line,
+    sealed_text,
+    sweep_staging_files,
+)
 
 METRICS_FIX = "restore it from a backup, or delete the damaged line (its record is lost) and resume or report again"
 
@@ -16,6 +24,17 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return value
+
+
+def _sweep_unstarted(root: Path, name: str, keep: Path) -> None:
+    """Remove what runs killed while writing their recipe (a folder's first file) left in their folders.
+
+    Such a folder has no recipe.yaml, so nothing resumes it and no later write to it sweeps the staging file its
+    writer left; a user starts the run again instead, which lands here. Only files of writers that are gone go.
+    """
+    for folder in root.glob(f"{glob.escape(name)}-*"):
+        if folder != keep and folder.is_dir() and not (folder / "recipe.yaml").exists():
+            sweep_staging_files(folder / "recipe.yaml")
 
 
 class RunDir:
@@ -41,6 +60,8 @@ class RunDir:
                 break
             except FileExistsError:
                 path, n = base.with_name(f"{base.name}-{n}"), n + 1
+        if main:
+            _sweep_unstarted(path.parent, name, keep=path)
         return cls(path, main)
 
     def child(self, name: str) -> RunDir:
