@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +30,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # Two benchmark processes on a 2-core machine must not both spin 2 OpenMP threads: set BENCH_THREADS=1 for each.
 if os.environ.get("BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
+
+
+def commit() -> str:
+    """The short hash of the checked-out commit a figure was measured at ("?" outside a git checkout)."""
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent, capture_output=True, text=True)
+    return done.stdout.strip() or "?"
 
 
 def machine() -> dict[str, Any]:

@@ -71,11 +71,6 @@ def run_tests(tests: list[str]) -> dict[str, object]:
     return {"rows": rows, "tests": outcomes, "wall_s": wall, "command": "pytest " + " ".join(tests)}
 
 
-def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return done.stdout.strip() or "?"
-
-
 def main() -> None:
     """Run (unless --render), save the JSON, rewrite the page."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -84,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.render:
         result = run_tests(args.tests)
-        record = {"date": time.strftime("%Y-%m-%d"), "commit": _commit(), "machine": common.machine(), **result}
+        record = {"date": time.strftime("%Y-%m-%d"), "commit": common.commit(), "machine": common.machine(), **result}
         save("reliability", record)
     changed = update_reliability_doc(RESULTS, DOC)
     print(f"{DOC}: {'rewritten' if changed else 'unchanged'}")

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import save
+from common import commit, save
 
 BIN = Path(sys.executable).parent
 NEW_BACKEND = "from kdforge.llm.embedding import EmbeddingBackend; b = EmbeddingBackend('minilm')"
@@ -41,10 +41,6 @@ def _seconds(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-
-
 def main() -> None:
     """Time every command ``--repeats`` times, interleaved, and save the medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -57,7 +53,7 @@ def main() -> None:
     medians = {name: round(statistics.median(values), 3) for name, values in times.items()}
     payload = {
         "date": time.strftime("%Y-%m-%d"),
-        "commit": _commit(),
+        "commit": commit(),
         "repeats": args.repeats,
         "median_s": medians,
         "samples_s": {name: [round(v, 3) for v in values] for name, values in times.items()},

@@ -74,6 +74,14 @@ def reliability(request: pytest.FixtureRequest) -> ReliabilityLog:
 
 
 @pytest.fixture
+def dead_pid() -> int:
+    """The pid of a process that has exited: what a writer killed mid-write left in its staging file's name."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+@pytest.fixture
 def teacher_cache(tmp_path: Path) -> str:
     """A teacher cache folder private to one test."""
     return str(tmp_path / "teachers")

@@ -99,10 +99,8 @@ def test_six_processes_create_the_same_caches_at_once(tmp_path: Path, reliabilit
     )
 
 
-def test_a_cache_half_built_by_a_killed_process_is_swept(tmp_path: Path, reliability) -> None:
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    staging = tmp_path / f".answers.sqlite.{gone.pid}.abcd1234.tmp"
+def test_a_cache_half_built_by_a_killed_process_is_swept(tmp_path: Path, reliability, dead_pid: int) -> None:
+    staging = tmp_path / f".answers.sqlite.{dead_pid}.abcd1234.tmp"
     staging.write_bytes(b"SQLite format 3\x00")  # its creator was killed mid-build
     cache = RequestCache(tmp_path / "answers.sqlite")
     cache.close()

@@ -168,14 +168,12 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path: Path) -> None:
     assert (run_dir / "checkpoints" / "last" / "state.json").is_file()
 
 
-def test_a_new_run_sweeps_what_a_run_killed_while_writing_its_recipe_left(tmp_path: Path) -> None:
+def test_a_new_run_sweeps_what_a_run_killed_while_writing_its_recipe_left(tmp_path: Path, dead_pid: int) -> None:
     from kdforge.engine.rundir import RunDir
 
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
     killed = tmp_path / "demo-20261203-121432"  # claimed, then killed inside its first write: no recipe.yaml
     killed.mkdir()
-    dead = killed / f".recipe.yaml.{gone.pid}.1vur1huv.tmp"
+    dead = killed / f".recipe.yaml.{dead_pid}.1vur1huv.tmp"
     dead.write_text("name: dem")
     starting = tmp_path / "demo-20261203-121433"  # another run, alive, writing its recipe right now
     starting.mkdir()
@@ -184,7 +182,7 @@ def test_a_new_run_sweeps_what_a_run_killed_while_writing_its_recipe_left(tmp_pa
     finished = tmp_path / "demo-20261203-121000"
     finished.mkdir()
     (finished / "recipe.yaml").write_text("name: demo\n")
-    kept = finished / f".summary.json.{gone.pid}.abcd1234.tmp"  # a resume of that run sweeps it, not a new run
+    kept = finished / f".summary.json.{dead_pid}.abcd1234.tmp"  # a resume of that run sweeps it, not a new run
     kept.write_text("{")
     run = RunDir.new(tmp_path, "demo")
     assert not dead.exists() and killed.is_dir()

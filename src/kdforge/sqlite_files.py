@@ -14,8 +14,9 @@ import hashlib
 import os
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from kdforge.errors import ConfigError, IntegrityError
 from kdforge.files import file_mode, sweep_staging_files
@@ -104,6 +105,13 @@ def prepare_database(path: Path, schema: str, where: str, fix: str) -> None:
         # SQLite would take an empty file for a new database and write over it. kdforge never leaves one empty (a new
         # file appears whole), so an empty file is damage.
         raise IntegrityError(f"{where} is empty (0 bytes): it is damaged; {fix}")
+
+
+def add_column_if_missing(run: Callable[[str], list[Any]], table: str, column: str, declaration: str) -> None:
+    """Add ``column`` to ``table`` in a file written before it existed (``run`` executes one statement)."""
+    if column not in {row[1] for row in run(f"PRAGMA table_info({table})")}:
+        with contextlib.suppress(ConfigError):  # another process (or DDP rank) may add it first
+            run(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 def connect(path: Path, where: str, fix: str) -> sqlite3.Connection:

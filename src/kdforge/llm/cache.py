@@ -8,7 +8,6 @@ only; headers (where an API key travels) never reach this file.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import sqlite3
@@ -17,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kdforge.errors import ConfigError, IntegrityError
-from kdforge.sqlite_files import connect, prepare_database, raise_sqlite_error, row_digest
+from kdforge.errors import IntegrityError
+from kdforge.sqlite_files import add_column_if_missing, connect, prepare_database, raise_sqlite_error, row_digest
 
 # sha256 guards each row: SQLite checks its own structure, not the bytes of a stored answer (NULL: written before).
 _SCHEMA = (
@@ -47,10 +46,7 @@ class RequestCache:
         # (after another thread's error) must never use a connection being closed, which crashes inside SQLite.
         self._use = threading.Lock()
         self._run(_SCHEMA)
-        columns = {row[1] for row in self._run("PRAGMA table_info(answers)")}
-        if "sha256" not in columns:  # a cache from before row checksums; another process may add it first
-            with contextlib.suppress(ConfigError):
-                self._run("ALTER TABLE answers ADD COLUMN sha256 TEXT")
+        add_column_if_missing(self._run, "answers", "sha256", "TEXT")  # a cache from before row checksums
 
     def _connection(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)

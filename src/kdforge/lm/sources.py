@@ -7,7 +7,6 @@ training step and reported with the training log.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import sqlite3
@@ -23,7 +22,7 @@ from torch import Tensor, nn
 from kdforge.errors import ConfigError, IntegrityError
 from kdforge.lm.generation import Continuations, continue_prompts, pack, require_generative
 from kdforge.recipe import ResponsesConfig
-from kdforge.sqlite_files import connect, prepare_database, raise_sqlite_error, row_digest
+from kdforge.sqlite_files import add_column_if_missing, connect, prepare_database, raise_sqlite_error, row_digest
 
 IGNORE = -100
 
@@ -59,9 +58,7 @@ class ResponseCache:
         prepare_database(path, _SCHEMA, self.where, _REGENERATE)
         self.db = connect(path, self.where, _REGENERATE)
         self._run(_SCHEMA)
-        if "sha256" not in {row[1] for row in self._run("PRAGMA table_info(responses)")}:
-            with contextlib.suppress(ConfigError):  # another rank may add it first
-                self._run("ALTER TABLE responses ADD COLUMN sha256 TEXT")
+        add_column_if_missing(self._run, "responses", "sha256", "TEXT")  # a cache from before row checksums
 
     def _run(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         """One statement's rows; a database error (locked, disk full, damaged) is one line naming the file."""
